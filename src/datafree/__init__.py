@@ -1,0 +1,13 @@
+"""datafree: compress a trained classifier without its training data."""
+from ._version import __version__
+from .data import DATASET_SPECS, SyntheticSet, TensorData, load_dataset, save_grid
+from .errors import DatafreeError
+from .metrics import evaluate, model_size_bits, predict
+from .models import InputSpec, create_model, fingerprint, list_models, load_model
+from .quant import QuantConfig, load_quantized, quantize, save_quantized
+from .synth import list_synthesizers, make_config, synthesize
+
+__all__ = ["__version__", "DATASET_SPECS", "SyntheticSet", "TensorData", "load_dataset", "save_grid",
+           "DatafreeError", "evaluate", "model_size_bits", "predict", "InputSpec", "create_model", "fingerprint",
+           "list_models", "load_model", "QuantConfig", "load_quantized", "quantize", "save_quantized",
+           "list_synthesizers", "make_config", "synthesize"]

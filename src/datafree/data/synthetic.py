@@ -1,0 +1,125 @@
+"""SyntheticSet: a directory of float shards (inputs, labels, teacher logits) plus manifest.json."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..errors import DatafreeError
+from ..models.spec import InputSpec
+from .base import TensorData
+
+FORMAT = "datafree-synthetic-v1"
+_SHARD = re.compile(r"shard_(\d{5})\.npz$")
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class SyntheticSetWriter:
+    """Writes shards atomically; reopening a directory with the same identity resumes it."""
+
+    def __init__(self, out: str | os.PathLike, manifest: dict[str, Any], overwrite: bool = False) -> None:
+        self.dir = Path(out)
+        self.manifest = dict(manifest, format=FORMAT, complete=False)
+        mpath = self.dir / "manifest.json"
+        if mpath.exists() and not overwrite:
+            old = read_manifest(self.dir)
+            keys = ("method", "config", "seed", "teacher_fingerprint", "num", "shard_size")
+            diff = [k for k in keys if old.get(k) != self.manifest.get(k)]
+            if diff:
+                raise DatafreeError(
+                    f"{self.dir} already holds a different synthetic set (differs in {', '.join(diff)}); "
+                    "choose another --out or pass --overwrite")
+        elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
+            raise DatafreeError(f"{self.dir} exists and is not a synthetic set; choose another --out or pass --overwrite")
+        if overwrite and self.dir.exists():
+            for p in self.dir.iterdir():
+                if _SHARD.match(p.name) or p.name in ("manifest.json", "grid.png"):
+                    p.unlink()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        data = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
+        _atomic_write_bytes(self.dir / "manifest.json", lambda f: f.write(data))
+
+    def done_shards(self) -> set[int]:
+        """Indices of shards already on disk."""
+        return {int(m.group(1)) for p in self.dir.iterdir() if (m := _SHARD.match(p.name))}
+
+    def write_shard(self, index: int, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, extra: Optional[dict] = None) -> None:
+        """Store one shard atomically."""
+        arrays = {"x": x.detach().cpu().float().numpy(), "y": y.detach().cpu().long().numpy(),
+                  "logits": logits.detach().cpu().float().numpy()}
+        _atomic_write_bytes(self.dir / f"shard_{index:05d}.npz", lambda f: np.savez(f, **arrays))
+        if extra:
+            self.manifest.setdefault("shard_stats", {})[str(index)] = extra
+            self._write_manifest()
+
+    def finish(self, **info: Any) -> None:
+        """Mark the set complete and record final info (e.g. wall time)."""
+        self.manifest.update(info, complete=True)
+        self._write_manifest()
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a SyntheticSet's manifest."""
+    d = Path(path)
+    m = d / "manifest.json"
+    if not d.is_dir():
+        raise DatafreeError(f"synthetic set {str(d)!r} not found; create it with `datafree synthesize ... --out {d}`")
+    if not m.is_file():
+        raise DatafreeError(f"{str(d)!r} has no manifest.json, so it is not a synthetic set; create one with `datafree synthesize`")
+    try:
+        man = json.loads(m.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatafreeError(f"{m} is corrupt ({e}); re-run `datafree synthesize` with the same --out to rebuild it") from None
+    if man.get("format") != FORMAT:
+        raise DatafreeError(f"{m} is not a {FORMAT} manifest")
+    return man
+
+
+class SyntheticSet:
+    """A stored synthetic set; `.data` is a TensorData like any real set."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        if not self.manifest.get("complete"):
+            raise DatafreeError(f"synthetic set {str(self.path)!r} is incomplete (interrupted?); re-run the same `datafree synthesize` command to finish it")
+        xs, ys, ls = [], [], []
+        shards = sorted(p for p in self.path.iterdir() if _SHARD.match(p.name))
+        for p in shards:
+            try:
+                with np.load(p) as d:
+                    xs.append(torch.from_numpy(d["x"]))
+                    ys.append(torch.from_numpy(d["y"]))
+                    ls.append(torch.from_numpy(d["logits"]))
+            except (OSError, KeyError, ValueError, EOFError) as e:
+                raise DatafreeError(f"shard {p} is corrupt ({e}); delete it and re-run the same `datafree synthesize` command") from None
+        if not xs:
+            raise DatafreeError(f"synthetic set {str(self.path)!r} has no shards")
+        name = f"synthetic:{self.manifest.get('method')}"
+        self.data = TensorData(torch.cat(xs), torch.cat(ys), torch.cat(ls), name=name)
+        self.input_spec = InputSpec.from_dict(self.manifest["input_spec"])
+
+    def __len__(self) -> int:
+        return len(self.data)

@@ -1,0 +1,148 @@
+"""Resolve a MODEL argument (zoo name or `file.py:factory`) and load weights safely."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import DatafreeError
+from .spec import InputSpec
+from .zoo import MODELS
+
+
+def list_models() -> list[str]:
+    """Names of all zoo models."""
+    return MODELS.names()
+
+
+def _load_factory(ref: str):
+    path, _, attr = ref.rpartition(":")
+    p = Path(path)
+    if not p.is_file():
+        raise DatafreeError(f"model file {path!r} not found; give a zoo name ({', '.join(list_models())}) or path/to/file.py:factory")
+    mod_name = "datafree_user_" + hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
+    spec = importlib.util.spec_from_file_location(mod_name, p)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # user code: report, don't trace
+        raise DatafreeError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+    if not hasattr(module, attr):
+        raise DatafreeError(f"{path} has no attribute {attr!r}; expected a factory returning an nn.Module")
+    return module, getattr(module, attr)
+
+
+def create_model(name: str, num_classes: Optional[int] = None, input_spec: Optional[InputSpec] = None) -> nn.Module:
+    """Build an untrained model from a zoo name or `path/to/file.py:factory`; it carries `.input_spec`."""
+    if name.endswith(".py") or ".py:" in name:
+        if ":" not in name or name.endswith(".py"):
+            raise DatafreeError(f"user model {name!r} needs a factory: path/to/file.py:factory")
+        module, factory = _load_factory(name)
+        try:
+            model = factory(num_classes) if num_classes is not None else factory()
+        except Exception as e:
+            raise DatafreeError(f"calling factory {name} failed: {type(e).__name__}: {e}") from None
+        if not isinstance(model, nn.Module):
+            raise DatafreeError(f"factory {name} returned {type(model).__name__}, not an nn.Module")
+        spec = input_spec or getattr(model, "input_spec", None) or _spec_from_module(module, name)
+        model.input_spec = spec  # type: ignore[attr-defined]
+        return model
+    factory = MODELS.get(name)
+    model = factory(num_classes) if num_classes is not None else factory()
+    if input_spec is not None:
+        model.input_spec = input_spec  # type: ignore[attr-defined]
+    return model
+
+
+def _spec_from_module(module: Any, name: str) -> InputSpec:
+    need = ("INPUT_SHAPE", "MEAN", "STD", "NUM_CLASSES")
+    if not all(hasattr(module, k) for k in need):
+        raise DatafreeError(
+            f"{name}: input spec unknown; define INPUT_SHAPE, MEAN, STD, NUM_CLASSES in the file, "
+            "set model.input_spec, or pass --input-shape/--mean/--std/--num-classes"
+        )
+    try:
+        return InputSpec(tuple(module.INPUT_SHAPE), tuple(module.MEAN), tuple(module.STD), int(module.NUM_CLASSES))
+    except ValueError as e:
+        raise DatafreeError(f"{name}: bad input spec constants: {e}") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict (or a checkpoint dict holding `state_dict`) with weights_only=True."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatafreeError(f"weights file {str(p)!r} not found; check the --weights path")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise DatafreeError(f"weights file {str(p)!r} is corrupt or not a torch state dict ({first}); re-download or re-save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DatafreeError(f"weights file {str(p)!r} holds no state dict of tensors; save it with torch.save(model.state_dict(), path)")
+    prefix = "module."
+    if obj and all(k.startswith(prefix) for k in obj):
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights_(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights into `model` in place; mismatched keys or shapes give a one-line error."""
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} with wrong shape (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
+        raise DatafreeError(f"weights {str(path)!r} do not fit this model: {'; '.join(parts)}; check MODEL matches the checkpoint")
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def load_model(name: str, weights: Optional[str] = None, num_classes: Optional[int] = None,
+               input_spec: Optional[InputSpec] = None) -> nn.Module:
+    """Create `name`, load `weights` if given and return it in eval mode."""
+    model = create_model(name, num_classes=num_classes, input_spec=input_spec)
+    if weights is not None:
+        load_weights_(model, weights)
+    model.source = {"model": name, "weights": str(weights) if weights else None,  # type: ignore[attr-defined]
+                    "num_classes": num_classes}
+    return model.eval()
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Short sha256 of a model's state dict (names, shapes and values)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def input_spec_of(model: nn.Module) -> InputSpec:
+    """The model's InputSpec, or a clear error if it has none."""
+    spec = getattr(model, "input_spec", None)
+    if spec is None:
+        raise DatafreeError("model has no input_spec; set model.input_spec = datafree.InputSpec(...)")
+    return spec

@@ -1,0 +1,212 @@
+"""Model zoo: CIFAR ResNets (option-A shortcuts), wide ResNets, LeNet-5 and a small BN-CNN."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import Registry
+from .spec import CIFAR10_SPEC, DIGITS_SPEC, MNIST_SPEC, InputSpec
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def _attach(model: nn.Module, spec: InputSpec) -> nn.Module:
+    model.input_spec = spec  # type: ignore[attr-defined]
+    return model
+
+
+# --- CIFAR ResNet (He et al. 2016, option A), state-dict compatible with akamaster/pytorch_resnet_cifar10
+
+
+class _ShortcutA(nn.Module):
+    """Parameter-free shortcut: stride-2 subsampling and zero-padding of the new channels."""
+
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual connection."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _ShortcutA(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs with widths 16/32/64."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+for _d in (20, 32, 44, 56, 110):
+
+    def _make(num_classes: int = 10, _d: int = _d) -> nn.Module:
+        return _attach(CifarResNet(_d, num_classes), CIFAR10_SPEC)
+
+    _make.__doc__ = f"CIFAR ResNet-{_d} (option-A shortcuts), 3x32x32 input."
+    MODELS.register(f"resnet{_d}")(_make)
+
+
+# --- Wide ResNet (Zagoruyko & Komodakis), pre-activation blocks
+
+
+class _WideBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = F.relu(self.bn1(x))
+        y = self.conv1(o)
+        y = self.conv2(F.relu(self.bn2(y)))
+        return y + (self.shortcut(o) if self.shortcut is not None else x)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k for 32x32 inputs."""
+
+    def __init__(self, depth: int, widen: int, num_classes: int = 10) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        blocks, in_planes = [], widths[0]
+        for i, stride in enumerate((1, 2, 2)):
+            for j in range(n):
+                blocks.append(_WideBlock(in_planes, widths[i + 1], stride if j == 0 else 1))
+                in_planes = widths[i + 1]
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.blocks(self.conv1(x))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+for _depth in (16, 40):
+    for _k in (1, 2, 4):
+
+        def _make_wrn(num_classes: int = 10, _depth: int = _depth, _k: int = _k) -> nn.Module:
+            return _attach(WideResNet(_depth, _k, num_classes), CIFAR10_SPEC)
+
+        _make_wrn.__doc__ = f"Wide ResNet-{_depth}-{_k}, 3x32x32 input."
+        MODELS.register(f"wrn{_depth}_{_k}")(_make_wrn)
+
+
+# --- LeNet-5 (with BatchNorm so that BN-statistics methods apply) for 1x28x28 MNIST
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 with BN after each conv; `half` halves every width (the RDSKD student)."""
+
+    def __init__(self, num_classes: int = 10, half: bool = False) -> None:
+        super().__init__()
+        c1, c2, f1, f2 = (3, 8, 60, 42) if half else (6, 16, 120, 84)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 5, padding=2), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c2 * 25, f1), nn.ReLU(), nn.Linear(f1, f2), nn.ReLU(),
+            nn.Linear(f2, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@MODELS.register("lenet5")
+def lenet5(num_classes: int = 10) -> nn.Module:
+    """LeNet-5 with BatchNorm, 1x28x28 input."""
+    return _attach(LeNet5(num_classes), MNIST_SPEC)
+
+
+@MODELS.register("lenet5_half")
+def lenet5_half(num_classes: int = 10) -> nn.Module:
+    """LeNet-5 with half the channels and units, 1x28x28 input."""
+    return _attach(LeNet5(num_classes, half=True), MNIST_SPEC)
+
+
+# --- Small BN-CNN (the demo model on scikit-learn digits, 1x8x8)
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU layers, global pooling and a linear head."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        )
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+@MODELS.register("small_cnn")
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    """Small BN-CNN for 1x8x8 scikit-learn digits (the demo model)."""
+    return _attach(SmallCNN(1, num_classes), DIGITS_SPEC)
+
+
+@MODELS.register("small_cnn_cifar")
+def small_cnn_cifar(num_classes: int = 10) -> nn.Module:
+    """Small BN-CNN for 3x32x32 inputs."""
+    return _attach(SmallCNN(3, num_classes), CIFAR10_SPEC)

@@ -1,0 +1,135 @@
+"""QuantLayer: a conv or linear layer (BN folded in) with fake-quantized weights and input."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..synth.bn_hooks import batch_moments
+from .quantizer import RangeObserver, fake_quant, signed_range, unsigned_range, weight_scales
+
+FLOAT_BITS = 32
+
+
+class QuantLayer(nn.Module):
+    """Conv/linear with per-channel symmetric weight and per-tensor asymmetric input fake-quant."""
+
+    def __init__(self, layer: nn.Module, bn: Optional[nn.Module] = None, w_bits: int = 8, a_bits: int = 8) -> None:
+        super().__init__()
+        if isinstance(layer, nn.Conv2d):
+            self.kind = "conv2d"
+            self.conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+            if layer.padding_mode != "zeros":
+                raise ValueError("only zero-padded convolutions can be quantized")
+        elif isinstance(layer, nn.Linear):
+            self.kind = "linear"
+            self.conv_args = {}
+        else:
+            raise TypeError(f"cannot quantize {type(layer).__name__}")
+        w = layer.weight.detach().clone()
+        b = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        gamma = beta = bn_std = torch.empty(0, device=w.device)
+        eps = 0.0
+        if bn is not None:
+            std = torch.sqrt(bn.running_var + bn.eps)
+            g = bn.weight.detach() if bn.weight is not None else torch.ones_like(std)
+            bt = bn.bias.detach() if bn.bias is not None else torch.zeros_like(std)
+            w = w * (g / std).view(-1, *[1] * (w.dim() - 1))
+            b = bt + (b - bn.running_mean) * g / std
+            gamma, beta, bn_std, eps = g.clone(), bt.clone(), std.clone(), float(bn.eps)
+        self.weight = nn.Parameter(w)
+        self.bias = nn.Parameter(b)
+        self.register_buffer("bn_gamma", gamma)
+        self.register_buffer("bn_beta", beta)
+        self.register_buffer("bn_std", bn_std)  # sqrt(var + eps) of the folded BN, in pre-BN units
+        self.bn_eps = eps
+        self.w_bits, self.a_bits = int(w_bits), int(a_bits)
+        self.register_buffer("w_scale", torch.ones(w.shape[0], dtype=w.dtype, device=w.device))
+        self.register_buffer("a_scale", torch.ones((), device=w.device))
+        self.register_buffer("a_zero", torch.zeros((), device=w.device))
+        self.act_quant = False  # on once the input range is calibrated
+        self.observer: Optional[RangeObserver] = None
+        self._reest: Optional[list] = None  # [sum_mean, sum_var, count] while re-estimating BN
+        self.set_weight_scales()
+
+    @property
+    def folded_bn(self) -> bool:
+        """Whether a BatchNorm was folded into this layer."""
+        return self.bn_gamma.numel() > 0
+
+    def set_weight_scales(self, method: str = "mse") -> None:
+        """Recompute the per-channel weight scales from the current weights."""
+        if self.w_bits < FLOAT_BITS:
+            self.w_scale.copy_(weight_scales(self.weight, self.w_bits, method))
+
+    def set_act_range(self, lo: float, hi: float) -> None:
+        """Fix the input quantization range and enable input quantization."""
+        from .quantizer import act_qparams
+
+        if self.a_bits < FLOAT_BITS:
+            s, z = act_qparams(lo, hi, self.a_bits)
+            self.a_scale.fill_(s)
+            self.a_zero.fill_(z)
+            self.act_quant = True
+
+    def quant_weight(self) -> torch.Tensor:
+        """The fake-quantized weight."""
+        if self.w_bits >= FLOAT_BITS:
+            return self.weight
+        qmin, qmax = signed_range(self.w_bits)
+        s = self.w_scale.view(-1, *[1] * (self.weight.dim() - 1))
+        return fake_quant(self.weight, s, torch.zeros((), device=s.device), qmin, qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+        if self.act_quant and self.a_bits < FLOAT_BITS:
+            qmin, qmax = unsigned_range(self.a_bits)
+            x = fake_quant(x, self.a_scale, self.a_zero, qmin, qmax)
+        w = self.quant_weight()
+        y = F.conv2d(x, w, self.bias, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, self.bias)
+        if self._reest is not None and self.folded_bn:
+            m, v = batch_moments(y)
+            n = y.shape[0]
+            self._reest[0] += m.detach() * n
+            self._reest[1] += v.detach() * n
+            self._reest[2] += n
+            shape = (1, -1) + (1,) * (y.dim() - 2)
+            y = (y - m.view(shape)) * self._reest_scale(v).view(shape) + self.bn_beta.view(shape)
+        return y
+
+    def _reest_scale(self, var_y: torch.Tensor) -> torch.Tensor:
+        """|γ| / sqrt(var_z + eps) expressed with the folded output's variance var_y (var_z = var_y·σ²/γ²)."""
+        g2 = self.bn_gamma.pow(2)
+        return self.bn_gamma.abs() / torch.sqrt(var_y + self.bn_eps * g2 / self.bn_std.pow(2)).clamp_min(1e-12)
+
+    def begin_bn_reestimate(self) -> None:
+        """Start accumulating this layer's output statistics (train-mode BN over the folded output)."""
+        if self.folded_bn:
+            z = torch.zeros_like(self.bias)
+            self._reest = [z.clone(), z.clone(), 0]
+
+    def end_bn_reestimate(self) -> None:
+        """Fold the re-estimated statistics into weight and bias, then refresh weight scales."""
+        if self._reest is None:
+            return
+        sm, sv, n = self._reest
+        self._reest = None
+        if n == 0:
+            return
+        m, v = sm / n, sv / n
+        a = self._reest_scale(v)
+        with torch.no_grad():
+            self.bn_std.copy_(torch.sqrt(v * self.bn_std.pow(2) / self.bn_gamma.pow(2).clamp_min(1e-24) + self.bn_eps))
+            self.weight.mul_(a.view(-1, *[1] * (self.weight.dim() - 1)))
+            self.bias.copy_((self.bias - m) * a + self.bn_beta)
+        self.set_weight_scales()
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, w_bits={self.w_bits}, a_bits={self.a_bits}, out={self.weight.shape[0]}, folded_bn={self.folded_bn}"
+
+    def size_bits(self) -> int:
+        """Storage: weights at w_bits, bias and scales at 32 bits."""
+        return self.weight.numel() * min(self.w_bits, FLOAT_BITS) + (self.bias.numel() + self.w_scale.numel() + 2) * 32

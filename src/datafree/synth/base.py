@@ -1,0 +1,244 @@
+"""Synthesizer registry, shared pixel-optimization loop and the shard-writing runner."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from typing import Any, ClassVar, Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from .._version import __version__
+from ..config import Config, check
+from ..data.base import TensorData
+from ..data.grid import save_grid
+from ..data.synthetic import SyntheticSet, SyntheticSetWriter
+from ..errors import DatafreeError
+from ..models.loading import fingerprint, input_spec_of
+from ..models.spec import InputSpec
+from ..registry import Registry
+from .priors import jitter_flip
+
+SYNTHESIZERS: Registry[type["Synthesizer"]] = Registry("synthesis method")
+
+
+def register_synthesizer(name: str):
+    """Class decorator registering a Synthesizer subclass under `name`."""
+
+    def deco(cls: type["Synthesizer"]) -> type["Synthesizer"]:
+        cls.name = name
+        return SYNTHESIZERS.register(name)(cls)
+
+    return deco
+
+
+def list_synthesizers() -> list[str]:
+    """Names of all synthesis methods."""
+    return SYNTHESIZERS.names()
+
+
+@dataclasses.dataclass
+class SynthConfig(Config):
+    """Options shared by all synthesizers."""
+
+    num: int = 512  # number of samples
+    batch_size: int = 128  # samples optimized together (one shard each)
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(self.num >= 1, f"num must be >= 1, got {self.num}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass
+class PixelConfig(SynthConfig):
+    """Options of methods that optimize pixels with Adam."""
+
+    iterations: int = 200
+    lr: float = 0.25
+    beta1: float = 0.5
+    beta2: float = 0.9
+    jitter: int = 2  # random shift in pixels
+    flip: bool = True
+    tv: float = 0.0  # total-variation prior weight
+    l2: float = 0.0  # L2 prior weight on the normalized pixels
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
+        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
+        check(self.jitter >= 0, f"jitter must be >= 0, got {self.jitter}")
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter grads for the duration; restores the caller's mode and flags."""
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for m, t in modes.items():
+            m.training = t
+        for p, f in flags.items():
+            p.requires_grad_(f)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of a model's first parameter or buffer (CPU if none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+class Synthesizer:
+    """Turns a teacher into samples; subclasses implement `make_batch`."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[SynthConfig]] = SynthConfig
+    needs_bn: ClassVar[bool] = False
+    iterative: ClassVar[bool] = False  # whether `iterations` steps are run per batch
+    class_conditional: ClassVar[bool] = True  # labels are targets; otherwise the teacher's argmax
+
+    def __init__(self, teacher: nn.Module, config: SynthConfig) -> None:
+        if not isinstance(config, self.config_cls):
+            raise DatafreeError(f"{self.name} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+        self.teacher = teacher
+        self.cfg = config
+        self.spec: InputSpec = input_spec_of(teacher)
+        self.device = model_device(teacher)
+        lo, hi = self.spec.pixel_bounds()
+        self.lo, self.hi = lo.to(self.device), hi.to(self.device)
+
+    def labels(self, start: int, n: int) -> torch.Tensor:
+        """Class-balanced target labels for samples start..start+n."""
+        return (torch.arange(start, start + n) % self.spec.num_classes).to(self.device)
+
+    def init_batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Starting point: N(0, 1) noise in the normalized input space, clamped to valid pixels."""
+        x = torch.randn((n, *self.spec.shape), generator=gen).to(self.device)
+        return torch.maximum(torch.minimum(x, self.hi), self.lo)
+
+    def make_batch(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
+        """Return a batch of normalized inputs for target labels y."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release hooks or other resources held on the teacher."""
+
+    # -- shared pixel optimization -------------------------------------------------------------
+    def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Objective of pixel-optimizing methods (override)."""
+        raise NotImplementedError
+
+    def optimize_pixels(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
+        """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels."""
+        cfg: PixelConfig = self.cfg  # type: ignore[assignment]
+        x = self.init_batch(len(y), gen).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.iterations))
+        for it in range(cfg.iterations):
+            opt.zero_grad(set_to_none=True)
+            xa = jitter_flip(x, cfg.jitter, cfg.flip, gen)
+            loss, parts = self.loss(xa, self.teacher(xa), y)
+            if not torch.isfinite(loss):
+                raise DatafreeError(f"{self.name}: loss became {loss.item()} at iteration {it}; lower --lr "
+                                    f"(now {cfg.lr}) or check the model for NaN weights (finished shards are kept)")
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, self.hi), self.lo))
+            step(1, parts)
+        return x.detach()
+
+
+class StepCallback:
+    """Progress reporting: advances a bar and keeps the last loss parts."""
+
+    def __init__(self, bar: Any = None) -> None:
+        self.bar = bar
+        self.last: dict[str, float] = {}
+
+    def __call__(self, n: int, parts: Optional[dict[str, float]] = None) -> None:
+        if parts:
+            self.last = parts
+        if self.bar is not None:
+            self.bar.update(n)
+            if parts:
+                self.bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items()}, refresh=False)
+
+
+def make_config(method: str, **overrides: Any) -> SynthConfig:
+    """The method's default config with overrides (None values ignored)."""
+    cls = SYNTHESIZERS.get(method).config_cls
+    valid = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in overrides.items() if v is not None and k in valid}
+    return cls(**kw)
+
+
+def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = None, out: Optional[str] = None,
+               progress: bool = True, overwrite: bool = False) -> TensorData:
+    """Make synthetic samples from `teacher` with `method`; with `out`, store (and resume) a SyntheticSet there."""
+    cls = SYNTHESIZERS.get(method)
+    cfg = config if config is not None else cls.config_cls()
+    if cls.needs_bn:
+        from .bn_hooks import require_bn
+
+        require_bn(teacher, method)
+    spec = input_spec_of(teacher)
+    with frozen_eval(teacher):
+        synth = cls(teacher, cfg)
+        n_shards = math.ceil(cfg.num / cfg.batch_size)
+        writer = None
+        done: set[int] = set()
+        if out is not None:
+            manifest = {"method": method, "config": cfg.to_dict(), "seed": cfg.seed, "num": cfg.num,
+                        "shard_size": cfg.batch_size, "teacher_fingerprint": fingerprint(teacher),
+                        "teacher": getattr(teacher, "source", None), "input_spec": spec.to_dict(),
+                        "library_version": __version__}
+            writer = SyntheticSetWriter(out, manifest, overwrite=overwrite)
+            done = writer.done_shards()
+        todo = [i for i in range(n_shards) if i not in done]
+        per_batch = getattr(cfg, "iterations", 0) if cls.iterative else 1
+        bar = None
+        if progress and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo) * max(1, per_batch), desc=f"synthesize {method}", unit="it",
+                       dynamic_ncols=True, leave=False)
+        step = StepCallback(bar)
+        xs, ys, ls = [], [], []
+        try:
+            for i in todo:
+                n = min(cfg.batch_size, cfg.num - i * cfg.batch_size)
+                ts = time.time()
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+                y = synth.labels(i * cfg.batch_size, n)
+                x = synth.make_batch(y, gen, step)
+                with torch.no_grad():
+                    logits = teacher(x)
+                if not cls.class_conditional:
+                    y = logits.argmax(1)
+                if writer is not None:
+                    writer.write_shard(i, x, y, logits, extra=dict(step.last, seconds=round(time.time() - ts, 3)))
+                else:
+                    xs.append(x.cpu()), ys.append(y.cpu()), ls.append(logits.cpu())
+        finally:
+            synth.close()
+            if bar is not None:
+                bar.close()
+    if writer is None:
+        return TensorData(torch.cat(xs), torch.cat(ys), torch.cat(ls), name=f"synthetic:{method}")
+    stats = writer.manifest.get("shard_stats", {})
+    writer.finish(seconds=round(sum(v.get("seconds", 0.0) for v in stats.values()), 2),
+                  image_iterations=cfg.num * max(1, per_batch))
+    s = SyntheticSet(out)  # type: ignore[arg-type]
+    save_grid(s.data.x, spec, f"{out}/grid.png", labels=s.data.y)
+    return s.data
+
