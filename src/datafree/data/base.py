@@ -53,7 +53,7 @@ class TensorData:
 
 def images_to_tensor(images: np.ndarray, spec: InputSpec) -> torch.Tensor:
     """uint8 images (N,H,W) or (N,H,W,C) -> float tensor normalized for `spec` (channels and size adapted)."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.array(images, copy=not images.flags.writeable or not images.flags.c_contiguous))
     if x.ndim == 3:
         x = x.unsqueeze(-1)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)

@@ -125,9 +125,31 @@ def load_model(name: str, weights: Optional[str] = None, num_classes: Optional[i
     model = create_model(name, num_classes=num_classes, input_spec=input_spec)
     if weights is not None:
         load_weights_(model, weights)
+    check_forward(model)
     model.source = {"model": name, "weights": str(weights) if weights else None,  # type: ignore[attr-defined]
                     "num_classes": num_classes}
     return model.eval()
+
+
+def check_forward(model: nn.Module) -> None:
+    """Run one forward on zeros of the model's input spec; a failure or wrong output is a one-line error."""
+    spec = input_spec_of(model)
+    dev = next((t.device for t in list(model.parameters()) + list(model.buffers())), torch.device("cpu"))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *spec.shape), device=dev))
+    except Exception as e:  # user models may raise anything
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise DatafreeError(f"the model fails on its input spec shape {tuple(spec.shape)} ({first}); "
+                            "fix INPUT_SHAPE / --input-shape to what the model expects") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != spec.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DatafreeError(f"the model returns {shape} for a batch of 2, expected (2, {spec.num_classes}) logits; "
+                            "fix NUM_CLASSES / --num-classes or make forward return logits")
 
 
 def fingerprint(model: nn.Module) -> str:

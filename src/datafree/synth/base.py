@@ -64,6 +64,7 @@ class PixelConfig(SynthConfig):
     flip: bool = True
     tv: float = 0.0  # total-variation prior weight
     l2: float = 0.0  # L2 prior weight on the normalized pixels
+    init_std: float = 1.0  # std of the starting noise in normalized space
 
     def validate(self) -> None:
         super().validate()
@@ -119,9 +120,9 @@ class Synthesizer:
         """Class-balanced target labels for samples start..start+n."""
         return (torch.arange(start, start + n) % self.spec.num_classes).to(self.device)
 
-    def init_batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """Starting point: N(0, 1) noise in the normalized input space, clamped to valid pixels."""
-        x = torch.randn((n, *self.spec.shape), generator=gen).to(self.device)
+    def init_batch(self, n: int, gen: torch.Generator, std: float = 1.0) -> torch.Tensor:
+        """Starting point: N(0, std²) noise in the normalized input space, clamped to valid pixels."""
+        x = (torch.randn((n, *self.spec.shape), generator=gen) * std).to(self.device)
         return torch.maximum(torch.minimum(x, self.hi), self.lo)
 
     def make_batch(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
@@ -139,7 +140,7 @@ class Synthesizer:
     def optimize_pixels(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
         """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels."""
         cfg: PixelConfig = self.cfg  # type: ignore[assignment]
-        x = self.init_batch(len(y), gen).requires_grad_(True)
+        x = self.init_batch(len(y), gen, cfg.init_std).requires_grad_(True)
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.iterations))
         for it in range(cfg.iterations):
@@ -211,7 +212,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo) * max(1, per_batch), desc=f"synthesize {method}", unit="it",
-                       dynamic_ncols=True, leave=False)
+                       dynamic_ncols=True, leave=False, disable=None)
         step = StepCallback(bar)
         xs, ys, ls = [], [], []
         try:

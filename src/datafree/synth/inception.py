@@ -6,6 +6,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..config import check
 from .base import PixelConfig, StepCallback, Synthesizer, register_synthesizer
 from .priors import total_variation
 
@@ -14,14 +15,20 @@ from .priors import total_variation
 class InceptionConfig(PixelConfig):
     """Class-conditional logit maximization; `tv` and `l2` form the image prior."""
 
-    lr: float = 0.1
-    tv: float = 0.05
+    objective: str = "logit"  # "logit": maximize the target logit; "ce": minimize cross-entropy (saturates early)
+    lr: float = 0.05
+    tv: float = 0.5
     l2: float = 1e-3
+    init_std: float = 0.2
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.objective in ("logit", "ce"), f"objective must be 'logit' or 'ce', got {self.objective!r}")
 
 
 @register_synthesizer("inception")
 class InceptionSynthesizer(Synthesizer):
-    """DeepDream-style: CE(teacher(x), y) + tv·TV(x) + l2·mean(x²) with balanced labels."""
+    """DeepDream-style: maximize the target logit (or minimize CE) + tv·TV(x) + l2·mean(x²), balanced labels."""
 
     config_cls = InceptionConfig
     iterative = True
@@ -29,7 +36,8 @@ class InceptionSynthesizer(Synthesizer):
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: InceptionConfig = self.cfg  # type: ignore[assignment]
         ce = F.cross_entropy(logits, y)
-        loss = ce + cfg.tv * total_variation(x) + cfg.l2 * x.pow(2).mean()
+        target = -logits.gather(1, y[:, None]).mean() if cfg.objective == "logit" else ce
+        loss = target + cfg.tv * total_variation(x) + cfg.l2 * x.pow(2).mean()
         return loss, {"loss": loss.item(), "ce": ce.item()}
 
     def make_batch(self, y: torch.Tensor, gen: torch.Generator, step: StepCallback) -> torch.Tensor:

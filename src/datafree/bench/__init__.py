@@ -1,0 +1,1 @@
+"""Benchmark protocols that write result JSON under benchmarks/results/."""

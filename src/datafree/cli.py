@@ -1,0 +1,281 @@
+"""The `datafree` command: subcommands mirror the library verbs."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+from .errors import DatafreeError
+
+EXIT_USAGE = 2
+
+
+def _model_args(p: argparse.ArgumentParser, positional: str = "model", help_extra: str = "") -> None:
+    p.add_argument(positional, metavar=positional.upper(),
+                   help="zoo model name (see `datafree list`) or path/to/file.py:factory" + help_extra)
+    p.add_argument("--weights", help="state dict or checkpoint (.th/.pt), loaded with weights_only=True")
+    p.add_argument("--num-classes", type=int, help="number of classes (default: the model's own)")
+    p.add_argument("--input-shape", help="for user models: C,H,W (e.g. 3,32,32)")
+    p.add_argument("--mean", help="for user models: per-channel normalization mean, comma-separated")
+    p.add_argument("--std", help="for user models: per-channel normalization std, comma-separated")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder with the data sets (default: $DATAFREE_DATA)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _floats(s: Optional[str], what: str) -> Optional[tuple]:
+    if s is None:
+        return None
+    try:
+        return tuple(float(v) for v in s.split(","))
+    except ValueError:
+        raise DatafreeError(f"{what} must be comma-separated numbers, got {s!r}") from None
+
+
+def _load_model(a: argparse.Namespace, name: Optional[str] = None):
+    import torch
+
+    from .models import InputSpec, load_model
+
+    spec = None
+    if a.input_shape or a.mean or a.std:
+        shape = _floats(a.input_shape, "--input-shape")
+        if not (shape and a.mean and a.std and a.num_classes):
+            raise DatafreeError("--input-shape, --mean, --std and --num-classes go together; give all four")
+        try:
+            spec = InputSpec(tuple(int(v) for v in shape), _floats(a.mean, "--mean"), _floats(a.std, "--std"), a.num_classes)
+        except ValueError as e:
+            raise DatafreeError(f"bad input spec: {e}") from None
+    model = load_model(name or a.model, a.weights, num_classes=a.num_classes, input_spec=spec)
+    return model.to(torch.device(a.device))
+
+
+def _setup(a: argparse.Namespace) -> None:
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.device != "cpu":
+        try:
+            torch.empty(1, device=a.device)
+        except (RuntimeError, AssertionError) as e:
+            raise DatafreeError(f"device {a.device!r} is not available ({str(e).splitlines()[0]}); use --device cpu") from None
+
+
+def _emit(a: argparse.Namespace, obj: dict, human: str) -> None:
+    if getattr(a, "json", False):
+        print(json.dumps(obj))
+    else:
+        print(human)
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from .data.real import DATASET_SPECS
+    from .models import MODELS
+    from .synth import SYNTHESIZERS
+
+    print("models:")
+    for n in MODELS.names():
+        print(f"  {n:20s} {(MODELS.get(n).__doc__ or '').strip()}")
+    print("synthesis methods:")
+    for n in SYNTHESIZERS.names():
+        print(f"  {n:20s} {(SYNTHESIZERS.get(n).__doc__ or '').strip().splitlines()[0]}")
+    print("dataset specs:")
+    for k, v in DATASET_SPECS.items():
+        print(f"  {k:20s} {v}")
+    return 0
+
+
+def cmd_synthesize(a: argparse.Namespace) -> int:
+    from .data.synthetic import read_manifest
+    from .synth import make_config, synthesize
+
+    model = _load_model(a)
+    cfg = make_config(a.method, num=a.num, seed=a.seed, iterations=a.iterations, batch_size=a.batch_size,
+                      lr=a.lr, form=a.bn_loss)
+    t0 = time.time()
+    data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
+    man = read_manifest(a.out)
+    info = {"out": a.out, "method": a.method, "num": len(data), "seconds": man.get("seconds"),
+            "wall_seconds": round(time.time() - t0, 2), "config": cfg.to_dict()}
+    _emit(a, info, f"wrote {len(data)} {a.method} samples to {a.out} (grid: {a.out}/grid.png, "
+                   f"{man.get('seconds')} s of synthesis)")
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .metrics import evaluate
+    from .quant import QuantConfig, quantize, save_quantized
+    from .sources import load_source
+    from .data.real import load_dataset
+
+    cfg = QuantConfig(w_bits=a.w_bits, a_bits=a.a_bits, quantize_first_last=a.quantize_first_last,
+                      first_last_bits=a.first_last_bits, weight_method=a.weight_clip, act_method=a.act_range,
+                      bn_reestimate=a.bn_reestimate, num_calib=a.num_calib, seed=a.seed)
+    model = _load_model(a)
+    calib = load_source(a.calib, model, num=a.num_calib, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
+    bn_data = load_source(a.bn_data, model, num=a.num_calib, seed=a.seed, data_root=a.data_root) if a.bn_data else None
+    t0 = time.time()
+    qm = quantize(model, calib, cfg, bn_data=bn_data)
+    seconds = round(time.time() - t0, 2)
+    save_quantized(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
+    info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": a.w_bits, "a_bits": a.a_bits, "seconds": seconds}
+    human = f"saved W{a.w_bits}A{a.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
+    if a.eval:
+        r = evaluate(qm, load_dataset(a.eval, model.input_spec, a.data_root), teacher=model)
+        info.update(r)
+        human += f"\n{a.eval}: top-1 {r['top1']:.2f}% (FP32 {r['teacher_top1']:.2f}%), agreement {r['agreement']:.2f}%"
+    _emit(a, info, human)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .data.real import load_dataset
+    from .metrics import evaluate
+    from .quant import is_quantized_file, load_quantized
+
+    teacher = None
+    if is_quantized_file(a.model):
+        model = load_quantized(a.model)
+        src = model.source  # type: ignore[attr-defined]
+        if a.teacher_weights:
+            from .models import load_model
+
+            teacher = load_model(src["model"], a.teacher_weights, num_classes=src.get("num_classes"),
+                                 input_spec=model.input_spec)  # type: ignore[attr-defined]
+    else:
+        model = _load_model(a)
+    import torch
+
+    model = model.to(torch.device(a.device))
+    data = load_dataset(a.data, model.input_spec, a.data_root)  # type: ignore[attr-defined]
+    r = evaluate(model, data, teacher=teacher)
+    r["model"] = a.model
+    human = f"{a.model} on {a.data}: top-1 {r['top1']:.2f}% (n={r['n']}), size {r['size_bits'] / 8 / 1024:.1f} KiB"
+    if "agreement" in r:
+        human += f", agreement with FP32 {r['agreement']:.2f}%"
+    _emit(a, r, human)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=a.out, progress=not a.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+    from .data.real import DATASET_SPECS
+    from .synth import SYNTHESIZERS
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="datafree", formatter_class=fmt,
+                                description="Compress a trained image classifier without its training data: "
+                                            "synthesize samples from the model, quantize with them, evaluate on real data.")
+    p.add_argument("--version", action="version", version=f"datafree {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+    specs = ", ".join(DATASET_SPECS)
+
+    s = sub.add_parser("list", help="list zoo models, synthesis methods and dataset specs", formatter_class=fmt)
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("synthesize", formatter_class=fmt, help="make synthetic samples from a trained model",
+                       description="Make synthetic samples from a trained model and store them as a SyntheticSet "
+                                   "directory (float shards, labels, teacher logits, manifest.json, grid.png). "
+                                   "An interrupted run resumes when the same command is repeated.")
+    _model_args(s)
+    s.add_argument("--method", required=True, choices=SYNTHESIZERS.names(), help="synthesis method")
+    s.add_argument("--num", type=int, default=512, help="number of samples")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--iterations", type=int, help="optimization steps per batch (method default: 200)")
+    s.add_argument("--batch-size", type=int, help="samples optimized together (default: 128)")
+    s.add_argument("--lr", type=float, help="Adam learning rate on the pixels (method default)")
+    s.add_argument("--bn-loss", choices=["kl", "l2"], help="BN matching form for bn-stats methods (default: kl)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
+    s.add_argument("--json", action="store_true", help="print a JSON summary")
+    _common(s)
+    s.set_defaults(func=cmd_synthesize)
+
+    s = sub.add_parser("quantize", formatter_class=fmt, help="post-training quantization calibrated on any data source",
+                       description="Fold BN, quantize weights per output channel (MSE-optimal clipping) and inputs of "
+                                   "every conv/linear per tensor, calibrated on SOURCE; save one file that "
+                                   "`datafree evaluate` loads. First and last layer stay at 8 bits unless "
+                                   "--quantize-first-last.")
+    _model_args(s)
+    s.add_argument("--calib", required=True, metavar="SOURCE",
+                   help=f"SyntheticSet directory, a method ({', '.join(SYNTHESIZERS.names())}) run on the fly, or a dataset spec ({specs})")
+    s.add_argument("--num-calib", type=int, default=512, help="calibration samples used")
+    s.add_argument("--w-bits", type=int, default=8, help="weight bits (2-8, 32 = float)")
+    s.add_argument("--a-bits", type=int, default=8, help="activation bits (2-8, 32 = float)")
+    s.add_argument("--quantize-first-last", action="store_true", help="quantize first and last layer to --w-bits/--a-bits too")
+    s.add_argument("--first-last-bits", type=int, default=8, help="bits of first and last layer when kept apart")
+    s.add_argument("--act-range", choices=["mse", "percentile", "minmax"], default="mse", help="activation range calibration")
+    s.add_argument("--weight-clip", choices=["mse", "minmax"], default="mse", help="per-channel weight clipping")
+    s.add_argument("--bn-reestimate", action="store_true", help="re-estimate BN statistics of the quantized model on the data")
+    s.add_argument("--bn-data", metavar="SOURCE", help="data for BN re-estimation (default: --calib)")
+    s.add_argument("--seed", type=int, default=0, help="seed for sample selection and on-the-fly synthesis")
+    s.add_argument("--out", required=True, help="output file (.pt)")
+    s.add_argument("--eval", metavar="DATASET_SPEC", help="also evaluate on this real dataset")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(s)
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("evaluate", formatter_class=fmt, help="top-1 of a model or quantized file on real data",
+                       description="Top-1 accuracy on a real dataset, model size in bits and, with --teacher-weights, "
+                                   "agreement of a quantized model with its FP32 teacher.")
+    _model_args(s, "model", help_extra=", or a file written by `datafree quantize`")
+    s.add_argument("--data", required=True, metavar="DATASET_SPEC", help=f"one of: {specs}")
+    s.add_argument("--teacher-weights", help="for a quantized file: FP32 weights, to report agreement")
+    s.add_argument("--json", action="store_true", help="print one JSON object (keys: top1 in percent, n, size_bits, ...)")
+    _common(s)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("demo", formatter_class=fmt, help="train a small CNN on scikit-learn digits and compare W4A4 calibration sources",
+                       description="Train (and cache) a small BN-CNN on scikit-learn digits, then print FP32 and W4A4 "
+                                   "top-1 calibrated on real digits / gaussian / inception / bn-stats samples, and "
+                                   "write PNG grids of the samples. Needs no data files.")
+    s.add_argument("--out", default="demo_out", help="output folder for the cached model and grids")
+    _common(s)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; user errors are one line on stderr and a non-zero exit."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    debug = bool(os.environ.get("DATAFREE_DEBUG"))
+    try:
+        if hasattr(a, "device"):
+            _setup(a)
+        return a.func(a)
+    except DatafreeError as e:
+        print(f"datafree: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("datafree: interrupted; finished work is kept (synthesis resumes when the same command is re-run)", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError) as e:
+        if debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"datafree: error: {first} (check the model's input spec and data; DATAFREE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

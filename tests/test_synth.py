@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+import datafree as df
+from datafree.data.synthetic import SyntheticSetWriter
+from datafree.synth import SYNTHESIZERS, BNStatHooks, bn_loss, list_synthesizers, make_config, synthesize
+
+
+def _tiny():
+    torch.manual_seed(0)
+    m = df.create_model("small_cnn")
+    # running statistics = the true statistics of N(0.3, 0.5²) inputs (cumulative average)
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.momentum = None
+        m.train()
+        for _ in range(10):
+            m(torch.randn(64, 1, 8, 8) * 0.5 + 0.3)
+    return m.eval()
+
+
+@pytest.mark.parametrize("method", list_synthesizers())
+def test_every_synthesizer_smoke(method):
+    m = _tiny()
+    m.train()  # caller's mode must come back untouched
+    m.features[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    cfg = make_config(method, num=10, batch_size=4, iterations=3)
+    data = synthesize(m, method, cfg, progress=False)
+    assert data.x.shape == (10, 1, 8, 8) and data.y.shape == (10,) and data.logits.shape == (10, 10)
+    assert torch.isfinite(data.x).all() and torch.isfinite(data.logits).all()
+    assert m.training and not m.features[0].weight.requires_grad and m.fc.weight.requires_grad
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), f"{method} changed {k}"
+    assert not any(mod._forward_hooks for mod in m.modules())
+    if SYNTHESIZERS.get(method).class_conditional:
+        assert data.y.tolist() == [i % 10 for i in range(10)]
+
+
+def test_bn_stats_lowers_bn_loss_below_noise():
+    m = _tiny()
+    data = synthesize(m, "bn-stats", make_config("bn-stats", num=32, batch_size=32, iterations=60), progress=False)
+    noise = torch.randn(32, 1, 8, 8)
+    with torch.no_grad(), BNStatHooks(m) as h:
+        m(noise)
+        l_noise = bn_loss(h)[0].item()
+        m(data.x)
+        l_syn = bn_loss(h)[0].item()
+    assert l_syn < 0.5 * l_noise
+
+
+def test_resume_after_interruption_gives_same_set(tmp_path, monkeypatch):
+    m = _tiny()
+    cfg = make_config("bn-stats", num=12, batch_size=4, iterations=4, seed=3)
+    full = synthesize(m, "bn-stats", cfg, out=str(tmp_path / "full"), progress=False)
+
+    orig = SyntheticSetWriter.write_shard
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(SyntheticSetWriter, "write_shard", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(m, "bn-stats", cfg, out=str(tmp_path / "part"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "part").glob("shard_*.npz")) == ["shard_00000.npz"]
+    with pytest.raises(df.DatafreeError, match="incomplete"):
+        df.SyntheticSet(tmp_path / "part")
+    monkeypatch.setattr(SyntheticSetWriter, "write_shard", orig)
+    resumed = synthesize(m, "bn-stats", cfg, out=str(tmp_path / "part"), progress=False)
+    assert torch.equal(resumed.x, full.x) and torch.equal(resumed.y, full.y)
+    assert (tmp_path / "part" / "grid.png").is_file()
+
+
+def test_reusing_out_with_other_config_is_refused(tmp_path):
+    m = _tiny()
+    synthesize(m, "gaussian", make_config("gaussian", num=4), out=str(tmp_path / "s"), progress=False)
+    with pytest.raises(df.DatafreeError, match="different synthetic set"):
+        synthesize(m, "gaussian", make_config("gaussian", num=8), out=str(tmp_path / "s"), progress=False)
+
+
+def test_nan_loss_is_a_clear_error():
+    m = _tiny()
+    with torch.no_grad():
+        m.features[0].weight.fill_(float("nan"))
+    with pytest.raises(df.DatafreeError, match="lower --lr"):
+        synthesize(m, "bn-stats", make_config("bn-stats", num=4, iterations=2), progress=False)
+
+
+def test_config_validation_and_roundtrip():
+    cfg = make_config("bn-stats", num=5, lr=0.1)
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(df.DatafreeError, match="lr"):
+        make_config("bn-stats", lr=-1.0)
+    with pytest.raises(df.DatafreeError, match="form"):
+        make_config("bn-stats", form="l3")
