@@ -31,15 +31,16 @@ def model_size_bits(model: nn.Module) -> int:
     return total
 
 
-def evaluate(model: nn.Module, data: TensorData, teacher: Optional[nn.Module] = None, batch_size: int = 256) -> dict:
-    """Top-1 (percent) on labelled data, agreement with `teacher` if given, size in bits."""
+def evaluate(model: nn.Module, data: TensorData, teacher: Optional[nn.Module] = None, batch_size: int = 256,
+             teacher_pred: Optional[torch.Tensor] = None) -> dict:
+    """Top-1 (percent) on labelled data, agreement with `teacher` (or its precomputed predictions), size in bits."""
     if data.y is None:
         raise ValueError(f"{data.name} has no labels to evaluate against")
     pred = predict(model, data, batch_size)
     out = {"top1": round(100.0 * (pred == data.y).float().mean().item(), 3), "n": len(data),
            "data": data.name, "size_bits": model_size_bits(model)}
-    if teacher is not None:
-        tpred = predict(teacher, data, batch_size)
+    if teacher is not None or teacher_pred is not None:
+        tpred = teacher_pred if teacher_pred is not None else predict(teacher, data, batch_size)  # type: ignore[arg-type]
         out["agreement"] = round(100.0 * (pred == tpred).float().mean().item(), 3)
         out["teacher_top1"] = round(100.0 * (tpred == data.y).float().mean().item(), 3)
     return out

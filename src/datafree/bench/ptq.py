@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import evaluate, load_dataset, load_model, make_config, quantize, synthesize
+from .. import evaluate, predict, load_dataset, load_model, make_config, quantize, synthesize
 from ..data.synthetic import read_manifest
 from ..quant import QuantConfig
 from .common import RowStore, git_commit, machine
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in a.models:
         model = load_model(name, str(Path(root) / "models" / CHECKPOINTS[name]))
         tests = {s: load_dataset(f"cifar10:{s}", model.input_spec, root) for s in ("test-exact", "test-jpeg")}
+        tpreds = {s: predict(model, d) for s, d in tests.items()}
         # FP32 reference
         store.run({"kind": "fp32", "model": name},
                   lambda: {f"top1_{s.split('-')[1]}": evaluate(model, d)["top1"] for s, d in tests.items()})
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                     tq = time.time() - t0
                     r = {"calib_seconds": round(tq, 2)}
                     for s, d in tests.items():
-                        e = evaluate(qm, d, teacher=model)
+                        e = evaluate(qm, d, teacher_pred=tpreds[s])
                         r[f"top1_{s.split('-')[1]}"] = e["top1"]
                         r[f"agree_{s.split('-')[1]}"] = e["agreement"]
                     r["size_bits"] = e["size_bits"]
