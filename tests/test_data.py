@@ -73,3 +73,20 @@ def test_missing_root_and_unknown_spec(monkeypatch, tmp_path):
         load_raw("cifar10:test-exact", str(tmp_path))
     with pytest.raises(df.DatafreeError, match="unknown dataset spec"):
         load_raw("cifar100:test")
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.randint(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dog" / "notes.txt").write_text("ignored")
+    d = df.load_dataset(f"folder:{tmp_path}", CIFAR10_SPEC)
+    assert d.x.shape == (6, 3, 32, 32) and d.y.tolist() == [0, 0, 0, 1, 1, 1]
+    g = df.load_dataset(f"folder:{tmp_path}", MNIST_SPEC)
+    assert g.x.shape == (6, 1, 28, 28)
+    with pytest.raises(df.DatafreeError, match="no class subfolders"):
+        df.load_dataset(f"folder:{tmp_path / 'cat'}", CIFAR10_SPEC)

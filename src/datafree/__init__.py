@@ -2,12 +2,13 @@
 from ._version import __version__
 from .data import DATASET_SPECS, SyntheticSet, TensorData, load_dataset, save_grid
 from .errors import DatafreeError
-from .metrics import evaluate, model_size_bits, predict
+from .metrics import evaluate, model_size_bits, predict, similarity
 from .models import InputSpec, create_model, fingerprint, list_models, load_model
-from .quant import QuantConfig, load_quantized, quantize, save_quantized
+from .distill import KDConfig, distill_, kd_loss
+from .quant import QuantConfig, finetune_quantized_, load_quantized, quantize, save_quantized
 from .synth import list_synthesizers, make_config, synthesize
 
 __all__ = ["__version__", "DATASET_SPECS", "SyntheticSet", "TensorData", "load_dataset", "save_grid",
-           "DatafreeError", "evaluate", "model_size_bits", "predict", "InputSpec", "create_model", "fingerprint",
-           "list_models", "load_model", "QuantConfig", "load_quantized", "quantize", "save_quantized",
+           "DatafreeError", "evaluate", "model_size_bits", "predict", "similarity", "InputSpec", "create_model", "fingerprint",
+           "list_models", "load_model", "KDConfig", "distill_", "kd_loss", "finetune_quantized_", "QuantConfig", "load_quantized", "quantize", "save_quantized",
            "list_synthesizers", "make_config", "synthesize"]

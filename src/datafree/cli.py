@@ -101,7 +101,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
 
     model = _load_model(a)
     cfg = make_config(a.method, num=a.num, seed=a.seed, iterations=a.iterations, batch_size=a.batch_size,
-                      lr=a.lr, form=a.bn_loss)
+                      lr=a.lr, form=a.bn_loss, channels_last=a.channels_last)
     t0 = time.time()
     data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
     man = read_manifest(a.out)
@@ -126,6 +126,15 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     bn_data = load_source(a.bn_data, model, num=a.num_calib, seed=a.seed, data_root=a.data_root) if a.bn_data else None
     t0 = time.time()
     qm = quantize(model, calib, cfg, bn_data=bn_data)
+    if a.finetune_epochs or a.finetune_steps:
+        from .distill import KDConfig
+        from .quant import finetune_quantized_
+
+        steps = a.finetune_steps or a.finetune_epochs * max(1, len(calib) // a.kd_batch_size)
+        kd = KDConfig(steps=steps, batch_size=min(a.kd_batch_size, len(calib)), lr=a.kd_lr,
+                      temperature=a.kd_temperature, augment=not a.no_augment, seed=a.seed)
+        val = load_dataset(a.val, model.input_spec, a.data_root) if a.val else None
+        finetune_quantized_(qm, model, calib, kd, val=val, progress=not a.no_progress)
     seconds = round(time.time() - t0, 2)
     save_quantized(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
     info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": a.w_bits, "a_bits": a.a_bits, "seconds": seconds}
@@ -167,6 +176,48 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_similarity(a: argparse.Namespace) -> int:
+    from .metrics import similarity
+    from .sources import load_source
+
+    model = _load_model(a)
+    data = load_source(a.data, model, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
+    r = similarity(model, data)
+    r["source"] = a.data
+    worst = sorted(r["layers"].items(), key=lambda kv: -kv[1])[:3]
+    human = (f"BN-statistics divergence of {a.data} (n={r['n']}) through {a.model}: {r['score']:.4f}\n"
+             + "largest layers: " + ", ".join(f"{k} {v:.4f}" for k, v in worst))
+    _emit(a, r, human)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .quant import is_quantized_file, load_quantized
+    from .quant.export import export_onnx, ort_predict, ort_session
+
+    if not is_quantized_file(a.model):
+        model = _load_model(a)
+    else:
+        model = load_quantized(a.model)
+    path = export_onnx(model, a.out, opset=a.opset)
+    info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size}
+    human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)"
+    if a.check:
+        from .data.real import load_dataset
+        from .metrics import predict
+
+        data = load_dataset(a.check, model.input_spec, a.data_root)  # type: ignore[attr-defined]
+        sim = predict(model, data)
+        ort = ort_predict(ort_session(path), data)
+        info.update(top1_sim=round(100.0 * (sim == data.y).float().mean().item(), 3),
+                    top1_ort=round(100.0 * (ort == data.y).float().mean().item(), 3),
+                    prediction_agreement=round(100.0 * (sim == ort).float().mean().item(), 3), n=len(data))
+        human += (f"\n{a.check}: top-1 PyTorch simulation {info['top1_sim']:.2f}%, onnxruntime {info['top1_ort']:.2f}%, "
+                  f"same prediction on {info['prediction_agreement']:.2f}% of {len(data)} images")
+    _emit(a, info, human)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -204,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, help="samples optimized together (default: 128)")
     s.add_argument("--lr", type=float, help="Adam learning rate on the pixels (method default)")
     s.add_argument("--bn-loss", choices=["kl", "l2"], help="BN matching form for bn-stats methods (default: kl)")
+    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="optimize in channels-last memory format (method default)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
     _common(s)
@@ -226,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weight-clip", choices=["mse", "minmax"], default="mse", help="per-channel weight clipping")
     s.add_argument("--bn-reestimate", action="store_true", help="re-estimate BN statistics of the quantized model on the data")
     s.add_argument("--bn-data", metavar="SOURCE", help="data for BN re-estimation (default: --calib)")
+    s.add_argument("--finetune-epochs", type=int, default=0,
+                   help="quantization-aware KD fine-tuning: passes over the calibration data (0 = calibration only)")
+    s.add_argument("--finetune-steps", type=int, default=0, help="fine-tuning steps (overrides --finetune-epochs)")
+    s.add_argument("--kd-lr", type=float, default=1e-4, help="Adam learning rate for fine-tuning")
+    s.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature")
+    s.add_argument("--kd-batch-size", type=int, default=64, help="fine-tuning batch size")
+    s.add_argument("--no-augment", action="store_true", help="no crop/flip of the samples during fine-tuning")
+    s.add_argument("--val", metavar="DATASET_SPEC", help="real data to show validation accuracy during fine-tuning")
     s.add_argument("--seed", type=int, default=0, help="seed for sample selection and on-the-fly synthesis")
     s.add_argument("--out", required=True, help="output file (.pt)")
     s.add_argument("--eval", metavar="DATASET_SPEC", help="also evaluate on this real dataset")
@@ -242,6 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object (keys: top1 in percent, n, size_bits, ...)")
     _common(s)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("similarity", formatter_class=fmt, help="BN-statistics divergence of a data source through a model",
+                       description="How far a data source's per-channel statistics at every BN layer's input are from "
+                                   "the model's stored running statistics (KL of Gaussians, channel-averaged, summed "
+                                   "over layers). Low means 'looks like the training data'.")
+    _model_args(s)
+    s.add_argument("--data", required=True, metavar="SOURCE", help="synthetic-set directory, method name or dataset spec")
+    s.add_argument("--num", type=int, help="use at most this many samples (default: all; 512 for on-the-fly methods)")
+    s.add_argument("--seed", type=int, default=0, help="seed for the subset and on-the-fly synthesis")
+    s.add_argument("--json", action="store_true", help="print one JSON object with `score` and per-layer `layers`")
+    _common(s)
+    s.set_defaults(func=cmd_similarity)
+
+    s = sub.add_parser("export", formatter_class=fmt, help="export a quantized file (or a model) to ONNX",
+                       description="Write an ONNX file: a quantized model becomes a QuantizeLinear/DequantizeLinear "
+                                   "graph with int8 weights that onnxruntime runs; a plain model is exported in FP32. "
+                                   "Needs onnx and onnxruntime (pip install 'datafree[export]').")
+    _model_args(s, "model", help_extra=", or a file written by `datafree quantize`")
+    s.add_argument("--out", required=True, help="output .onnx file")
+    s.add_argument("--opset", type=int, default=13, help="ONNX opset (>= 13 for per-channel Q/DQ)")
+    s.add_argument("--check", metavar="DATASET_SPEC", help="compare onnxruntime and PyTorch top-1 on this real dataset")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(s)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", formatter_class=fmt, help="train a small CNN on scikit-learn digits and compare W4A4 calibration sources",
                        description="Train (and cache) a small BN-CNN on scikit-learn digits, then print FP32 and W4A4 "

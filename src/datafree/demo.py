@@ -30,7 +30,8 @@ def demo_teacher(out: Path, progress: bool = True) -> torch.nn.Module:
     return load_model("small_cnn", str(path))
 
 
-def run_demo(out: str = "demo_out", progress: bool = True, w_bits: int = 4, a_bits: int = 4, num: int = 512) -> list[dict]:
+def run_demo(out: str = "demo_out", progress: bool = True, w_bits: int = 4, a_bits: int = 4, num: int = 512,
+             iterations: int = 200) -> list[dict]:
     """Train/cached teacher, then W4A4 calibrated on real digits and on each synthetic method; prints a table."""
     outp = Path(out)
     t0 = time.time()
@@ -44,7 +45,7 @@ def run_demo(out: str = "demo_out", progress: bool = True, w_bits: int = 4, a_bi
     sources = {"real digits:train": real.subset(num)}
     for m in DEMO_METHODS:
         ts = time.time()
-        sources[m] = synthesize(teacher, m, make_config(m, num=num, iterations=200), out=str(outp / f"synthetic_{m}"),
+        sources[m] = synthesize(teacher, m, make_config(m, num=num, iterations=iterations), out=str(outp / f"synthetic_{m}"),
                                 progress=progress)
         print(f"  synthesized {num} {m} samples in {time.time() - ts:.1f} s -> {outp / f'synthetic_{m}' / 'grid.png'}")
     for name, data in sources.items():

@@ -44,3 +44,35 @@ def evaluate(model: nn.Module, data: TensorData, teacher: Optional[nn.Module] = 
         out["agreement"] = round(100.0 * (pred == tpred).float().mean().item(), 3)
         out["teacher_top1"] = round(100.0 * (tpred == data.y).float().mean().item(), 3)
     return out
+
+
+@torch.no_grad()
+def similarity(model: nn.Module, data: TensorData, batch_size: int = 256, form: str = "kl") -> dict:
+    """BN-statistics divergence of a data set through `model`: low for data like the training data.
+
+    Per BN layer, the data set's per-channel input mean/variance (over all samples) is compared with the
+    stored running statistics by the same loss the bn-stats synthesizer minimizes; `score` is the sum.
+    """
+    from .synth.bn_hooks import BNStatHooks, bn_loss, require_bn
+
+    require_bn(model, "similarity")
+    dev = model_device(model)
+    sums: list[list] = []
+    with frozen_eval(model), BNStatHooks(model) as hooks:
+        sums = [[0.0, 0.0, 0] for _ in hooks.layers]
+        for xb in data.batches(batch_size):
+            model(xb.to(dev))
+            for i in range(len(hooks.layers)):
+                m, v = hooks.means[i], hooks.vars[i]
+                if m is None:
+                    continue
+                n = xb.shape[0]
+                sums[i][0] = sums[i][0] + m * n
+                sums[i][1] = sums[i][1] + (v + m * m) * n
+                sums[i][2] += n
+        for i, (s1, s2, n) in enumerate(sums):
+            mean = s1 / n
+            hooks.means[i], hooks.vars[i] = mean, (s2 / n - mean * mean).clamp_min(0)
+        total, per = bn_loss(hooks, form)
+        names = [n for n, _ in hooks.layers]
+    return {"score": total.item(), "layers": {n: p.item() for n, p in zip(names, per)}, "n": len(data), "data": data.name}

@@ -37,15 +37,17 @@ def machine() -> dict[str, Any]:
 
 
 class RowStore:
-    """Rows kept in a JSON file as they are produced, so an interrupted benchmark resumes."""
+    """Rows written to the result file after each one (meta.complete false until `finish`); a rerun with the
+    same config resumes from the rows already there."""
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any]) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_suffix(".partial.json")
-        self.meta = meta
+        self.meta = dict(meta, complete=False)
         self.rows: list[dict[str, Any]] = []
-        if self.partial.is_file():
-            self.rows = json.loads(self.partial.read_text())["rows"]
+        if self.path.is_file():
+            old = json.loads(self.path.read_text())
+            if old.get("meta", {}).get("config") == meta.get("config"):
+                self.rows = old["rows"]
 
     def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
         """The stored row whose fields include `key`, if any."""
@@ -62,18 +64,41 @@ class RowStore:
             r = dict(key, **fn())
             r.setdefault("seconds", round(time.time() - t0, 2))
             self.rows.append(r)
-            self._write(self.partial)
+            self._write()
         return r
 
-    def _write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
-        os.replace(tmp, path)
+        os.replace(tmp, self.path)
 
     def finish(self, **meta: Any) -> None:
-        """Write the final file and drop the partial one."""
-        self.meta.update(meta)
-        self._write(self.path)
-        if self.partial.exists():
-            self.partial.unlink()
+        """Mark the result complete."""
+        self.meta.update(meta, complete=True)
+        self._write()
+
+CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
+               "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
+
+
+def data_root() -> str:
+    """Benchmarks read the shared data from $DATAFREE_DATA (default ../shared/data)."""
+    return os.environ.get("DATAFREE_DATA", "../shared/data")
+
+
+def pretrained(name: str):
+    """A shared pretrained CIFAR-10 ResNet."""
+    from ..models import load_model
+
+    return load_model(name, str(Path(data_root()) / "models" / CHECKPOINTS[name]))
+
+
+def cached_set(model, name: str, method: str, num: int, iterations: int, seed: int, cache: str = "benchmarks/cache"):
+    """Synthesize (or reuse, or resume) a stored set keyed by model/method/num/iterations/seed; returns (data, manifest)."""
+    from ..data.synthetic import read_manifest
+    from ..synth import make_config, synthesize
+
+    out = Path(cache) / f"{name}_{method}_n{num}_it{iterations}_s{seed}"
+    data = synthesize(model, method, make_config(method, num=num, iterations=iterations, seed=seed), out=str(out))
+    return data, read_manifest(out)

@@ -7,19 +7,15 @@ benchmarks/cache/ and every finished row is kept, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from .. import evaluate, predict, load_dataset, load_model, make_config, quantize, synthesize
-from ..data.synthetic import read_manifest
+from .. import evaluate, load_dataset, predict, quantize
 from ..quant import QuantConfig
-from .common import RowStore, git_commit, machine
+from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
 
-CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
-               "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
 METHODS = ("gaussian", "inception", "bn-stats", "bn-stats+inception")
 SETTINGS = (("W8A8", 8, 8, False), ("W4A4", 4, 4, False), ("W4A4-all", 4, 4, True))
 
@@ -33,13 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="benchmarks/results/ptq_cifar.json")
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
-    root = os.environ.get("DATAFREE_DATA", "../shared/data")
+    root = data_root()
     t_start = time.time()
     meta = {"benchmark": "ptq_cifar", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "data_root": root, "command": "python -m datafree.bench.ptq " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(a).items() if k in ("models", "num", "iterations"))}
     store = RowStore(a.out, meta)
     for name in a.models:
-        model = load_model(name, str(Path(root) / "models" / CHECKPOINTS[name]))
+        model = pretrained(name)
         tests = {s: load_dataset(f"cifar10:{s}", model.input_spec, root) for s in ("test-exact", "test-jpeg")}
         tpreds = {s: predict(model, d) for s, d in tests.items()}
         # FP32 reference
@@ -47,15 +43,12 @@ def main(argv: list[str] | None = None) -> None:
                   lambda: {f"top1_{s.split('-')[1]}": evaluate(model, d)["top1"] for s, d in tests.items()})
         sources = {"real": load_dataset("cifar10:train-exact", model.input_spec, root).subset(a.num, a.seed)}
         for method in METHODS:
-            out = Path(a.cache) / f"{name}_{method}_n{a.num}_it{a.iterations}_s{a.seed}"
-            cfg = make_config(method, num=a.num, iterations=a.iterations, seed=a.seed)
-            sources[method] = synthesize(model, method, cfg, out=str(out))
-            man = read_manifest(out)
+            sources[method], man = cached_set(model, name, method, a.num, a.iterations, a.seed, a.cache)
             it = man.get("image_iterations", a.num)
             store.run({"kind": "synthesis", "model": name, "method": method},
                       lambda: {"seconds": man["seconds"], "image_iterations": it,
                                "img_it_per_s": round(it / max(man["seconds"], 1e-9), 1),
-                               "iterations": cfg.to_dict().get("iterations", 0), "num": a.num,
+                               "iterations": man["config"].get("iterations", 0), "num": a.num,
                                "final_loss": {k: v for k, v in man["shard_stats"]["0"].items() if k != "seconds"}})
         for setting, wb, ab, all_layers in SETTINGS:
             for src, data in sources.items():
@@ -80,3 +73,32 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render(path: str = "benchmarks/results/ptq_cifar.json") -> str:
+    """Markdown tables for BENCHMARKS.md from the result file."""
+    import json
+
+    d = json.loads(Path(path).read_text())
+    rows, meta = d["rows"], d["meta"]
+    out = []
+    for name in meta["config"]["models"]:
+        fp = next(r for r in rows if r["kind"] == "fp32" and r["model"] == name)
+        out.append(f"\n### {name} (FP32: {fp['top1_exact']:.2f} % test-exact, {fp['top1_jpeg']:.2f} % test-jpeg)\n")
+        out.append("| setting | calibration source | top-1 test-exact | Δ vs real | top-1 test-jpeg | Δ vs real | agreement w/ FP32 (exact) |")
+        out.append("|---|---|---:|---:|---:|---:|---:|")
+        for setting, *_ in SETTINGS:
+            cells = [r for r in rows if r["kind"] == "ptq" and r["model"] == name and r["setting"] == setting]
+            real = next((r for r in cells if r["source"] == "real"), None)
+            for r in cells:
+                de = f"{r['top1_exact'] - real['top1_exact']:+.2f}" if real and r is not real else ""
+                dj = f"{r['top1_jpeg'] - real['top1_jpeg']:+.2f}" if real and r is not real else ""
+                src = "real (train-exact)" if r["source"] == "real" else r["source"]
+                out.append(f"| {setting} | {src} | {r['top1_exact']:.2f} | {de} | {r['top1_jpeg']:.2f} | {dj} | {r['agree_exact']:.1f} |")
+    out.append("\n### Synthesis cost (512 samples, this machine)\n")
+    out.append("| model | method | iterations | wall time (s) | image-iterations/s |")
+    out.append("|---|---|---:|---:|---:|")
+    for r in rows:
+        if r["kind"] == "synthesis":
+            out.append(f"| {r['model']} | {r['method']} | {r['iterations']} | {r['seconds']:.1f} | {r['img_it_per_s']:.0f} |")
+    return "\n".join(out)

@@ -34,7 +34,37 @@ DATASET_SPECS: dict[str, str] = {
     "mnist:test": "MNIST 10k test (mnist/mnist_test.npz or idx files)",
     "digits:train": "scikit-learn 8x8 digits, fixed 80% split (no files needed)",
     "digits:test": "scikit-learn 8x8 digits, fixed 20% split (no files needed)",
+    "folder:PATH": "a folder of images with one subfolder per class (sorted names = labels 0..K-1)",
 }
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_folder(path: str, input_spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (resized to the spec, RGB or grayscale) and labels from class subfolders."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DatafreeError(f"image folder {path!r} not found; give folder:PATH with one subfolder per class")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DatafreeError(f"{path!r} has no class subfolders; put images in {path}/<class>/*.png")
+    c, h, w = input_spec.shape
+    mode = "L" if c == 1 else "RGB"
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() not in IMAGE_EXTS:
+                continue
+            try:
+                with Image.open(f) as im:
+                    xs.append(np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8))
+            except (OSError, UnidentifiedImageError) as e:
+                raise DatafreeError(f"cannot read image {f}: {e}") from None
+            ys.append(label)
+    if not xs:
+        raise DatafreeError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {path!r}")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
 def data_root(root: Optional[str] = None) -> Path:
@@ -132,7 +162,7 @@ def _load_digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def load_raw(spec: str, root: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images and int64 labels for a dataset spec such as `cifar10:test-exact`."""
-    if spec not in DATASET_SPECS:
+    if spec not in DATASET_SPECS or spec == "folder:PATH":
         raise DatafreeError(f"unknown dataset spec {spec!r}; valid: {', '.join(DATASET_SPECS)}")
     if spec in _NPZ:
         r = data_root(root)
@@ -147,10 +177,13 @@ def load_raw(spec: str, root: Optional[str] = None) -> tuple[np.ndarray, np.ndar
 
 def load_dataset(spec: str, input_spec: InputSpec, root: Optional[str] = None) -> TensorData:
     """A real dataset as TensorData normalized for a model's input spec."""
-    images, labels = load_raw(spec, root)
+    if spec.startswith("folder:"):
+        images, labels = load_folder(spec[len("folder:"):], input_spec)
+    else:
+        images, labels = load_raw(spec, root)
     return TensorData(images_to_tensor(images, input_spec), torch.from_numpy(labels), name=spec)
 
 
 def is_dataset_spec(s: str) -> bool:
     """True if `s` names a known dataset spec."""
-    return s in DATASET_SPECS
+    return s in DATASET_SPECS or s.startswith("folder:")

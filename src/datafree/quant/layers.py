@@ -59,11 +59,13 @@ class QuantLayer(nn.Module):
         """Whether a BatchNorm was folded into this layer."""
         return self.bn_gamma.numel() > 0
 
+    @torch.no_grad()
     def set_weight_scales(self, method: str = "mse") -> None:
         """Recompute the per-channel weight scales from the current weights."""
         if self.w_bits < FLOAT_BITS:
             self.w_scale.copy_(weight_scales(self.weight, self.w_bits, method))
 
+    @torch.no_grad()
     def set_act_range(self, lo: float, hi: float) -> None:
         """Fix the input quantization range and enable input quantization."""
         from .quantizer import act_qparams

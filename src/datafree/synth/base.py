@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -65,6 +66,7 @@ class PixelConfig(SynthConfig):
     tv: float = 0.0  # total-variation prior weight
     l2: float = 0.0  # L2 prior weight on the normalized pixels
     init_std: float = 1.0  # std of the starting noise in normalized space
+    channels_last: bool = False  # optimize a channels-last working copy of the teacher (faster on CPU)
 
     def validate(self) -> None:
         super().validate()
@@ -109,8 +111,13 @@ class Synthesizer:
     def __init__(self, teacher: nn.Module, config: SynthConfig) -> None:
         if not isinstance(config, self.config_cls):
             raise DatafreeError(f"{self.name} needs a {self.config_cls.__name__}, got {type(config).__name__}")
-        self.teacher = teacher
         self.cfg = config
+        if getattr(config, "channels_last", False) and any(p.dim() == 4 for p in teacher.parameters()):
+            teacher = copy.deepcopy(teacher).to(memory_format=torch.channels_last)  # working copy: no side effects
+            self.channels_last = True
+        else:
+            self.channels_last = False
+        self.teacher = teacher
         self.spec: InputSpec = input_spec_of(teacher)
         self.device = model_device(teacher)
         lo, hi = self.spec.pixel_bounds()
@@ -140,7 +147,10 @@ class Synthesizer:
     def optimize_pixels(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
         """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels."""
         cfg: PixelConfig = self.cfg  # type: ignore[assignment]
-        x = self.init_batch(len(y), gen, cfg.init_std).requires_grad_(True)
+        x = self.init_batch(len(y), gen, cfg.init_std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.iterations))
         for it in range(cfg.iterations):

@@ -45,7 +45,7 @@ class BNStatsSynthesizer(Synthesizer):
 
     def __init__(self, teacher: nn.Module, config: BNStatsConfig) -> None:
         super().__init__(teacher, config)
-        self.hooks = BNStatHooks(teacher)
+        self.hooks = BNStatHooks(self.teacher)
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: BNStatsConfig = self.cfg  # type: ignore[assignment]

@@ -1,0 +1,178 @@
+"""The one knowledge-distillation loop (quantized fine-tuning, student training, pruning all use it)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config, check
+from .data.base import TensorData
+from .errors import DatafreeError
+from .synth.base import frozen_eval, model_device
+
+
+@dataclasses.dataclass
+class KDConfig(Config):
+    """Distillation settings: KL(teacher || student) at temperature T, optional feature term."""
+
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    temperature: float = 4.0
+    feature_weight: float = 0.0  # weight of MSE between inputs of same-named layers in student and teacher
+    feature_layers: tuple[str, ...] = ()  # layer names; empty = the classifier head (last conv/linear)
+    augment: bool = True  # random crop (pad 4 px, scaled to the input) and horizontal flip
+    flip: bool = True
+    freeze_bn: bool = True  # student BN layers use running statistics (required for Gaussian samples)
+    val_every: int = 100
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}")
+        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(t/T) || softmax(s/T)), batch mean."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop after zero padding (1/8 of the side, 4 px at 32) and random per-sample horizontal flip."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    i = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    j = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (i[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+    cols = (j[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
+    out = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        f = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        out = torch.where(f[:, None, None, None], out.flip(3), out)
+    return out
+
+
+class _InputTap:
+    """Records the input of named submodules on each forward."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.feats: dict[str, torch.Tensor] = {}
+        mods = dict(model.named_modules())
+        missing = [n for n in names if n not in mods]
+        if missing:
+            raise DatafreeError(f"feature layer(s) {missing} not found in the model; valid names come from model.named_modules()")
+        self.handles = [mods[n].register_forward_pre_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str):
+        def hook(mod, inp):
+            self.feats[name] = inp[0]
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def head_name(model: nn.Module) -> str:
+    """Name of the last conv/linear (or quantized) layer in module order: the classifier head."""
+    from .quant.layers import QuantLayer
+
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, QuantLayer))]
+    if not names:
+        raise DatafreeError("model has no conv/linear layer to take features from")
+    return names[-1]
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def distill_(student: nn.Module, teacher: nn.Module, data: TensorData, config: Optional[KDConfig] = None,
+             val: Optional[TensorData] = None, params: Optional[Iterable[nn.Parameter]] = None,
+             progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None) -> list[dict]:
+    """Train `student` in place to match `teacher`'s logits on (augmented) `data`; returns a history of losses/val."""
+    cfg = config or KDConfig()
+    if len(data) == 0:
+        raise DatafreeError("distillation data is empty")
+    from .metrics import evaluate
+
+    dev = model_device(student)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    plist = [p for p in (params if params is not None else student.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps))
+    history: list[dict] = []
+    bar = None
+    if progress and cfg.steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="distill", unit="step", leave=False, dynamic_ncols=True, disable=None)
+    step, epoch, last_val = 0, 0, None
+    was = student.training
+    taps = None
+    if cfg.feature_weight > 0:
+        names = list(cfg.feature_layers) or [head_name(teacher)]
+        taps = (_InputTap(student, names), _InputTap(teacher, names))
+    try:
+        with frozen_eval(teacher):
+            while step < cfg.steps:
+                for xb in data.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + epoch, drop_last=True):
+                    if step >= cfg.steps:
+                        break
+                    student.train()
+                    if cfg.freeze_bn:
+                        _freeze_bn(student)
+                    xb = xb.to(dev)
+                    if cfg.augment:
+                        xb = augment_batch(xb, gen, cfg.flip)
+                    with torch.no_grad():
+                        t_logits = teacher(xb)
+                    loss = kd_loss(student(xb), t_logits, cfg.temperature)
+                    if taps is not None:
+                        feat = sum(F.mse_loss(taps[0].feats[n], taps[1].feats[n]) for n in taps[0].feats)
+                        loss = loss + cfg.feature_weight * feat
+                    if not torch.isfinite(loss):
+                        raise DatafreeError(f"distillation loss became {loss.item()} at step {step}; lower the lr (now {cfg.lr})")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    rec = {"step": step, "loss": loss.item()}
+                    if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                        student.eval()
+                        last_val = evaluate(student, val)["top1"]
+                        rec["val_top1"] = last_val
+                    history.append(rec)
+                    if on_step is not None:
+                        on_step(step, rec["loss"])
+                    if bar is not None:
+                        bar.update(1)
+                        post = {"loss": f"{rec['loss']:.4f}"}
+                        if last_val is not None:
+                            post["val"] = f"{last_val:.2f}"
+                        bar.set_postfix(post, refresh=False)
+                epoch += 1
+                if len(data) < cfg.batch_size:
+                    raise DatafreeError(f"distillation needs at least batch-size ({cfg.batch_size}) samples, got {len(data)}")
+    finally:
+        if bar is not None:
+            bar.close()
+        if taps is not None:
+            taps[0].remove(), taps[1].remove()
+        student.train(was)
+    student.eval()
+    return history

@@ -1,0 +1,148 @@
+"""ONNX export with QuantizeLinear/DequantizeLinear, and synthetic sets as onnxruntime calibration data."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data.base import TensorData
+from ..errors import DatafreeError
+from .layers import FLOAT_BITS
+from .ptq import quant_layers
+
+
+def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """QuantLayer forward built from ops the ONNX exporter maps to Q/DQ pairs (same numbers as the simulation)."""
+    import torch.nn.functional as F
+
+    if self.act_quant and self.a_bits < FLOAT_BITS:
+        s, z = float(self.a_scale), int(round(float(self.a_zero)))
+        if self.a_bits < 8:  # narrower grid: clip to its range, then the uint8 grid with the same step is exact.
+            # Max/Min rather than Clip: onnxruntime's Clip+QuantizeLinear fusion would drop a Clip before Q/DQ.
+            x = torch.minimum(torch.maximum(x, torch.tensor((0 - z) * s)), torch.tensor((2 ** self.a_bits - 1 - z) * s))
+        x = torch.fake_quantize_per_tensor_affine(x, s, z, 0, 255)
+    w = self.weight
+    if self.w_bits < FLOAT_BITS:
+        wq = self._export_wq  # constant, already on the b-bit grid, which the int8 grid contains
+        w = torch.fake_quantize_per_channel_affine(wq, self._export_scale,
+                                                   torch.zeros_like(self.w_scale, dtype=torch.int32), 0, -128, 127)
+    return F.conv2d(x, w, self.bias, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, self.bias)
+
+
+def _int8_weight_initializers(path: Path) -> None:
+    """Replace QuantizeLinear nodes fed by float initializers with int8 initializers (4x smaller files)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+
+    def value(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        return None
+
+    keep = []
+    for node in g.node:
+        if node.op_type == "QuantizeLinear":
+            x, s = value(node.input[0]), value(node.input[1])
+            zp = value(node.input[2]) if len(node.input) > 2 else None
+            if x is not None and s is not None and zp is not None:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                shape = [1] * x.ndim
+                if s.ndim == 1 and x.ndim > 1:
+                    shape[axis] = -1
+                q = np.clip(np.round(x / s.reshape(shape)) + zp.reshape(shape).astype(np.float64), np.iinfo(zp.dtype).min,
+                            np.iinfo(zp.dtype).max).astype(zp.dtype)
+                g.initializer.append(numpy_helper.from_array(q, node.output[0]))
+                continue
+        keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in g.node for i in n.input}
+    unused = [i for i in g.initializer if i.name not in used and i.name not in {o.name for o in g.output}]
+    for i in unused:
+        g.initializer.remove(i)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 13) -> Path:
+    """Write `model` (quantized -> Q/DQ int8 graph; plain -> FP32 graph) as one ONNX file with a dynamic batch."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise DatafreeError("ONNX export needs the onnx package: pip install 'datafree[export]'") from None
+    spec = getattr(model, "input_spec", None)
+    if spec is None:
+        raise DatafreeError("model has no input_spec; cannot build the export input")
+    m = copy.deepcopy(model).eval().cpu()
+    layers = quant_layers(m)
+    for q in layers:
+        with torch.no_grad():
+            q._export_wq = q.quant_weight().detach().clone()
+            q._export_scale = q.w_scale.detach().float().clone()
+        q.forward = _export_forward.__get__(q)  # export-only copy; the caller's model is untouched
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, *spec.shape)
+    with torch.no_grad():
+        torch.onnx.export(m, (dummy,), str(p), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          do_constant_folding=True)
+    if layers:
+        _int8_weight_initializers(p)
+    return p
+
+
+def ort_session(path: str | os.PathLike, threads: Optional[int] = None):
+    """An onnxruntime CPU session for an exported file."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DatafreeError("running ONNX models needs onnxruntime: pip install 'datafree[export]'") from None
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(session, data: TensorData, batch_size: int = 256) -> torch.Tensor:
+    """Argmax predictions of an onnxruntime session on `data`."""
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: xb.numpy().astype(np.float32)})[0].argmax(1) for xb in data.batches(batch_size)]
+    return torch.from_numpy(np.concatenate(out))
+
+
+class SyntheticCalibrationReader:
+    """onnxruntime.quantization CalibrationDataReader over a SyntheticSet (or any TensorData)."""
+
+    def __init__(self, source: "str | os.PathLike | TensorData", input_name: str = "input", batch_size: int = 16) -> None:
+        if isinstance(source, TensorData):
+            self.data = source
+        else:
+            from ..data.synthetic import SyntheticSet
+
+            self.data = SyntheticSet(source).data
+        self.input_name = input_name
+        self.batch_size = batch_size
+        self._it: Optional[Iterator[torch.Tensor]] = None
+        self.rewind()
+
+    def get_next(self) -> Optional[dict]:
+        """The next {input_name: float32 batch}, or None when exhausted."""
+        xb = next(self._it, None)  # type: ignore[arg-type]
+        return None if xb is None else {self.input_name: xb.numpy().astype(np.float32)}
+
+    def rewind(self) -> None:
+        """Start again from the first batch."""
+        self._it = iter(self.data.batches(self.batch_size))

@@ -1,0 +1,48 @@
+"""Quantization-aware fine-tuning by distillation: learnable step sizes (LSQ-style) plus the KD loop."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..data.base import TensorData
+from ..distill import KDConfig, distill_
+from .layers import FLOAT_BITS, QuantLayer
+from .ptq import quant_layers
+
+
+def _to_param(mod: nn.Module, name: str) -> None:
+    t = getattr(mod, name)
+    if isinstance(t, nn.Parameter):
+        return
+    delattr(mod, name)  # drops the buffer
+    mod.register_parameter(name, nn.Parameter(t.detach().clone()))
+
+
+def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:
+    """Make weight and input step sizes trainable (initialized from calibration); returns them."""
+    out = []
+    for q in quant_layers(qmodel):
+        if q.w_bits < FLOAT_BITS:
+            _to_param(q, "w_scale")
+            out.append(q.w_scale)
+        if q.a_bits < FLOAT_BITS and q.act_quant:
+            _to_param(q, "a_scale")
+            out.append(q.a_scale)
+    return out
+
+
+def finetune_quantized_(qmodel: nn.Module, teacher: nn.Module, data: TensorData, config: Optional[KDConfig] = None,
+                        val: Optional[TensorData] = None, progress: bool = True) -> list[dict]:
+    """KD fine-tuning of a calibrated quantized model (weights, biases and step sizes) in place."""
+    enable_learned_steps_(qmodel)
+    for q in quant_layers(qmodel):
+        with torch.no_grad():
+            q.w_scale.clamp_(min=1e-8)
+    hist = distill_(qmodel, teacher, data, config, val=val, progress=progress)
+    with torch.no_grad():
+        for q in quant_layers(qmodel):
+            q.w_scale.clamp_(min=1e-8)
+            q.a_scale.clamp_(min=1e-8)
+    return hist
