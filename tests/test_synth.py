@@ -99,3 +99,18 @@ def test_config_validation_and_roundtrip():
         make_config("bn-stats", lr=-1.0)
     with pytest.raises(df.DatafreeError, match="form"):
         make_config("bn-stats", form="l3")
+
+
+def test_set_written_before_a_new_option_existed_is_reused(tmp_path):
+    import json
+
+    m = _tiny()
+    cfg = make_config("bn-stats", num=4, batch_size=4, iterations=2)
+    first = synthesize(m, "bn-stats", cfg, out=str(tmp_path / "s"), progress=False)
+    man = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    del man["config"]["channels_last"]  # as written by an older version
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(man))
+    again = synthesize(m, "bn-stats", cfg, out=str(tmp_path / "s"), progress=False)
+    assert torch.equal(first.x, again.x)
+    with pytest.raises(df.DatafreeError, match="different synthetic set"):
+        synthesize(m, "bn-stats", cfg.replace(channels_last=True), out=str(tmp_path / "s"), progress=False)

@@ -36,12 +36,15 @@ def _atomic_write_bytes(path: Path, write) -> None:
 class SyntheticSetWriter:
     """Writes shards atomically; reopening a directory with the same identity resumes it."""
 
-    def __init__(self, out: str | os.PathLike, manifest: dict[str, Any], overwrite: bool = False) -> None:
+    def __init__(self, out: str | os.PathLike, manifest: dict[str, Any], overwrite: bool = False,
+                 config_defaults: Optional[dict[str, Any]] = None) -> None:
         self.dir = Path(out)
         self.manifest = dict(manifest, format=FORMAT, complete=False)
         mpath = self.dir / "manifest.json"
         if mpath.exists() and not overwrite:
             old = read_manifest(self.dir)
+            if config_defaults:  # options added after the set was written count as their defaults
+                old["config"] = {**config_defaults, **old.get("config", {})}
             keys = ("method", "config", "seed", "teacher_fingerprint", "num", "shard_size")
             diff = [k for k in keys if old.get(k) != self.manifest.get(k)]
             if diff:

@@ -213,7 +213,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
                         "shard_size": cfg.batch_size, "teacher_fingerprint": fingerprint(teacher),
                         "teacher": getattr(teacher, "source", None), "input_spec": spec.to_dict(),
                         "library_version": __version__}
-            writer = SyntheticSetWriter(out, manifest, overwrite=overwrite)
+            writer = SyntheticSetWriter(out, manifest, overwrite=overwrite, config_defaults=cls.config_cls().to_dict())
             done = writer.done_shards()
         todo = [i for i in range(n_shards) if i not in done]
         per_batch = getattr(cfg, "iterations", 0) if cls.iterative else 1
