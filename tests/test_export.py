@@ -40,6 +40,9 @@ def test_onnxruntime_matches_simulation(digits_teacher, digits_test, tmp_path, b
 def test_fp32_export_and_calibration_reader(digits_teacher, tmp_path):
     m, _ = digits_teacher
     p = export_onnx(m, tmp_path / "fp.onnx")
+    q = df.quantize(m, df.load_dataset("digits:train", m.input_spec), df.QuantConfig())
+    q8 = export_onnx(q, tmp_path / "q8.onnx")
+    assert q8.stat().st_size < 0.4 * p.stat().st_size  # int8 weights, no float copies left behind
     syn = df.synthesize(m, "gaussian", df.make_config("gaussian", num=20), out=str(tmp_path / "g"), progress=False)
     r = SyntheticCalibrationReader(tmp_path / "g", batch_size=8)
     shapes = []

@@ -66,6 +66,13 @@ def _int8_weight_initializers(path: Path) -> None:
                 g.initializer.append(numpy_helper.from_array(q, node.output[0]))
                 continue
         keep.append(node)
+    outputs = {o.name for o in g.output}
+    while True:  # drop Constant nodes (e.g. the float weights) nothing reads any more
+        used = {i for n in keep for i in n.input} | outputs
+        dead = [n for n in keep if n.op_type == "Constant" and n.output[0] not in used]
+        if not dead:
+            break
+        keep = [n for n in keep if n not in dead]
     del g.node[:]
     g.node.extend(keep)
     used = {i for n in g.node for i in n.input}
