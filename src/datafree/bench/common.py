@@ -40,13 +40,17 @@ class RowStore:
     """Rows written to the result file after each one (meta.complete false until `finish`); a rerun with the
     same config resumes from the rows already there."""
 
-    def __init__(self, path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any], selection: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
         self.meta = dict(meta, complete=False)
         self.rows: list[dict[str, Any]] = []
-        if self.path.is_file():
+        if self.path.is_file():  # resume when the protocol matches; `selection` keys only choose which rows run
             old = json.loads(self.path.read_text())
-            if old.get("meta", {}).get("config") == meta.get("config"):
+
+            def proto(c: dict) -> dict:
+                return {k: v for k, v in (c or {}).items() if k not in selection}
+
+            if proto(old.get("meta", {}).get("config")) == proto(meta.get("config")):
                 self.rows = old["rows"]
 
     def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
