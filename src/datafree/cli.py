@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from .errors import DatafreeError
+from .errors import DatafreeError, first_line
 
 EXIT_USAGE = 2
 
@@ -66,7 +66,7 @@ def _setup(a: argparse.Namespace) -> None:
         try:
             torch.empty(1, device=a.device)
         except (RuntimeError, AssertionError) as e:
-            raise DatafreeError(f"device {a.device!r} is not available ({str(e).splitlines()[0]}); use --device cpu") from None
+            raise DatafreeError(f"device {a.device!r} is not available ({first_line(e)}); use --device cpu") from None
 
 
 def _emit(a: argparse.Namespace, obj: dict, human: str) -> None:
@@ -356,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (RuntimeError, ValueError) as e:
         if debug:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, 300)
         print(f"datafree: error: {first} (check the model's input spec and data; DATAFREE_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1

@@ -4,3 +4,9 @@ from __future__ import annotations
 
 class DatafreeError(Exception):
     """An error caused by user input; the CLI prints its message as one line and exits non-zero."""
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (or its type name), truncated: for one-line error reports."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..errors import DatafreeError
+from ..errors import DatafreeError, first_line
 from .spec import InputSpec
 from .zoo import MODELS
 
@@ -83,7 +83,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DatafreeError(f"weights file {str(p)!r} is corrupt or not a torch state dict ({first}); re-download or re-save it with torch.save(model.state_dict(), path)") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
@@ -141,7 +141,7 @@ def check_forward(model: nn.Module) -> None:
         with torch.no_grad():
             out = model(torch.zeros((2, *spec.shape), device=dev))
     except Exception as e:  # user models may raise anything
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DatafreeError(f"the model fails on its input spec shape {tuple(spec.shape)} ({first}); "
                             "fix INPUT_SHAPE / --input-shape to what the model expects") from None
     finally:

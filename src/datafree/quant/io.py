@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .._version import __version__
-from ..errors import DatafreeError
+from ..errors import DatafreeError, first_line
 from ..models.loading import create_model, fingerprint
 from ..models.spec import InputSpec
 from .prepare import wrap_layers_
@@ -68,7 +68,7 @@ def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise DatafreeError(f"{str(p)!r} is corrupt ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); re-run `datafree quantize`") from None
+        raise DatafreeError(f"{str(p)!r} is corrupt ({first_line(e, 120)}); re-run `datafree quantize`") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise DatafreeError(f"{str(p)!r} is not a datafree quantized model file")
     spec = InputSpec.from_dict(obj["input_spec"])
@@ -77,7 +77,7 @@ def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
-        raise DatafreeError(f"{str(p)!r} does not match model {obj['source']['model']} ({str(e).splitlines()[0][:120]})") from None
+        raise DatafreeError(f"{str(p)!r} does not match model {obj['source']['model']} ({first_line(e, 120)})") from None
     for q, on in zip(layers, obj["act_quant"]):
         q.act_quant = bool(on)
     model.source = dict(obj["source"], quantized_file=str(p))  # type: ignore[attr-defined]
