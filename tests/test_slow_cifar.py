@@ -1,6 +1,5 @@
 """Real-data checks on the shared CIFAR-10 ResNets (run with -m slow)."""
 import pytest
-import torch
 
 import datafree as df
 

@@ -150,11 +150,11 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data.real import load_dataset
     from .metrics import evaluate
-    from .quant import is_quantized_file, load_quantized
+    from .quant import maybe_load_quantized
 
     teacher = None
-    if is_quantized_file(a.model):
-        model = load_quantized(a.model)
+    model = maybe_load_quantized(a.model)
+    if model is not None:
         src = model.source  # type: ignore[attr-defined]
         if a.teacher_weights:
             from .models import load_model
@@ -192,13 +192,12 @@ def cmd_similarity(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .quant import is_quantized_file, load_quantized
+    from .quant import maybe_load_quantized
     from .quant.export import export_onnx, ort_predict, ort_session
 
-    if not is_quantized_file(a.model):
+    model = maybe_load_quantized(a.model)
+    if model is None:
         model = _load_model(a)
-    else:
-        model = load_quantized(a.model)
     path = export_onnx(model, a.out, opset=a.opset)
     info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size}
     human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)"

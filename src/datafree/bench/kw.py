@@ -13,7 +13,7 @@ import time
 
 from .. import evaluate, load_dataset, predict, quantize
 from ..distill import KDConfig
-from ..quant import QuantConfig, finetune_quantized_, reestimate_bn_
+from ..quant import QuantConfig, finetune_quantized_
 from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
 
 CELLS = {"r20-w4a4": ("resnet20", 4, 4), "r20-w3a3": ("resnet20", 3, 3), "r20-w8a8": ("resnet20", 8, 8),

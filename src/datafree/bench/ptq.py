@@ -10,8 +10,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from .. import evaluate, load_dataset, predict, quantize
 from ..quant import QuantConfig
 from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained

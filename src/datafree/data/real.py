@@ -16,7 +16,7 @@ from .base import TensorData, images_to_tensor
 
 DATA_ENV = "DATAFREE_DATA"
 
-# spec -> (description, loader(root) -> (uint8 images, int64 labels))
+# spec -> npz file(s) under the data root, concatenated in order
 _NPZ = {
     "cifar10:test-exact": ("cifar10/cifar10_test_exact1000.npz",),
     "cifar10:train-exact": ("cifar10/cifar10_train_exact4000.npz",),

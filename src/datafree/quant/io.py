@@ -48,16 +48,27 @@ def save_quantized(qmodel: nn.Module, path: str | os.PathLike, teacher: nn.Modul
     os.replace(tmp, p)
 
 
-def is_quantized_file(path: str | os.PathLike) -> bool:
-    """Whether `path` is a file written by save_quantized."""
+def _read_if_quantized(path: str | os.PathLike) -> dict | None:
+    """The stored object if `path` is a file written by save_quantized, else None."""
     p = Path(path)
     if not p.is_file():
-        return False
+        return None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception:
-        return False
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+
+
+def is_quantized_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file written by save_quantized."""
+    return _read_if_quantized(path) is not None
+
+
+def maybe_load_quantized(path: str | os.PathLike) -> nn.Module | None:
+    """The quantized model in `path`, or None when `path` is not a quantized file (reads the file once)."""
+    obj = _read_if_quantized(path)
+    return None if obj is None else _build(obj, Path(path))
 
 
 def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -71,6 +82,11 @@ def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "
         raise DatafreeError(f"{str(p)!r} is corrupt ({first_line(e, 120)}); re-run `datafree quantize`") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise DatafreeError(f"{str(p)!r} is not a datafree quantized model file")
+    return _build(obj, p)
+
+
+def _build(obj: dict, p: Path) -> nn.Module:
+    """Rebuild the quantized model from its stored object."""
     spec = InputSpec.from_dict(obj["input_spec"])
     model = create_model(obj["source"]["model"], num_classes=obj["source"].get("num_classes"), input_spec=spec)
     layers = wrap_layers_(model, obj["plan"])

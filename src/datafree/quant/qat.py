@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..data.base import TensorData
 from ..distill import KDConfig, distill_
-from .layers import FLOAT_BITS, QuantLayer
+from .layers import FLOAT_BITS
 from .ptq import quant_layers
 
 
