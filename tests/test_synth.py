@@ -27,7 +27,8 @@ def test_every_synthesizer_smoke(method):
     m.features[0].weight.requires_grad_(False)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     cfg = make_config(method, num=10, batch_size=4, iterations=3)
-    data = synthesize(m, method, cfg, progress=False)
+    student = df.create_model("small_cnn") if SYNTHESIZERS.get(method).needs_student else None
+    data = synthesize(m, method, cfg, progress=False, student=student)
     assert data.x.shape == (10, 1, 8, 8) and data.y.shape == (10,) and data.logits.shape == (10, 10)
     assert torch.isfinite(data.x).all() and torch.isfinite(data.logits).all()
     assert m.training and not m.features[0].weight.requires_grad and m.fc.weight.requires_grad

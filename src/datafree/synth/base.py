@@ -107,8 +107,9 @@ class Synthesizer:
     needs_bn: ClassVar[bool] = False
     iterative: ClassVar[bool] = False  # whether `iterations` steps are run per batch
     class_conditional: ClassVar[bool] = True  # labels are targets; otherwise the teacher's argmax
+    needs_student: ClassVar[bool] = False  # whether the objective uses a student model (e.g. ADI's competition)
 
-    def __init__(self, teacher: nn.Module, config: SynthConfig) -> None:
+    def __init__(self, teacher: nn.Module, config: SynthConfig, student: Optional[nn.Module] = None) -> None:
         if not isinstance(config, self.config_cls):
             raise DatafreeError(f"{self.name} needs a {self.config_cls.__name__}, got {type(config).__name__}")
         self.cfg = config
@@ -118,6 +119,7 @@ class Synthesizer:
         else:
             self.channels_last = False
         self.teacher = teacher
+        self.student = student  # optional; read only (the caller owns its training)
         self.spec: InputSpec = input_spec_of(teacher)
         self.device = model_device(teacher)
         lo, hi = self.spec.pixel_bounds()
@@ -153,6 +155,8 @@ class Synthesizer:
         x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.iterations))
+        keep_best = bool(getattr(cfg, "keep_best", False))
+        best, best_loss = None, math.inf
         for it in range(cfg.iterations):
             opt.zero_grad(set_to_none=True)
             xa = jitter_flip(x, cfg.jitter, cfg.flip, gen)
@@ -160,13 +164,15 @@ class Synthesizer:
             if not torch.isfinite(loss):
                 raise DatafreeError(f"{self.name}: loss became {loss.item()} at iteration {it}; lower --lr "
                                     f"(now {cfg.lr}) or check the model for NaN weights (finished shards are kept)")
+            if keep_best and loss.item() < best_loss:
+                best_loss, best = loss.item(), x.detach().clone()  # the batch this loss was measured on
             loss.backward()
             opt.step()
             sched.step()
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, self.hi), self.lo))
             step(1, parts)
-        return x.detach()
+        return best if best is not None else x.detach()
 
 
 class StepCallback:
@@ -194,17 +200,20 @@ def make_config(method: str, **overrides: Any) -> SynthConfig:
 
 
 def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = None, out: Optional[str] = None,
-               progress: bool = True, overwrite: bool = False) -> TensorData:
-    """Make synthetic samples from `teacher` with `method`; with `out`, store (and resume) a SyntheticSet there."""
+               progress: bool = True, overwrite: bool = False, student: Optional[nn.Module] = None) -> TensorData:
+    """Make synthetic samples from `teacher` with `method` (and `student` if the method uses one); with `out`, store (and resume) a SyntheticSet there."""
     cls = SYNTHESIZERS.get(method)
     cfg = config if config is not None else cls.config_cls()
+    if cls.needs_student and student is None:
+        raise DatafreeError(f"method {method!r} needs a student model; use `datafree distill --method {method}` "
+                            "(it synthesizes with the current student in the loop) or pass student=")
     if cls.needs_bn:
         from .bn_hooks import require_bn
 
         require_bn(teacher, method)
     spec = input_spec_of(teacher)
-    with frozen_eval(teacher):
-        synth = cls(teacher, cfg)
+    with frozen_eval(teacher), (frozen_eval(student) if student is not None else contextlib.nullcontext()):
+        synth = cls(teacher, cfg, student)
         n_shards = math.ceil(cfg.num / cfg.batch_size)
         writer = None
         done: set[int] = set()
@@ -212,6 +221,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
             manifest = {"method": method, "config": cfg.to_dict(), "seed": cfg.seed, "num": cfg.num,
                         "shard_size": cfg.batch_size, "teacher_fingerprint": fingerprint(teacher),
                         "teacher": getattr(teacher, "source", None), "input_spec": spec.to_dict(),
+                        "student_fingerprint": fingerprint(student) if student is not None else None,
                         "library_version": __version__}
             writer = SyntheticSetWriter(out, manifest, overwrite=overwrite, config_defaults=cls.config_cls().to_dict())
             done = writer.done_shards()

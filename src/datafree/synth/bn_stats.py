@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -43,8 +44,8 @@ class BNStatsSynthesizer(Synthesizer):
     iterative = True
     class_conditional = False
 
-    def __init__(self, teacher: nn.Module, config: BNStatsConfig) -> None:
-        super().__init__(teacher, config)
+    def __init__(self, teacher: nn.Module, config: BNStatsConfig, student: Optional[nn.Module] = None) -> None:
+        super().__init__(teacher, config, student)
         self.hooks = BNStatHooks(self.teacher)
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -21,3 +21,12 @@ def jitter_flip(x: torch.Tensor, jitter: int, flip: bool, gen: torch.Generator) 
     if flip and bool(torch.rand((), generator=gen) < 0.5):
         x = torch.flip(x, dims=(3,))
     return x
+
+
+def tv_l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's TV prior: sum of the (plain, not squared) L2 norms of the four neighbour differences."""
+    d1 = x[:, :, :, :-1] - x[:, :, :, 1:]
+    d2 = x[:, :, :-1, :] - x[:, :, 1:, :]
+    d3 = x[:, :, 1:, :-1] - x[:, :, :-1, 1:]
+    d4 = x[:, :, :-1, :-1] - x[:, :, 1:, 1:]
+    return sum(torch.linalg.vector_norm(d) for d in (d1, d2, d3, d4))  # type: ignore[return-value]
