@@ -14,7 +14,7 @@ EXIT_USAGE = 2
 
 
 def _model_args(p: argparse.ArgumentParser, positional: str = "model", help_extra: str = "") -> None:
-    p.add_argument(positional, metavar=positional.upper(),
+    p.add_argument("model", metavar=positional.upper(),
                    help="zoo model name (see `datafree list`) or path/to/file.py:factory" + help_extra)
     p.add_argument("--weights", help="state dict or checkpoint (.th/.pt), loaded with weights_only=True")
     p.add_argument("--num-classes", type=int, help="number of classes (default: the model's own)")
@@ -39,13 +39,14 @@ def _floats(s: Optional[str], what: str) -> Optional[tuple]:
         raise DatafreeError(f"{what} must be comma-separated numbers, got {s!r}") from None
 
 
-def _load_model(a: argparse.Namespace, name: Optional[str] = None):
+def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Optional[str] = None,
+                input_spec: Any = None, num_classes: Optional[int] = None):
     import torch
 
     from .models import InputSpec, load_model
 
-    spec = None
-    if a.input_shape or a.mean or a.std:
+    spec = input_spec
+    if name is None and (a.input_shape or a.mean or a.std):
         shape = _floats(a.input_shape, "--input-shape")
         if not (shape and a.mean and a.std and a.num_classes):
             raise DatafreeError("--input-shape, --mean, --std and --num-classes go together; give all four")
@@ -53,7 +54,9 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None):
             spec = InputSpec(tuple(int(v) for v in shape), _floats(a.mean, "--mean"), _floats(a.std, "--std"), a.num_classes)
         except ValueError as e:
             raise DatafreeError(f"bad input spec: {e}") from None
-    model = load_model(name or a.model, a.weights, num_classes=a.num_classes, input_spec=spec)
+    if name is None:
+        name, weights, num_classes = a.model, a.weights, a.num_classes
+    model = load_model(name, weights, num_classes=num_classes, input_spec=spec)
     return model.to(torch.device(a.device))
 
 
@@ -217,6 +220,67 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _kd_config(a: argparse.Namespace, steps: int, **kw: Any):
+    from .distill import KDConfig
+
+    return KDConfig(steps=steps, batch_size=a.kd_batch_size, lr=a.kd_lr, temperature=a.kd_temperature,
+                    augment=not a.no_augment, seed=a.seed, **kw)
+
+
+def _save_student(model, path: str) -> None:
+    import torch
+
+    p = os.path.dirname(os.path.abspath(path))
+    os.makedirs(p, exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .data.real import load_dataset
+    from .metrics import evaluate
+    from .models import input_spec_of
+    from .sources import load_source
+    from .student import RoundsConfig, distill_student_
+    from .synth import make_config
+
+    if (a.method is None) == (a.data is None):
+        raise DatafreeError("give --method (synthesize in rounds with the student in the loop) or --data "
+                            "(a fixed synthetic set or dataset spec), exactly one")
+    teacher = _load_model(a)
+    spec = input_spec_of(teacher)
+    student = _load_model(a, name=a.student, weights=a.student_weights, input_spec=spec,
+                          num_classes=spec.num_classes)
+    kd_kw = dict(optimizer=a.kd_optimizer, weight_decay=a.kd_weight_decay, freeze_bn=a.freeze_bn, val_every=a.val_every)
+    val = load_dataset(a.val, spec, a.data_root) if a.val else None
+    ckpt = a.checkpoint_dir or a.out + ".ckpt"
+    if a.method is not None:
+        rounds = RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round)
+        scfg = make_config(a.method, seed=a.seed, iterations=a.iterations, lr=a.synth_lr, batch_size=a.per_round)
+        kd = _kd_config(a, a.rounds * a.steps_per_round, **kd_kw)
+        r = distill_student_(student, teacher, kd, method=a.method, synth_config=scfg, rounds=rounds,
+                             checkpoint_dir=ckpt, val=val, progress=not a.no_progress, overwrite=a.overwrite)
+        source = a.method
+    else:
+        data = load_source(a.data, teacher, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
+        steps = a.steps or a.epochs * max(1, len(data) // a.kd_batch_size)
+        kd = _kd_config(a, steps, **kd_kw)
+        r = distill_student_(student, teacher, kd, data=data, checkpoint_dir=ckpt, val=val,
+                             progress=not a.no_progress, overwrite=a.overwrite, checkpoint_every=a.checkpoint_every)
+        source = a.data
+    _save_student(student, a.out)
+    info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
+    human = (f"saved student {a.student} distilled from {source} ({r['samples']} samples, {r['steps']} steps, "
+             f"{r['seconds']:.0f} s) to {a.out}; load it with `datafree evaluate {a.student} --weights {a.out}`")
+    if a.eval:
+        ev = evaluate(student, load_dataset(a.eval, spec, a.data_root), teacher=teacher)
+        info.update(top1=ev["top1"], teacher_top1=ev["teacher_top1"], n=ev["n"])
+        human += f"\n{a.eval}: student top-1 {ev['top1']:.2f}% (teacher {ev['teacher_top1']:.2f}%)"
+    _emit(a, info, human)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -326,6 +390,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _common(s)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("distill", formatter_class=fmt, help="train a student from the teacher without its data",
+                       description="Data-free knowledge distillation: train STUDENT (zoo name or file.py:factory, from "
+                                   "scratch or --student-weights) to match TEACHER's logits (KL at a temperature) on "
+                                   "synthetic samples. With --method, run rounds: synthesize --per-round samples with "
+                                   "the current student in the loop (adaptive-deepinversion needs this), add them to a "
+                                   "pool, distill --steps-per-round steps. With --data, distill on a fixed synthetic "
+                                   "set or dataset spec. Checkpoints go to --checkpoint-dir after every round (or "
+                                   "--checkpoint-every steps); re-running the same command resumes. The output is a "
+                                   "state dict that `datafree evaluate STUDENT --weights OUT` loads.")
+    _model_args(s, "teacher")
+    s.add_argument("--student", required=True, help="student: zoo model name or path/to/file.py:factory")
+    s.add_argument("--student-weights", help="start the student from these weights (default: from scratch)")
+    s.add_argument("--method", choices=SYNTHESIZERS.names(), help="synthesis method, run in rounds")
+    s.add_argument("--data", metavar="SOURCE", help=f"fixed data instead: synthetic-set directory or dataset spec ({specs})")
+    s.add_argument("--num", type=int, help="with --data: use at most this many samples")
+    s.add_argument("--rounds", type=int, default=4, help="with --method: synthesize-then-distill rounds")
+    s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round")
+    s.add_argument("--steps-per-round", type=int, default=200, help="with --method: KD steps after each round")
+    s.add_argument("--iterations", type=int, help="with --method: pixel-optimization steps per batch (method default)")
+    s.add_argument("--synth-lr", type=float, help="with --method: learning rate on the pixels (method default)")
+    s.add_argument("--steps", type=int, default=0, help="with --data: KD steps (overrides --epochs)")
+    s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
+    s.add_argument("--kd-lr", type=float, default=1e-3, help="student learning rate (cosine schedule)")
+    s.add_argument("--kd-optimizer", choices=["adam", "sgd"], default="adam", help="student optimizer")
+    s.add_argument("--kd-weight-decay", type=float, default=5e-4, help="weight decay")
+    s.add_argument("--kd-temperature", type=float, default=3.0, help="distillation temperature")
+    s.add_argument("--kd-batch-size", type=int, default=128, help="distillation batch size")
+    s.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the student's BN statistics fixed (for a pretrained student)")
+    s.add_argument("--no-augment", action="store_true", help="no crop/flip of the samples")
+    s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress bar")
+    s.add_argument("--val-every", type=int, default=200, help="steps between validations")
+    s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
+    s.add_argument("--checkpoint-every", type=int, default=200, help="with --data: steps between checkpoints")
+    s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--out", required=True, help="output state dict (.pt)")
+    s.add_argument("--eval", metavar="DATASET_SPEC", help="evaluate the student (and teacher) on this real dataset")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(s)
+    s.set_defaults(func=cmd_distill)
 
     s = sub.add_parser("demo", formatter_class=fmt, help="train a small CNN on scikit-learn digits and compare W4A4 calibration sources",
                        description="Train (and cache) a small BN-CNN on scikit-learn digits, then print FP32 and W4A4 "

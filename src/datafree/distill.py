@@ -23,6 +23,8 @@ class KDConfig(Config):
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | sgd (Nesterov momentum)
+    momentum: float = 0.9
     temperature: float = 4.0
     feature_weight: float = 0.0  # weight of MSE between inputs of same-named layers in student and teacher
     feature_layers: tuple[str, ...] = ()  # layer names; empty = the classifier head (last conv/linear)
@@ -37,6 +39,7 @@ class KDConfig(Config):
         check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         check(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}")
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        check(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -100,79 +103,137 @@ def _freeze_bn(model: nn.Module) -> None:
             m.eval()
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+class Distiller:
+    """The KD loop as an object: one optimizer and cosine schedule over `cfg.steps`, run in pieces, checkpointable."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, config: Optional[KDConfig] = None,
+                 params: Optional[Iterable[nn.Parameter]] = None, loss_fn: Optional[LossFn] = None) -> None:
+        self.cfg = cfg = config or KDConfig()
+        cfg.validate()
+        self.student, self.teacher = student, teacher
+        self.loss_fn = loss_fn  # (student_logits, teacher_logits, labels or None) -> loss; default: kd_loss at T
+        self.device = model_device(student)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        plist = [p for p in (params if params is not None else student.parameters()) if p.requires_grad]
+        if not plist:
+            raise DatafreeError("the student has no trainable parameters")
+        if cfg.optimizer == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(plist, lr=cfg.lr, momentum=cfg.momentum,
+                                                              weight_decay=cfg.weight_decay, nesterov=True)
+        else:
+            self.opt = torch.optim.Adam(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, cfg.steps))
+        self.step = 0
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        """Optimizer, schedule, RNG and counters (the student's weights are saved by the caller)."""
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
+                "step": self.step, "epoch": self.epoch, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved."""
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        self.step, self.epoch, self.history = state["step"], state["epoch"], list(state["history"])
+
+    def _loss(self, xb: torch.Tensor, yb: Optional[torch.Tensor], taps) -> torch.Tensor:
+        cfg = self.cfg
+        with torch.no_grad():
+            t_logits = self.teacher(xb)
+        s_logits = self.student(xb)
+        if self.loss_fn is not None:
+            loss = self.loss_fn(s_logits, t_logits, yb)
+        else:
+            loss = kd_loss(s_logits, t_logits, cfg.temperature)
+        if taps is not None:
+            feat = sum(F.mse_loss(taps[0].feats[n], taps[1].feats[n]) for n in taps[0].feats)
+            loss = loss + cfg.feature_weight * feat
+        return loss
+
+    def run(self, data: TensorData, steps: Optional[int] = None, val: Optional[TensorData] = None,
+            progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None) -> list[dict]:
+        """Train the student for `steps` more steps (default: to `cfg.steps`) on augmented `data`; returns those steps' records."""
+        cfg = self.cfg
+        if len(data) == 0:
+            raise DatafreeError("distillation data is empty")
+        if len(data) < cfg.batch_size:
+            raise DatafreeError(f"distillation needs at least batch-size ({cfg.batch_size}) samples, got {len(data)}")
+        from .metrics import evaluate
+
+        n_steps = cfg.steps - self.step if steps is None else steps
+        stop = self.step + max(0, n_steps)
+        new: list[dict] = []
+        bar = None
+        if progress and n_steps > 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_steps, desc="distill", unit="step", leave=False, dynamic_ncols=True, disable=None)
+        student, last_val = self.student, None
+        was = student.training
+        taps = None
+        if cfg.feature_weight > 0:
+            names = list(cfg.feature_layers) or [head_name(self.teacher)]
+            taps = (_InputTap(student, names), _InputTap(self.teacher, names))
+        try:
+            with frozen_eval(self.teacher):
+                while self.step < stop:
+                    for idx in data.index_batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + self.epoch,
+                                                  drop_last=True):
+                        if self.step >= stop:
+                            break
+                        student.train()
+                        if cfg.freeze_bn:
+                            _freeze_bn(student)
+                        xb = data.x[idx].to(self.device)
+                        yb = None if data.y is None else data.y[idx].to(self.device)
+                        if cfg.augment:
+                            xb = augment_batch(xb, self.gen, cfg.flip)
+                        loss = self._loss(xb, yb, taps)
+                        if not torch.isfinite(loss):
+                            raise DatafreeError(f"distillation loss became {loss.item()} at step {self.step}; "
+                                                f"lower the lr (now {cfg.lr})")
+                        self.opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        self.opt.step()
+                        if self.step < cfg.steps:
+                            self.sched.step()
+                        self.step += 1
+                        rec = {"step": self.step, "loss": loss.item()}
+                        if val is not None and (self.step % cfg.val_every == 0 or self.step == stop):
+                            student.eval()
+                            last_val = evaluate(student, val)["top1"]
+                            rec["val_top1"] = last_val
+                        new.append(rec)
+                        if on_step is not None:
+                            on_step(self.step, rec["loss"])
+                        if bar is not None:
+                            bar.update(1)
+                            post = {"loss": f"{rec['loss']:.4f}"}
+                            if last_val is not None:
+                                post["val"] = f"{last_val:.2f}"
+                            bar.set_postfix(post, refresh=False)
+                    else:
+                        self.epoch += 1
+        finally:
+            if bar is not None:
+                bar.close()
+            if taps is not None:
+                taps[0].remove(), taps[1].remove()
+            student.train(was)
+        student.eval()
+        self.history.extend(new)
+        return new
+
+
 def distill_(student: nn.Module, teacher: nn.Module, data: TensorData, config: Optional[KDConfig] = None,
              val: Optional[TensorData] = None, params: Optional[Iterable[nn.Parameter]] = None,
-             progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None) -> list[dict]:
+             progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None,
+             loss_fn: Optional[LossFn] = None) -> list[dict]:
     """Train `student` in place to match `teacher`'s logits on (augmented) `data`; returns a history of losses/val."""
-    cfg = config or KDConfig()
-    if len(data) == 0:
-        raise DatafreeError("distillation data is empty")
-    from .metrics import evaluate
-
-    dev = model_device(student)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    plist = [p for p in (params if params is not None else student.parameters()) if p.requires_grad]
-    opt = torch.optim.Adam(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps))
-    history: list[dict] = []
-    bar = None
-    if progress and cfg.steps:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, desc="distill", unit="step", leave=False, dynamic_ncols=True, disable=None)
-    step, epoch, last_val = 0, 0, None
-    was = student.training
-    taps = None
-    if cfg.feature_weight > 0:
-        names = list(cfg.feature_layers) or [head_name(teacher)]
-        taps = (_InputTap(student, names), _InputTap(teacher, names))
-    try:
-        with frozen_eval(teacher):
-            while step < cfg.steps:
-                for xb in data.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + epoch, drop_last=True):
-                    if step >= cfg.steps:
-                        break
-                    student.train()
-                    if cfg.freeze_bn:
-                        _freeze_bn(student)
-                    xb = xb.to(dev)
-                    if cfg.augment:
-                        xb = augment_batch(xb, gen, cfg.flip)
-                    with torch.no_grad():
-                        t_logits = teacher(xb)
-                    loss = kd_loss(student(xb), t_logits, cfg.temperature)
-                    if taps is not None:
-                        feat = sum(F.mse_loss(taps[0].feats[n], taps[1].feats[n]) for n in taps[0].feats)
-                        loss = loss + cfg.feature_weight * feat
-                    if not torch.isfinite(loss):
-                        raise DatafreeError(f"distillation loss became {loss.item()} at step {step}; lower the lr (now {cfg.lr})")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    step += 1
-                    rec = {"step": step, "loss": loss.item()}
-                    if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                        student.eval()
-                        last_val = evaluate(student, val)["top1"]
-                        rec["val_top1"] = last_val
-                    history.append(rec)
-                    if on_step is not None:
-                        on_step(step, rec["loss"])
-                    if bar is not None:
-                        bar.update(1)
-                        post = {"loss": f"{rec['loss']:.4f}"}
-                        if last_val is not None:
-                            post["val"] = f"{last_val:.2f}"
-                        bar.set_postfix(post, refresh=False)
-                epoch += 1
-                if len(data) < cfg.batch_size:
-                    raise DatafreeError(f"distillation needs at least batch-size ({cfg.batch_size}) samples, got {len(data)}")
-    finally:
-        if bar is not None:
-            bar.close()
-        if taps is not None:
-            taps[0].remove(), taps[1].remove()
-        student.train(was)
-    student.eval()
-    return history
+    return Distiller(student, teacher, config, params, loss_fn).run(data, val=val, progress=progress, on_step=on_step)

@@ -33,17 +33,17 @@ class TensorData:
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False) -> Iterator[torch.Tensor]:
         """Yield input batches (labels are not needed by compressors)."""
-        for idx in self._index_batches(batch_size, shuffle, seed, drop_last):
+        for idx in self.index_batches(batch_size, shuffle, seed, drop_last):
             yield self.x[idx]
 
     def labeled_batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (inputs, labels) batches; requires labels."""
         if self.y is None:
             raise ValueError(f"{self.name} has no labels")
-        for idx in self._index_batches(batch_size, shuffle, seed, False):
+        for idx in self.index_batches(batch_size, shuffle, seed, False):
             yield self.x[idx], self.y[idx]
 
-    def _index_batches(self, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> Iterator[torch.Tensor]:
+    def index_batches(self, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> Iterator[torch.Tensor]:
         n = len(self)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last and n >= batch_size else n

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+
+import datafree as df
+from datafree.cli import main
+from datafree.distill import KDConfig
+from datafree.student import RoundsConfig, distill_student_
+from datafree.synth import make_config
+
+
+def test_student_from_scratch_on_real_digits_beats_floor(digits_teacher, digits_test):
+    teacher, _ = digits_teacher
+    torch.manual_seed(0)
+    student = df.create_model("small_cnn")
+    real = df.load_dataset("digits:train", teacher.input_spec)
+    r = distill_student_(student, teacher, KDConfig(steps=300, batch_size=64, lr=3e-3, freeze_bn=False, temperature=3),
+                         data=real, progress=False)
+    acc = df.evaluate(student, digits_test)["top1"]
+    assert r["steps"] == 300 and acc > 85.0, acc
+
+
+def test_rounds_resume_after_interruption_matches_uninterrupted(digits_teacher, tmp_path, monkeypatch):
+    teacher, _ = digits_teacher
+    kd = KDConfig(batch_size=16, lr=1e-3, freeze_bn=False, temperature=3)
+    scfg = make_config("adaptive-deepinversion", iterations=5, bn_weight=1.0)
+    rounds = RoundsConfig(rounds=3, per_round=16, steps_per_round=4)
+
+    def fresh():
+        torch.manual_seed(1)
+        return df.create_model("small_cnn")
+
+    full = fresh()
+    r_full = distill_student_(full, teacher, kd, method="adaptive-deepinversion", synth_config=scfg, rounds=rounds,
+                              checkpoint_dir=str(tmp_path / "a"), progress=False)
+    assert r_full["steps"] == 12 and r_full["samples"] == 48
+
+    import datafree.student as st
+    real_synth, calls = st.synthesize, {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_synth(*args, **kw)
+
+    monkeypatch.setattr(st, "synthesize", flaky)
+    s1 = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        distill_student_(s1, teacher, kd, method="adaptive-deepinversion", synth_config=scfg, rounds=rounds,
+                         checkpoint_dir=str(tmp_path / "b"), progress=False)
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=False)["done"] == 2
+    s2 = fresh()  # a new process: weights come from the checkpoint
+    distill_student_(s2, teacher, kd, method="adaptive-deepinversion", synth_config=scfg, rounds=rounds,
+                     checkpoint_dir=str(tmp_path / "b"), progress=False)
+    for (k, v), v2 in zip(full.state_dict().items(), s2.state_dict().values()):
+        assert torch.allclose(v.float(), v2.float(), atol=1e-5), k
+    with pytest.raises(df.DatafreeError, match="different run"):
+        distill_student_(fresh(), teacher, kd.replace(lr=5e-3), method="adaptive-deepinversion", synth_config=scfg,
+                         rounds=rounds, checkpoint_dir=str(tmp_path / "b"), progress=False)
+
+
+def test_cli_distill_fixed_data_and_corrupt_checkpoint(digits_teacher, tmp_path, capsys):
+    _, w = digits_teacher
+    out = str(tmp_path / "student.pt")
+    args = ["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--data", "digits:train",
+            "--steps", "30", "--kd-batch-size", "32", "--out", out, "--eval", "digits:test", "--json", "--no-progress"]
+    assert main(args) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["steps"] == 30 and info["method"] == "digits:train" and 0 <= info["top1"] <= 100
+    assert main(["evaluate", "small_cnn", "--weights", out, "--data", "digits:test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(info["top1"])
+    (tmp_path / "student.pt.ckpt" / "state.pt").write_bytes(b"garbage")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert main(["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--out", out]) == 2
+    assert "exactly one" in capsys.readouterr().err
