@@ -101,6 +101,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_weights_(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights into `model` in place; mismatched keys or shapes give a one-line error."""
     sd = read_state_dict(path)
+    if "_datafree_pruned" in sd:  # written by `datafree prune`: fewer channels than the fresh model
+        from ..prune import resize_to_state_dict_
+
+        sd = {k: v for k, v in sd.items() if k != "_datafree_pruned"}
+        resize_to_state_dict_(model, sd)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]

@@ -1,0 +1,207 @@
+"""Pruning: global magnitude (unstructured) and filter pruning that removes channels (structured), plus FLOP counting."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import DatafreeError, first_line
+from .models.loading import input_spec_of
+
+PRUNED_MARKER = "_datafree_pruned"  # tensor key in a saved state dict whose channel counts differ from the zoo model
+
+
+def count_flops_params(model: nn.Module) -> dict[str, int]:
+    """Multiply-accumulates of one forward (conv and linear layers) and nonzero / total parameter counts."""
+    spec = input_spec_of(model)
+    macs = [0]
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        if isinstance(m, nn.Conv2d):
+            k = m.weight[0].numel()  # (in/groups)·kh·kw
+            macs[0] += out[0].numel() * k
+        elif isinstance(m, nn.Linear):
+            macs[0] += m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    model.eval()
+    try:
+        p0 = next(iter(model.parameters()))
+        with torch.no_grad():
+            model(torch.zeros(1, *spec.shape, device=p0.device, dtype=p0.dtype))
+    finally:
+        for h in hs:
+            h.remove()
+        model.train(was)
+    params = [p for p in model.parameters()]
+    return {"flops": int(macs[0]), "params": int(sum(p.numel() for p in params)),
+            "nonzero_params": int(sum(int((p != 0).sum()) for p in params))}
+
+
+# -- unstructured -------------------------------------------------------------------------------
+
+def _weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def prune_unstructured_(model: nn.Module, sparsity: float) -> nn.Module:
+    """Zero the `sparsity` fraction of smallest-magnitude conv/linear weights (one global threshold); masks stay on for fine-tuning."""
+    import torch.nn.utils.prune as tprune
+
+    _check_sparsity(sparsity)
+    tprune.global_unstructured(_weights(model), pruning_method=tprune.L1Unstructured, amount=float(sparsity))
+    return model
+
+
+def finalize_unstructured_(model: nn.Module) -> nn.Module:
+    """Make masks permanent (weights hold the zeros; no reparametrization left)."""
+    import torch.nn.utils.prune as tprune
+
+    for m, name in _weights(model):
+        if tprune.is_pruned(m) and hasattr(m, name + "_mask"):
+            tprune.remove(m, name)
+    return model
+
+
+# -- structured ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Chain:
+    """A conv whose output channels feed only one other conv (through optional BN and ReLU): removable channels."""
+
+    conv: str
+    bn: Optional[str]
+    next_conv: str
+
+
+_PASS = {"relu", "relu_", "relu6", "leaky_relu", "silu", "gelu", "max_pool2d", "avg_pool2d", "dropout"}  # per-channel ops
+
+
+def _is_act(node, modules: dict) -> bool:
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", "") in _PASS
+    if node.op == "call_method":
+        return str(node.target) in _PASS
+    if node.op == "call_module":
+        return isinstance(modules[node.target], (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.MaxPool2d,
+                                                 nn.AvgPool2d, nn.Dropout))
+    return False
+
+
+def prunable_chains(model: nn.Module) -> list[Chain]:
+    """Conv -> [BN] -> [activation] -> conv paths with no other consumer, found by tracing the model with torch.fx."""
+    import torch.fx
+
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:
+        raise DatafreeError(f"structured pruning needs a model torch.fx can trace ({first_line(e, 120)}); "
+                            "use --unstructured for this model") from None
+    modules = dict(model.named_modules())
+    chains = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.Conv2d):
+            continue
+        conv = modules[node.target]
+        if conv.groups != 1:
+            continue
+        cur, bn = node, None
+        while True:
+            users = list(cur.users)
+            if len(users) != 1:
+                break
+            u = users[0]
+            if u.op == "call_module" and isinstance(modules.get(u.target), nn.BatchNorm2d) and bn is None and cur is node:
+                bn, cur = u.target, u
+            elif _is_act(u, modules) and len(u.args) >= 1 and u.args[0] is cur:
+                cur = u
+            elif (u.op == "call_module" and isinstance(modules.get(u.target), nn.Conv2d)
+                  and modules[u.target].groups == 1 and u.args[0] is cur):
+                chains.append(Chain(node.target, bn, u.target))
+                break
+            else:
+                break
+    return chains
+
+
+def _importance(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> torch.Tensor:
+    """L1 norm of each output filter after BN folding (|γ|/σ scales the filter)."""
+    imp = conv.weight.detach().abs().flatten(1).sum(1)
+    if bn is not None:
+        imp = imp * (bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps))
+    return imp
+
+
+def _take(param: nn.Parameter | torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
+    return param.detach().index_select(dim, idx.to(param.device)).clone()
+
+
+def _keep_channels(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], nxt: nn.Conv2d, keep: torch.Tensor) -> None:
+    conv.weight = nn.Parameter(_take(conv.weight, keep, 0))
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(_take(conv.bias, keep, 0))
+    conv.out_channels = len(keep)
+    if bn is not None:
+        bn.weight = nn.Parameter(_take(bn.weight, keep, 0))
+        bn.bias = nn.Parameter(_take(bn.bias, keep, 0))
+        bn.running_mean = _take(bn.running_mean, keep, 0)
+        bn.running_var = _take(bn.running_var, keep, 0)
+        bn.num_features = len(keep)
+    nxt.weight = nn.Parameter(_take(nxt.weight, keep, 1))
+    nxt.in_channels = len(keep)
+
+
+def prune_structured_(model: nn.Module, sparsity: float) -> list[dict]:
+    """Remove the `sparsity` fraction of output channels (lowest folded L1 norm) of every prunable conv; returns what was cut."""
+    _check_sparsity(sparsity)
+    mods = dict(model.named_modules())
+    chains = prunable_chains(model)
+    if not chains:
+        raise DatafreeError("no prunable conv->conv channel path found in this model; use --unstructured")
+    report = []
+    for c in chains:
+        conv, nxt = mods[c.conv], mods[c.next_conv]
+        bn = mods[c.bn] if c.bn else None
+        n = conv.out_channels
+        k = max(1, int(round(n * (1.0 - sparsity))))
+        keep = _importance(conv, bn).topk(k).indices.sort().values  # type: ignore[arg-type]
+        _keep_channels(conv, bn, nxt, keep)  # type: ignore[arg-type]
+        report.append({"conv": c.conv, "channels": n, "kept": k})
+    return report
+
+
+def resize_to_state_dict_(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Module:
+    """Shrink conv / BN / linear layers so a pruned state dict (fewer channels) loads into a fresh model."""
+    for name, m in model.named_modules():
+        w = sd.get(f"{name}.weight" if name else "weight")
+        if w is None:
+            continue
+        if isinstance(m, nn.Conv2d) and tuple(w.shape) != tuple(m.weight.shape):
+            m.weight = nn.Parameter(torch.empty_like(w))
+            m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(w.shape[0]))
+        elif isinstance(m, nn.BatchNorm2d) and w.shape[0] != m.num_features:
+            c = w.shape[0]
+            m.num_features = c
+            m.weight, m.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+            m.running_mean, m.running_var = torch.zeros(c), torch.ones(c)
+        elif isinstance(m, nn.Linear) and tuple(w.shape) != tuple(m.weight.shape):
+            m.weight = nn.Parameter(torch.empty_like(w))
+            m.out_features, m.in_features = w.shape
+    return model
+
+
+def pruned_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict marked so `load_model(name, weights=...)` reshapes the fresh model to the pruned channel counts."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    sd[PRUNED_MARKER] = torch.tensor(1)
+    return sd
+
+
+def _check_sparsity(s: float) -> None:
+    if not 0.0 <= s < 1.0:
+        raise DatafreeError(f"sparsity must be in [0, 1), got {s}")
