@@ -338,6 +338,57 @@ def cmd_prune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _class_list(s: str) -> list[int]:
+    try:
+        out: list[int] = []
+        for part in s.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+        return out
+    except ValueError:
+        raise DatafreeError(f"classes must look like 5-9 or 5,6,7, got {s!r}") from None
+
+
+def cmd_extend(a: argparse.Namespace) -> int:
+    from .continual import ContinualConfig, extend_classes, split_accuracy
+    from .data.real import load_dataset
+    from .models import input_spec_of
+    from .sources import load_source
+
+    old = _load_model(a)
+    spec = input_spec_of(old)
+    classes = _class_list(a.new_classes)
+    if min(classes) < spec.num_classes:
+        raise DatafreeError(f"--new-classes must start at {spec.num_classes} or above: the old model already has "
+                            f"classes 0-{spec.num_classes - 1} (set its size with --num-classes)")
+    total = max(classes) + 1
+    new = load_dataset(a.new_data, spec, a.data_root).only_classes(classes).subset(a.num_new, a.seed)
+    if len(new) == 0:
+        raise DatafreeError(f"{a.new_data} has no images of classes {a.new_classes}")
+    inverted = None
+    if a.method == "deepinversion":
+        inverted = load_source(a.inverted, old, num=a.num_inverted, seed=a.seed, data_root=a.data_root,
+                               progress=not a.no_progress)
+    t0 = time.time()
+    kd = _kd_config(a, a.steps, freeze_bn=False, flip=not a.no_flip)
+    model = extend_classes(old, new, total, ContinualConfig(method=a.method, kd_weight=a.kd_weight,
+                                                            temperature=a.kd_temperature),
+                           kd=kd, synthetic=inverted, progress=not a.no_progress)
+    _save_student(model, a.out)
+    info: dict[str, Any] = {"out": a.out, "method": a.method, "num_classes": total, "new_samples": len(new),
+                            "inverted_samples": 0 if inverted is None else len(inverted), "seconds": round(time.time() - t0, 2)}
+    human = (f"saved a {total}-class model ({a.method}, {len(new)} new-class images"
+             + (f", {len(inverted)} inverted old-class samples" if inverted is not None else "")
+             + f") to {a.out}; load it with `datafree evaluate {a.model} --num-classes {total} --weights {a.out}`")
+    if a.eval:
+        test = load_dataset(a.eval, input_spec_of(model), a.data_root).only_classes(range(total))
+        info.update(split_accuracy(model, test, spec.num_classes))
+        human += (f"\n{a.eval}: top-1 old classes {info['top1_old']:.2f}%, new {info['top1_new']:.2f}%, "
+                  f"all {info['top1_all']:.2f}%")
+    _emit(a, info, human)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -522,6 +573,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _common(s)
     s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("extend", formatter_class=fmt, help="add classes to a classifier without the old classes' data",
+                       description="Data-free continual learning: grow MODEL's linear head to the new classes and train "
+                                   "on real images of the new classes only. --method deepinversion also trains on "
+                                   "inverted samples of the old classes (labelled by the old model) and distills the "
+                                   "old model's outputs on them; lwf distills the old outputs on the new images only; "
+                                   "finetune-new does neither (it forgets). Give the old model's class count with "
+                                   "--num-classes.")
+    _model_args(s)
+    s.add_argument("--new-data", required=True, metavar="DATASET_SPEC", help="real data holding the new classes")
+    s.add_argument("--new-classes", required=True, help="labels of the new classes, e.g. 5-9")
+    s.add_argument("--num-new", type=int, help="use at most this many new-class images")
+    s.add_argument("--method", choices=["finetune-new", "lwf", "deepinversion"], default="deepinversion",
+                   help="how the old classes are kept")
+    s.add_argument("--inverted", default="deepinversion", metavar="SOURCE",
+                   help="old-class samples for --method deepinversion: synthetic-set directory or method run on the fly")
+    s.add_argument("--num-inverted", type=int, default=1024, help="old-class samples to use or synthesize")
+    s.add_argument("--steps", type=int, default=1000, help="training steps")
+    s.add_argument("--kd-lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule)")
+    s.add_argument("--kd-weight", type=float, default=1.0, help="weight of the old-head distillation term")
+    s.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature")
+    s.add_argument("--kd-batch-size", type=int, default=64, help="batch size")
+    s.add_argument("--no-augment", action="store_true", help="no random crops")
+    s.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--out", required=True, help="output state dict (.pt)")
+    s.add_argument("--eval", metavar="DATASET_SPEC", help="report old / new / all-class top-1 on this real dataset")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(s)
+    s.set_defaults(func=cmd_extend)
 
     s = sub.add_parser("demo", formatter_class=fmt, help="train a small CNN on scikit-learn digits and compare W4A4 calibration sources",
                        description="Train (and cache) a small BN-CNN on scikit-learn digits, then print FP32 and W4A4 "

@@ -31,6 +31,13 @@ class TensorData:
         return TensorData(self.x[idx], None if self.y is None else self.y[idx],
                           None if self.logits is None else self.logits[idx], self.name)
 
+    def only_classes(self, classes: "list[int] | tuple[int, ...]") -> "TensorData":
+        """The items whose label is in `classes` (requires labels)."""
+        if self.y is None:
+            raise ValueError(f"{self.name} has no labels")
+        m = torch.isin(self.y, torch.tensor(list(classes), dtype=self.y.dtype))
+        return TensorData(self.x[m], self.y[m], None if self.logits is None else self.logits[m], self.name)
+
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False) -> Iterator[torch.Tensor]:
         """Yield input batches (labels are not needed by compressors)."""
         for idx in self.index_batches(batch_size, shuffle, seed, drop_last):

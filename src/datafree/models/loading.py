@@ -1,6 +1,8 @@
 """Resolve a MODEL argument (zoo name or `file.py:factory`) and load weights safely."""
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import importlib.util
 import os
@@ -54,11 +56,19 @@ def create_model(name: str, num_classes: Optional[int] = None, input_spec: Optio
             raise DatafreeError(f"factory {name} returned {type(model).__name__}, not an nn.Module")
         spec = input_spec or getattr(model, "input_spec", None) or _spec_from_module(module, name)
         model.input_spec = spec  # type: ignore[attr-defined]
-        return model
+        return _with_classes(model, num_classes)
     factory = MODELS.get(name)
     model = factory(num_classes) if num_classes is not None else factory()
     if input_spec is not None:
         model.input_spec = input_spec  # type: ignore[attr-defined]
+    return _with_classes(model, num_classes)
+
+
+def _with_classes(model: nn.Module, num_classes: Optional[int]) -> nn.Module:
+    """Keep the spec's class count equal to the head built for `num_classes`."""
+    spec = getattr(model, "input_spec", None)
+    if num_classes is not None and spec is not None and spec.num_classes != num_classes:
+        model.input_spec = dataclasses.replace(spec, num_classes=num_classes)  # type: ignore[attr-defined]
     return model
 
 

@@ -1,0 +1,100 @@
+"""Data-free continual learning: add classes to a trained classifier with new-class data plus inverted old-class samples."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config, check
+from .data.base import TensorData
+from .distill import Distiller, KDConfig, head_name, kd_loss
+from .errors import DatafreeError
+
+METHODS = ("finetune-new", "lwf", "deepinversion")
+
+
+@dataclasses.dataclass
+class ContinualConfig(Config):
+    """How old-class knowledge is kept: `finetune-new` (none), `lwf` (KD on new data), `deepinversion` (KD + CE on inverted old-class samples)."""
+
+    method: str = "deepinversion"
+    kd_weight: float = 1.0  # weight of the old-head distillation term
+    temperature: float = 2.0
+
+    def validate(self) -> None:
+        check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        check(self.kd_weight >= 0, f"kd_weight must be >= 0, got {self.kd_weight}")
+
+
+def expand_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """A copy of `model` whose linear classifier has `num_classes` outputs; old rows are copied, new rows initialized fresh."""
+    new = copy.deepcopy(model)
+    name = head_name(new)
+    parent_name, _, attr = name.rpartition(".")
+    parent = new.get_submodule(parent_name) if parent_name else new
+    old = getattr(parent, attr)
+    if not isinstance(old, nn.Linear):
+        raise DatafreeError(f"the classifier head {name!r} is not nn.Linear; expand it by hand")
+    if num_classes <= old.out_features:
+        raise DatafreeError(f"the model already has {old.out_features} outputs; --num-classes must be larger")
+    head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
+    with torch.no_grad():
+        head.weight[: old.out_features] = old.weight
+        if old.bias is not None:
+            head.bias[: old.out_features] = old.bias
+    setattr(parent, attr, head)
+    spec = getattr(model, "input_spec", None)
+    if spec is not None:
+        new.input_spec = dataclasses.replace(spec, num_classes=num_classes)  # type: ignore[attr-defined]
+    return new
+
+
+def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int, config: Optional[ContinualConfig] = None,
+                   kd: Optional[KDConfig] = None, synthetic: Optional[TensorData] = None,
+                   val: Optional[TensorData] = None, progress: bool = True) -> nn.Module:
+    """Model with `num_classes` outputs trained on `new_data` (labels >= old classes) keeping old classes per `config.method`."""
+    cfg = config or ContinualConfig()
+    cfg.validate()
+    kd = kd or KDConfig(steps=1000, batch_size=64, lr=1e-3, freeze_bn=False)
+    if new_data.y is None:
+        raise DatafreeError("new-class data needs labels")
+    n_old = int(old_model(new_data.x[:1].to(next(old_model.parameters()).device)).shape[1])
+    if int(new_data.y.min()) < n_old or int(new_data.y.max()) >= num_classes:
+        raise DatafreeError(f"new-class labels must lie in {n_old}..{num_classes - 1} (the old model has {n_old} classes)")
+    data = new_data
+    if cfg.method == "deepinversion":
+        if synthetic is None or len(synthetic) == 0:
+            raise DatafreeError("method deepinversion needs inverted samples of the old classes (synthetic=...)")
+        with torch.no_grad():
+            old_labels = synthetic.logits.argmax(1) if synthetic.logits is not None else old_model(synthetic.x).argmax(1)
+        reps = max(1, round(len(new_data) / len(synthetic)))  # as many old-class samples as new-class ones
+        data = TensorData(torch.cat([new_data.x] + [synthetic.x] * reps),
+                          torch.cat([new_data.y] + [old_labels.to(new_data.y.dtype)] * reps), name="new+inverted")
+    student = expand_head(old_model, num_classes)
+    keep_old = cfg.method in ("lwf", "deepinversion") and cfg.kd_weight > 0
+
+    def loss_fn(s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+        assert y is not None
+        loss = F.cross_entropy(s, y)
+        if keep_old:
+            loss = loss + cfg.kd_weight * kd_loss(s[:, :n_old], t, cfg.temperature)
+        return loss
+
+    Distiller(student, old_model, kd, loss_fn=loss_fn).run(data, val=val, progress=progress)
+    return student.eval()
+
+
+def split_accuracy(model: nn.Module, data: TensorData, old_classes: int) -> dict[str, float]:
+    """Top-1 over all classes, and restricted to test images of old (< old_classes) and new classes."""
+    from .metrics import predict
+
+    assert data.y is not None
+    pred = predict(model, data)
+    hit = (pred == data.y).float()
+    old = data.y < old_classes
+    pct = lambda m: round(100.0 * hit[m].mean().item(), 3) if bool(m.any()) else float("nan")  # noqa: E731
+    return {"top1_old": pct(old), "top1_new": pct(~old), "top1_all": pct(torch.ones_like(old))}
