@@ -1,0 +1,136 @@
+"""Data-free KD of ResNet-56 into a ResNet-20 trained from scratch, each method at the same wall-clock budget.
+
+Run: python -m datafree.bench.kd_student [--budget 900] [--methods ...] [--tag main]
+Writes benchmarks/results/kd_resnet56_resnet20.json: rows with method, top1_exact, top1_jpeg, seconds (synthesis +
+distillation), synth_seconds, steps, samples, budget_s, tag. The budget covers synthesis and distillation: fixed-set
+methods synthesize --num samples (stored under benchmarks/cache and reused by the pruning benchmark), then distill for
+the rest of the budget, converted to steps with a probe of the KD step time measured in the same run;
+adaptive-deepinversion synthesizes the same number of samples in --rounds rounds with the current student in the loop.
+A long run of one method: --methods deepinversion --budget 3600 --tag long. Finished rows are kept; runs resume
+(also inside a method, from benchmarks/cache/kd_ckpt).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .. import evaluate, load_dataset
+from ..distill import Distiller, KDConfig
+from ..models import create_model
+from ..student import RoundsConfig, distill_student_
+from ..synth import make_config
+from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
+
+METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
+ADI_OVERHEAD = 1.35  # synthesis cost of ADI relative to DI (the student's forward/backward), used to plan its KD steps
+
+
+def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 12) -> float:
+    """Seconds per KD step (teacher forward + student forward/backward) on this machine, now."""
+    torch.manual_seed(0)
+    s = create_model("resnet20")
+    d = Distiller(s, teacher, kd.replace(steps=n))
+    d.run(data, 2, progress=False)  # warm-up
+    t0 = time.time()
+    d.run(data, n - 2, progress=False)
+    return (time.time() - t0) / (n - 2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--budget", type=float, default=900.0, help="seconds per method, synthesis included")
+    p.add_argument("--num", type=int, default=512, help="synthetic samples of the synthesis methods")
+    p.add_argument("--num-gaussian", type=int, default=4096, help="Gaussian samples (free to make)")
+    p.add_argument("--iterations", type=int, default=100, help="pixel-optimization iterations per batch")
+    p.add_argument("--rounds", type=int, default=4, help="adaptive-deepinversion rounds")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="main", help="row tag (e.g. long for the long run)")
+    p.add_argument("--out", default="benchmarks/results/kd_resnet56_resnet20.json")
+    p.add_argument("--cache", default="benchmarks/cache")
+    a = p.parse_args(argv)
+    root = data_root()
+    cmd = "python -m datafree.bench.kd_student " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(a).items()
+        if k not in ("out", "cache"))
+    meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
+            "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
+            "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
+    store = RowStore(a.out, meta, selection=("methods", "budget", "tag"))
+    teacher = pretrained("resnet56")
+    tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
+    store.run({"method": "teacher", "tag": "reference"}, lambda: {f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()})
+    kd = KDConfig(batch_size=a.batch_size, lr=a.lr, weight_decay=5e-4, temperature=a.temperature, freeze_bn=False,
+                  seed=a.seed, val_every=10 ** 9)
+    real = load_dataset("cifar10:train-exact", teacher.input_spec, root)
+    step_s = probe_step_seconds(teacher, kd, real)
+    print(f"KD step: {step_s:.3f} s", flush=True)
+
+    for method in a.methods:
+        def run() -> dict:
+            t0 = time.time()
+            torch.manual_seed(a.seed)
+            student = create_model("resnet20")
+            ck = str(Path(a.cache) / "kd_ckpt" / f"{method.replace(':', '_')}_{a.tag}_b{int(a.budget)}")
+            if method == "adaptive-deepinversion":
+                _, di_man = cached_set(teacher, "resnet56", "deepinversion", a.num, a.iterations, a.seed, a.cache)
+                est_synth = di_man["seconds"] * ADI_OVERHEAD
+                steps = max(a.rounds, int((a.budget - est_synth) / step_s))
+                rounds = RoundsConfig(rounds=a.rounds, per_round=a.num // a.rounds, steps_per_round=steps // a.rounds)
+                scfg = make_config(method, iterations=a.iterations, seed=a.seed)
+                r = distill_student_(student, teacher, kd, method=method, synth_config=scfg, rounds=rounds,
+                                     checkpoint_dir=ck)
+                synth_s, total = r["synth_seconds"], r["seconds"]
+            else:
+                if method == "cifar10:train-exact":
+                    data, synth_s = real, 0.0
+                elif method == "gaussian":
+                    data, man = cached_set(teacher, "resnet56", method, a.num_gaussian, a.iterations, a.seed, a.cache)
+                    synth_s = float(man["seconds"])
+                else:
+                    data, man = cached_set(teacher, "resnet56", method, a.num, a.iterations, a.seed, a.cache)
+                    synth_s = float(man["seconds"])
+                steps = max(1, int((a.budget - synth_s) / step_s))
+                r = distill_student_(student, teacher, kd.replace(steps=steps), data=data, checkpoint_dir=ck,
+                                     checkpoint_every=250)
+                total = synth_s + r["seconds"]
+            acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
+            return dict(acc, seconds=round(total, 1), synth_seconds=round(synth_s, 1), kd_seconds=round(total - synth_s, 1),
+                        steps=r["steps"], samples=r["samples"], budget_s=a.budget, final_kd_loss=round(r["final_loss"], 4),
+                        wall_this_run=round(time.time() - t0, 1))
+
+        row = store.run({"method": method, "tag": a.tag}, run)
+        print(f"{method:24s} exact {row['top1_exact']:.2f} jpeg {row['top1_jpeg']:.2f} ({row['seconds']:.0f} s, "
+              f"{row['steps']} steps, {row['samples']} samples)", flush=True)
+    store.finish()
+    if set(a.methods) != set(METHODS):
+        store.meta["complete"] = False
+        store._write()
+
+
+def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:
+    """Markdown table for BENCHMARKS.md."""
+    import json
+
+    rows = json.loads(Path(path).read_text())["rows"]
+    t = next((r for r in rows if r["method"] == "teacher"), None)
+    out = ["| method | tag | top-1 exact | drop vs teacher | top-1 jpeg | samples | KD steps | synthesis s | total s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["method"] == "teacher":
+            continue
+        drop = f"{t['top1_exact'] - r['top1_exact']:.2f}" if t else "–"
+        out.append(f"| {r['method']} | {r['tag']} | {r['top1_exact']:.2f} | {drop} | {r['top1_jpeg']:.2f} | {r['samples']} | "
+                   f"{r['steps']} | {r['synth_seconds']:.0f} | {r['seconds']:.0f} |")
+    head = f"Teacher ResNet-56: {t['top1_exact']:.2f} exact / {t['top1_jpeg']:.2f} jpeg.\n\n" if t else ""
+    return head + "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

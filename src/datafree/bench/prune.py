@@ -1,0 +1,105 @@
+"""Structured pruning of ResNet-56 (~50 % of FLOPs) recovered by KD on DeepInversion samples vs real data vs nothing.
+
+Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 600]
+Writes benchmarks/results/prune_resnet56.json: rows with method (none | deepinversion | cifar10:train-exact | ...),
+top1_exact, top1_jpeg, seconds, flops/params before and after. DeepInversion samples are the stored set of the KD
+benchmark (benchmarks/cache), so its synthesis time is reported separately (synth_seconds), not in `seconds`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+from .. import evaluate, load_dataset
+from ..distill import KDConfig
+from ..prune import count_flops_params, prune_structured_
+from ..student import distill_student_
+from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
+
+METHODS = ("none", "deepinversion", "bn-stats", "cifar10:train-exact")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of inner-block channels removed")
+    p.add_argument("--num", type=int, default=512, help="samples per source (synthetic sets shared with the KD benchmark)")
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--freeze-bn", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/prune_resnet56.json")
+    p.add_argument("--cache", default="benchmarks/cache")
+    a = p.parse_args(argv)
+    root = data_root()
+    cmd = "python -m datafree.bench.prune " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(a).items()
+        if k not in ("out", "cache", "freeze_bn")) + (" --freeze-bn" if a.freeze_bn else "")
+    meta = {"benchmark": "prune_resnet56", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
+            "command": cmd}
+    store = RowStore(a.out, meta, selection=("methods",))
+    teacher = pretrained("resnet56")
+    tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
+    before = count_flops_params(teacher)
+    store.run({"method": "unpruned"}, lambda: dict({f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()},
+                                                  flops=before["flops"], params=before["params"]))
+    for method in a.methods:
+        def run() -> dict:
+            t0 = time.time()
+            student = copy.deepcopy(teacher)
+            prune_structured_(student, a.sparsity)
+            after = count_flops_params(student)
+            synth_s, steps = 0.0, 0
+            if method != "none":
+                if method.startswith("cifar10:"):
+                    data = load_dataset(method, teacher.input_spec, root).subset(a.num, a.seed)
+                else:
+                    data, man = cached_set(teacher, "resnet56", method, a.num, a.iterations, a.seed, a.cache)
+                    synth_s = float(man["seconds"])
+                kd = KDConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, temperature=a.temperature,
+                              freeze_bn=a.freeze_bn, seed=a.seed)
+                ck = str(Path(a.cache) / "prune_ckpt" / f"{method.replace(':', '_')}_s{a.sparsity}_n{a.num}_st{a.steps}")
+                distill_student_(student, teacher, kd, data=data, checkpoint_dir=ck, checkpoint_every=200)
+                steps = a.steps
+            acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
+            return dict(acc, seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1), steps=steps,
+                        samples=0 if method == "none" else a.num, sparsity=a.sparsity,
+                        flops_before=before["flops"], flops_after=after["flops"],
+                        flops_removed_pct=round(100 * (1 - after["flops"] / before["flops"]), 2),
+                        params_before=before["params"], params_after=after["params"])
+
+        r = store.run({"method": method}, run)
+        print(f"{method:22s} exact {r['top1_exact']:.2f} jpeg {r['top1_jpeg']:.2f} "
+              f"(FLOPs -{r['flops_removed_pct']:.1f}%, {r['seconds']:.0f} s)", flush=True)
+    store.finish()
+    if set(a.methods) != set(METHODS):
+        store.meta["complete"] = False
+        store._write()
+
+
+def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
+    """Markdown table for BENCHMARKS.md."""
+    import json
+
+    rows = json.loads(Path(path).read_text())["rows"]
+    u = next(r for r in rows if r["method"] == "unpruned")
+    out = [f"Unpruned ResNet-56: {u['top1_exact']:.2f} exact / {u['top1_jpeg']:.2f} jpeg, {u['flops'] / 1e6:.1f} M MACs, "
+           f"{u['params'] / 1e3:.0f} k params.", "",
+           "| fine-tuning data | top-1 exact | drop | top-1 jpeg | MACs after | FLOPs removed | params after | KD steps | seconds |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["method"] == "unpruned":
+            continue
+        out.append(f"| {r['method']} | {r['top1_exact']:.2f} | {u['top1_exact'] - r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | "
+                   f"{r['flops_after'] / 1e6:.1f} M | {r['flops_removed_pct']:.1f} % | {r['params_after'] / 1e3:.0f} k | "
+                   f"{r['steps']} | {r['seconds']:.0f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
