@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="datafree", formatter_class=fmt,
                                 description="Compress a trained image classifier without its training data: "
-                                            "synthesize samples from the model, quantize with them, evaluate on real data.")
+                                            "synthesize samples from the model; quantize, distill, prune or extend it with them; evaluate on real data.")
     p.add_argument("--version", action="version", version=f"datafree {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
