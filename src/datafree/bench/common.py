@@ -77,10 +77,24 @@ class RowStore:
         tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
         os.replace(tmp, self.path)
 
-    def finish(self, **meta: Any) -> None:
-        """Mark the result complete."""
-        self.meta.update(meta, complete=True)
+    def finish(self, complete: bool = True, **meta: Any) -> None:
+        """Write the final meta; `complete=False` when only a subset of the protocol was run."""
+        self.meta.update(meta, complete=complete)
         self._write()
+
+
+def command_line(module: str, args: Any, skip: tuple[str, ...] = ("out", "cache")) -> str:
+    """The command that reproduces a benchmark run: `python -m module --opt value ...` from parsed args."""
+    parts = []
+    for k, v in vars(args).items():
+        if k in skip:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            parts.append(flag if v else "")
+        else:
+            parts.append(f"{flag} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
+    return f"python -m {module} " + " ".join(x for x in parts if x)
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
                "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}

@@ -20,7 +20,7 @@ from ..distill import KDConfig
 from ..models import create_model, load_model
 from ..synth import make_config, synthesize
 from ..train import train_classifier_
-from .common import RowStore, data_root, git_commit, machine
+from .common import RowStore, command_line, data_root, git_commit, machine
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 
@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
     root = data_root()
-    cmd = "python -m datafree.bench.continual " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(a).items()
-        if k not in ("out", "cache"))
+    cmd = command_line("datafree.bench.continual", a)
     meta = {"benchmark": "continual", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd, "setting": "MNIST split 5+5 (class-incremental, one 10-way head)"}
     store = RowStore(a.out, meta, selection=("methods",))
@@ -77,10 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         r = store.run({"method": method}, run)
         print(f"{method:14s} old {r['top1_old']:.2f} new {r['top1_new']:.2f} all {r['top1_all']:.2f} ({r['seconds']:.0f} s)",
               flush=True)
-    store.finish()
-    if set(a.methods) != set(METHODS):
-        store.meta["complete"] = False
-        store._write()
+    store.finish(complete=set(a.methods) == set(METHODS))
 
 
 def render(path: str = "benchmarks/results/continual.json") -> str:

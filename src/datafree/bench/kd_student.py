@@ -22,7 +22,7 @@ from ..distill import Distiller, KDConfig
 from ..models import create_model
 from ..student import RoundsConfig, distill_student_
 from ..synth import make_config
-from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
+from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
 ADI_OVERHEAD = 1.35  # synthesis cost of ADI relative to DI (the student's forward/backward), used to plan its KD steps
@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
     root = data_root()
-    cmd = "python -m datafree.bench.kd_student " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(a).items()
-        if k not in ("out", "cache"))
+    cmd = command_line("datafree.bench.kd_student", a)
     meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
             "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
             "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
@@ -108,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         row = store.run({"method": method, "tag": a.tag}, run)
         print(f"{method:24s} exact {row['top1_exact']:.2f} jpeg {row['top1_jpeg']:.2f} ({row['seconds']:.0f} s, "
               f"{row['steps']} steps, {row['samples']} samples)", flush=True)
-    store.finish()
-    if set(a.methods) != set(METHODS):
-        store.meta["complete"] = False
-        store._write()
+    store.finish(complete=set(a.methods) == set(METHODS))
 
 
 def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:

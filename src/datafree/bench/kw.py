@@ -14,7 +14,7 @@ import time
 from .. import evaluate, load_dataset, predict, quantize
 from ..distill import KDConfig
 from ..quant import QuantConfig, finetune_quantized_
-from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
+from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
 
 CELLS = {"r20-w4a4": ("resnet20", 4, 4), "r20-w3a3": ("resnet20", 3, 3), "r20-w8a8": ("resnet20", 8, 8),
          "r56-w4a4": ("resnet56", 4, 4)}
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     root = data_root()
     t_start = time.time()
-    cmd = "python -m datafree.bench.kw " + " ".join(f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-                                                    for k, v in vars(a).items() if k not in ("out", "cache"))
+    cmd = command_line("datafree.bench.kw", a)
     meta = {"benchmark": "kw_table", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd,
             "stages": {"calibrate": "PTQ calibration on the source (every layer at the given bits)",
@@ -100,10 +99,8 @@ def main(argv: list[str] | None = None) -> None:
 
             r = store.run(dict(key, stage="kd-finetune"), finetune)
             print(f"{name} W{wb}A{ab} {src:20s} kd-finetune exact {r['top1_exact']:.2f} jpeg {r['top1_jpeg']:.2f}", flush=True)
-    store.finish(wall_seconds_this_run=round(time.time() - t_start, 1))
-    if set(a.cells) != set(CELLS) or set(a.sources) != set(SOURCES):  # a subset run leaves the table incomplete
-        store.meta["complete"] = False
-        store._write()
+    store.finish(complete=set(a.cells) == set(CELLS) and set(a.sources) == set(SOURCES),  # a subset run leaves it incomplete
+                 wall_seconds_this_run=round(time.time() - t_start, 1))
 
 
 def render(path: str = "benchmarks/results/kw_table.json") -> str:

@@ -16,7 +16,7 @@ from .. import evaluate, load_dataset
 from ..distill import KDConfig
 from ..prune import count_flops_params, prune_structured_
 from ..student import distill_student_
-from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
+from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
 
 METHODS = ("none", "deepinversion", "bn-stats", "cifar10:train-exact")
 
@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
     root = data_root()
-    cmd = "python -m datafree.bench.prune " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(a).items()
-        if k not in ("out", "cache", "freeze_bn")) + (" --freeze-bn" if a.freeze_bn else "")
+    cmd = command_line("datafree.bench.prune", a)
     meta = {"benchmark": "prune_resnet56", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd}
     store = RowStore(a.out, meta, selection=("methods",))
@@ -76,10 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         r = store.run({"method": method}, run)
         print(f"{method:22s} exact {r['top1_exact']:.2f} jpeg {r['top1_jpeg']:.2f} "
               f"(FLOPs -{r['flops_removed_pct']:.1f}%, {r['seconds']:.0f} s)", flush=True)
-    store.finish()
-    if set(a.methods) != set(METHODS):
-        store.meta["complete"] = False
-        store._write()
+    store.finish(complete=set(a.methods) == set(METHODS))
 
 
 def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
