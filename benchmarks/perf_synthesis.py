@@ -116,7 +116,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--lr", type=float, default=0.25)
-    p.add_argument("--variants", nargs="+", default=["library", "channels_last"])
+    p.add_argument("--variants", nargs="+", default=["library", "channels_last", "bf16", "channels_last_bf16"],
+                   choices=["library", "channels_last", "bf16", "channels_last_bf16"])
     p.add_argument("--out", default="benchmarks/results/perf_synthesis.json")
     a = p.parse_args()
     t_start = time.time()
@@ -134,7 +135,7 @@ def main() -> None:
                "naive_final_loss": round(loss_naive, 5), "fwd_gflop_per_iter": round(fwd / 1e9, 3)}
         best = None
         for v in a.variants:
-            kw = {"channels_last": v == "channels_last"} if v in ("library", "channels_last") else {}
+            kw = {"channels_last": "channels_last" in v, "bf16": "bf16" in v}
             dt, loss = ours(model, x0, a.iters, a.lr, **kw)
             row[f"{v}_img_it_s"] = round(a.batch / dt, 1)
             row[f"{v}_final_loss"] = round(loss, 5)

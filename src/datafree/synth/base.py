@@ -67,6 +67,7 @@ class PixelConfig(SynthConfig):
     l2: float = 0.0  # L2 prior weight on the normalized pixels
     init_std: float = 1.0  # std of the starting noise in normalized space
     channels_last: bool = False  # optimize a channels-last working copy of the teacher (faster on CPU)
+    bf16: bool = False  # teacher forward/backward under bfloat16 autocast (losses and statistics stay float32)
 
     def validate(self) -> None:
         super().validate()
@@ -160,7 +161,9 @@ class Synthesizer:
         for it in range(cfg.iterations):
             opt.zero_grad(set_to_none=True)
             xa = jitter_flip(x, cfg.jitter, cfg.flip, gen)
-            loss, parts = self.loss(xa, self.teacher(xa), y)
+            with torch.autocast(device_type=xa.device.type, dtype=torch.bfloat16, enabled=bool(getattr(cfg, "bf16", False))):
+                logits = self.teacher(xa)
+            loss, parts = self.loss(xa, logits.float(), y)
             if not torch.isfinite(loss):
                 raise DatafreeError(f"{self.name}: loss became {loss.item()} at iteration {it}; lower --lr "
                                     f"(now {cfg.lr}) or check the model for NaN weights (finished shards are kept)")

@@ -27,7 +27,7 @@ def require_bn(model: nn.Module, method: str) -> None:
 def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of a BN input over all dims but dim 1."""
     dims = [0] + list(range(2, x.dim()))
-    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
     return mean, var
 
 
