@@ -104,7 +104,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
 
     model = _load_model(a)
     cfg = make_config(a.method, num=a.num, seed=a.seed, iterations=a.iterations, batch_size=a.batch_size,
-                      lr=a.lr, form=a.bn_loss, channels_last=a.channels_last)
+                      lr=a.lr, form=a.bn_loss, channels_last=a.channels_last, bf16=a.bf16)
     t0 = time.time()
     data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
     man = read_manifest(a.out)
@@ -428,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bn-loss", choices=["kl", "l2"], help="BN matching form for bn-stats methods (default: kl)")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="optimize in channels-last memory format (method default)")
+    s.add_argument("--bf16", action="store_true",
+                   help="run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
     _common(s)
