@@ -104,3 +104,17 @@ def test_feature_term_pulls_penultimate_features(digits_teacher):
     after = F.mse_loss(feats[id(q)], feats[id(m)]).item()
     assert after < 0.7 * before
     assert len(m.fc._forward_pre_hooks) == 1 and len(q.fc._forward_pre_hooks) == 1  # distill_ removed its taps
+
+
+def test_mix_batch_is_a_convex_combination_of_pairs():
+    import torch
+
+    from datafree.distill import mix_batch
+
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 2, 2).contiguous()
+    y = mix_batch(x, torch.Generator().manual_seed(0), 0.4)
+    v = y[:, 0, 0, 0]
+    assert torch.all(v >= 0) and torch.all(v <= 7) and torch.allclose(y, v.view(8, 1, 1, 1).expand(8, 1, 2, 2))
+    assert not torch.allclose(y, x)  # at least one sample moved
+    y2 = mix_batch(x, torch.Generator().manual_seed(0), 0.4)
+    assert torch.equal(y, y2)  # seeded

@@ -30,6 +30,7 @@ class KDConfig(Config):
     feature_layers: tuple[str, ...] = ()  # layer names; empty = the classifier head (last conv/linear)
     augment: bool = True  # random crop (pad 4 px, scaled to the input) and horizontal flip
     flip: bool = True
+    mixup: float = 0.0  # > 0: mix random pairs of inputs, weight ~ Beta(mixup, mixup); the teacher labels the mixture
     freeze_bn: bool = True  # student BN layers use running statistics (required for Gaussian samples)
     val_every: int = 100
     seed: int = 0
@@ -39,6 +40,7 @@ class KDConfig(Config):
         check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         check(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}")
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        check(self.mixup >= 0, f"mixup must be >= 0, got {self.mixup}")
         check(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
 
@@ -47,6 +49,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                     reduction="batchmean", log_target=True) * (t * t)
+
+
+def mix_batch(x: torch.Tensor, gen: torch.Generator, alpha: float) -> torch.Tensor:
+    """Convex combination of each input with a random partner, weight ~ Beta(alpha, alpha) per sample (KD only: no labels)."""
+    n = x.shape[0]
+    conc = torch.full((n,), float(alpha))
+    a, b = torch._standard_gamma(conc, generator=gen), torch._standard_gamma(conc, generator=gen)  # Beta via two Gammas, seeded
+    lam = (a / (a + b)).to(x.device).view(n, *([1] * (x.dim() - 1)))
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    return lam * x + (1 - lam) * x[perm]
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
@@ -194,6 +206,8 @@ class Distiller:
                         yb = None if data.y is None else data.y[idx].to(self.device)
                         if cfg.augment:
                             xb = augment_batch(xb, self.gen, cfg.flip)
+                        if cfg.mixup > 0:
+                            xb = mix_batch(xb, self.gen, cfg.mixup)
                         loss = self._loss(xb, yb, taps)
                         if not torch.isfinite(loss):
                             raise DatafreeError(f"distillation loss became {loss.item()} at step {self.step}; "
