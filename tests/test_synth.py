@@ -114,3 +114,16 @@ def test_set_written_before_a_new_option_existed_is_reused(tmp_path):
     assert torch.equal(first.x, again.x)
     with pytest.raises(df.DatafreeError, match="different synthetic set"):
         synthesize(m, "bn-stats", cfg.replace(channels_last=True), out=str(tmp_path / "s"), progress=False)
+
+
+def test_bf16_autocast_still_matches_bn_statistics():
+    m = _tiny()
+    data = synthesize(m, "bn-stats", make_config("bn-stats", num=32, batch_size=32, iterations=60, bf16=True), progress=False)
+    assert data.x.dtype == torch.float32 and torch.isfinite(data.x).all()
+    noise = torch.randn(32, 1, 8, 8)
+    with torch.no_grad(), BNStatHooks(m) as h:
+        m(noise)
+        l_noise = bn_loss(h)[0].item()
+        m(data.x)
+        l_syn = bn_loss(h)[0].item()
+    assert l_syn < 0.5 * l_noise

@@ -62,7 +62,10 @@ def section_perf() -> str:
     d = json.loads(p.read_text())
     out = ["## Synthesis speed: library path vs a naive loop (same run)\n",
            "bn-stats optimization on the pretrained ResNets; the naive reference loop lives in "
-           "`benchmarks/perf_synthesis.py`. Both start from the same noise with the same lr; final losses show equal quality.\n",
+           "`benchmarks/perf_synthesis.py`. Both start from the same noise with the same lr; final losses show equal quality. "
+           "Variants: `library` (fp32), `channels_last`, `bf16` (`datafree synthesize --bf16`: teacher under bfloat16 "
+           "autocast, statistics and losses in fp32; this CPU has AVX512-BF16) and both; the fastest is reported. bf16 is "
+           "opt-in because CPUs without bf16 units can be slower with it.\n",
            _meta_line(d["meta"]) + "\n",
            "| model | batch | naive img-it/s | ours img-it/s (variant) | speedup | naive final loss | ours final loss | ours GFLOP/s | matmul GFLOP/s |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
