@@ -57,6 +57,16 @@ def section_kw() -> str:
             + render(str(p)) + "\n")
 
 
+def section_kw_long() -> str:
+    from .kw import render
+
+    p = RESULTS / "kw_r20_w4a4_1000steps.json"
+    d = json.loads(p.read_text())
+    return ("### ResNet-20 W4A4 with twice the fine-tuning budget (1000 steps)\n\n"
+            "The same protocol as the table above, one cell, every source at 1000 KD steps instead of 500.\n\n"
+            + _meta_line(d["meta"]) + "\n\n" + render(str(p)) + "\n")
+
+
 def section_perf() -> str:
     p = RESULTS / "perf_synthesis.json"
     d = json.loads(p.read_text())
@@ -149,7 +159,7 @@ def section_continual() -> str:
             + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
 
 
-SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("similarity.json", section_similarity),
+SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
             ("onnx_export.json", section_onnx), ("perf_synthesis.json", section_perf),
             ("kd_resnet56_resnet20.json", section_kd_student), ("prune_resnet56.json", section_prune),
             ("continual.json", section_continual)]
