@@ -324,6 +324,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
                             "flops_before": before["flops"], "flops_after": after["flops"],
                             "params_before": before["params"], "params_after": after["params"],
                             "nonzero_params_after": after["nonzero_params"]}
+    if r:
+        info.update(final_kd_loss=r["final_loss"], val_top1=r["val_top1"])
     human = (f"{what}; FLOPs {before['flops'] / 1e6:.1f}M -> {after['flops'] / 1e6:.1f}M "
              f"({100 * (1 - after['flops'] / before['flops']):.1f}% removed), params {before['params'] / 1e3:.1f}k -> "
              f"{after['nonzero_params'] / 1e3:.1f}k nonzero; fine-tuned {steps} steps on {a.data or '-'}; saved to {a.out} "
