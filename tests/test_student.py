@@ -77,3 +77,17 @@ def test_cli_distill_fixed_data_and_corrupt_checkpoint(digits_teacher, tmp_path,
     assert "unreadable" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert main(["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--out", out]) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+def test_cli_distill_in_rounds_with_adaptive_deepinversion(digits_teacher, tmp_path, capsys):
+    _, w = digits_teacher
+    out = str(tmp_path / "adi.pt")
+    args = ["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--method", "adaptive-deepinversion",
+            "--rounds", "2", "--per-round", "16", "--steps-per-round", "3", "--iterations", "3", "--kd-batch-size", "16",
+            "--out", out, "--json", "--no-progress"]
+    assert main(args) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["steps"] == 6 and info["samples"] == 32 and info["method"] == "adaptive-deepinversion"
+    assert sorted(p.name for p in (tmp_path / "adi.pt.ckpt").iterdir()) == ["pool_000.pt", "pool_001.pt", "state.pt"]
+    assert main(args) == 0  # a finished run resumes to the end without new work
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 6
