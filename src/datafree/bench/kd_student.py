@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
                     synth_s = float(man["seconds"])
                 else:
                     data, man = cached_set(teacher, "resnet56", method, a.num, a.iterations, a.seed, a.cache)
-                    synth_s = float(man["seconds"])
+                    synth_s = float(man.get("seconds") or 0.0)
+                    if synth_s <= 0:  # a set stored before shard times were recorded: the budget would be wrong
+                        raise SystemExit(f"{man.get('method')} set in {a.cache} has no recorded synthesis time; "
+                                         "delete it so this benchmark re-synthesizes it")
                 steps = max(1, int((a.budget - synth_s) / step_s))
                 r = distill_student_(student, teacher, kd.replace(steps=steps), data=data, checkpoint_dir=ck,
                                      checkpoint_every=250)
