@@ -133,7 +133,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         from .distill import KDConfig
         from .quant import finetune_quantized_
 
-        steps = a.finetune_steps or a.finetune_epochs * max(1, len(calib) // a.kd_batch_size)
+        steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(calib), a.kd_batch_size)
         kd = KDConfig(steps=steps, batch_size=min(a.kd_batch_size, len(calib)), lr=a.kd_lr,
                       temperature=a.kd_temperature, augment=not a.no_augment, seed=a.seed)
         val = load_dataset(a.val, model.input_spec, a.data_root) if a.val else None
@@ -227,14 +227,9 @@ def _kd_config(a: argparse.Namespace, steps: int, **kw: Any):
                     augment=not a.no_augment, seed=a.seed, **kw)
 
 
-def _save_student(model, path: str) -> None:
-    import torch
-
-    p = os.path.dirname(os.path.abspath(path))
-    os.makedirs(p, exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+def _kd_steps(steps: int, epochs: int, n: int, batch_size: int) -> int:
+    """Explicit steps, else passes over n samples at this batch size."""
+    return steps or epochs * max(1, n // batch_size)
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
@@ -242,7 +237,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .models import input_spec_of
     from .sources import load_source
-    from .student import RoundsConfig, distill_student_
+    from .student import RoundsConfig, distill_student_, save_atomic
     from .synth import make_config
 
     if (a.method is None) == (a.data is None):
@@ -264,12 +259,12 @@ def cmd_distill(a: argparse.Namespace) -> int:
         source = a.method
     else:
         data = load_source(a.data, teacher, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
-        steps = a.steps or a.epochs * max(1, len(data) // a.kd_batch_size)
+        steps = _kd_steps(a.steps, a.epochs, len(data), a.kd_batch_size)
         kd = _kd_config(a, steps, **kd_kw)
         r = distill_student_(student, teacher, kd, data=data, checkpoint_dir=ckpt, val=val,
                              progress=not a.no_progress, overwrite=a.overwrite, checkpoint_every=a.checkpoint_every)
         source = a.data
-    _save_student(student, a.out)
+    save_atomic(student.state_dict(), a.out)
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
     human = (f"saved student {a.student} distilled from {source} ({r['samples']} samples, {r['steps']} steps, "
              f"{r['seconds']:.0f} s) to {a.out}; load it with `datafree evaluate {a.student} --weights {a.out}`")
@@ -288,7 +283,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .prune import count_flops_params, finalize_unstructured_, prune_structured_, prune_unstructured_, pruned_state_dict
     from .sources import load_source
-    from .student import distill_student_
+    from .student import distill_student_, save_atomic
 
     teacher = _load_model(a)
     before = count_flops_params(teacher)
@@ -306,7 +301,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         if not a.data:
             raise DatafreeError("fine-tuning needs --data SOURCE (synthetic-set directory, method or dataset spec)")
         data = load_source(a.data, teacher, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
-        steps = a.finetune_steps or a.finetune_epochs * max(1, len(data) // a.kd_batch_size)
+        steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(data), a.kd_batch_size)
         kd = _kd_config(a, steps, freeze_bn=a.freeze_bn, val_every=a.val_every)
         val = load_dataset(a.val, teacher.input_spec, a.data_root) if a.val else None  # type: ignore[attr-defined]
         r = distill_student_(student, teacher, kd, data=data, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt",
@@ -314,11 +309,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     if not a.structured:
         finalize_unstructured_(student)
     after = count_flops_params(student)
-    import torch
-
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    torch.save(pruned_state_dict(student), a.out + ".tmp")
-    os.replace(a.out + ".tmp", a.out)
+    save_atomic(pruned_state_dict(student), a.out)
     info: dict[str, Any] = {"out": a.out, "mode": "structured" if a.structured else "unstructured", "sparsity": a.sparsity,
                             "data": a.data, "steps": steps, "seconds": round(time.time() - t0, 2),
                             "flops_before": before["flops"], "flops_after": after["flops"],
@@ -353,6 +344,7 @@ def _class_list(s: str) -> list[int]:
 
 def cmd_extend(a: argparse.Namespace) -> int:
     from .continual import ContinualConfig, extend_classes, split_accuracy
+    from .student import save_atomic
     from .data.real import load_dataset
     from .models import input_spec_of
     from .sources import load_source
@@ -376,7 +368,7 @@ def cmd_extend(a: argparse.Namespace) -> int:
     model = extend_classes(old, new, total, ContinualConfig(method=a.method, kd_weight=a.kd_weight,
                                                             temperature=a.kd_temperature),
                            kd=kd, synthetic=inverted, progress=not a.no_progress)
-    _save_student(model, a.out)
+    save_atomic(model.state_dict(), a.out)
     info: dict[str, Any] = {"out": a.out, "method": a.method, "num_classes": total, "new_samples": len(new),
                             "inverted_samples": 0 if inverted is None else len(inverted), "seconds": round(time.time() - t0, 2)}
     human = (f"saved a {total}-class model ({a.method}, {len(new)} new-class images"

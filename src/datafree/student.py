@@ -35,7 +35,10 @@ class RoundsConfig(Config):
         check(self.steps_per_round >= 0, f"steps_per_round must be >= 0, got {self.steps_per_round}")
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file, then rename: an interrupted write never leaves a truncated file (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -73,12 +76,12 @@ class _Checkpoint:
 
     def save(self, student: nn.Module, distiller: Distiller, done: int, extra: dict) -> None:
         if self.dir is not None:
-            _atomic_save({"identity": self.identity, "student": student.state_dict(), "distiller": distiller.state_dict(),
+            save_atomic({"identity": self.identity, "student": student.state_dict(), "distiller": distiller.state_dict(),
                           "done": done, **extra}, self.dir / STATE)
 
     def save_pool(self, r: int, d: TensorData) -> None:
         if self.dir is not None:
-            _atomic_save({"x": d.x, "y": d.y, "logits": d.logits}, self.dir / f"pool_{r:03d}.pt")
+            save_atomic({"x": d.x, "y": d.y, "logits": d.logits}, self.dir / f"pool_{r:03d}.pt")
 
     def load_pool(self, r: int) -> TensorData:
         assert self.dir is not None
