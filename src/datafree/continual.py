@@ -13,6 +13,7 @@ from .config import Config, check
 from .data.base import TensorData
 from .distill import Distiller, KDConfig, head_name, kd_loss
 from .errors import DatafreeError
+from .metrics import predict
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 
@@ -62,19 +63,18 @@ def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int,
     kd = kd or KDConfig(steps=1000, batch_size=64, lr=1e-3, freeze_bn=False)
     if new_data.y is None:
         raise DatafreeError("new-class data needs labels")
-    n_old = int(old_model(new_data.x[:1].to(next(old_model.parameters()).device)).shape[1])
+    student = expand_head(old_model, num_classes)
+    n_old = old_model.get_submodule(head_name(old_model)).out_features  # expand_head checked it is nn.Linear
     if int(new_data.y.min()) < n_old or int(new_data.y.max()) >= num_classes:
         raise DatafreeError(f"new-class labels must lie in {n_old}..{num_classes - 1} (the old model has {n_old} classes)")
     data = new_data
     if cfg.method == "deepinversion":
         if synthetic is None or len(synthetic) == 0:
             raise DatafreeError("method deepinversion needs inverted samples of the old classes (synthetic=...)")
-        with torch.no_grad():
-            old_labels = synthetic.logits.argmax(1) if synthetic.logits is not None else old_model(synthetic.x).argmax(1)
+        old_labels = synthetic.logits.argmax(1) if synthetic.logits is not None else predict(old_model, synthetic)
         reps = max(1, round(len(new_data) / len(synthetic)))  # as many old-class samples as new-class ones
         data = TensorData(torch.cat([new_data.x] + [synthetic.x] * reps),
                           torch.cat([new_data.y] + [old_labels.to(new_data.y.dtype)] * reps), name="new+inverted")
-    student = expand_head(old_model, num_classes)
     keep_old = cfg.method in ("lwf", "deepinversion") and cfg.kd_weight > 0
 
     def loss_fn(s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
@@ -90,8 +90,6 @@ def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int,
 
 def split_accuracy(model: nn.Module, data: TensorData, old_classes: int) -> dict[str, float]:
     """Top-1 over all classes, and restricted to test images of old (< old_classes) and new classes."""
-    from .metrics import predict
-
     assert data.y is not None
     pred = predict(model, data)
     hit = (pred == data.y).float()
