@@ -35,18 +35,29 @@ class BNStatsInceptionConfig(BNStatsConfig):
     ce: float = 0.1
 
 
+class BNMatchingSynthesizer(Synthesizer):
+    """Base of pixel-optimizing methods with a BN-statistics term: hooks on the teacher's BN layers, removed on close."""
+
+    needs_bn = True
+    iterative = True
+
+    def __init__(self, teacher: nn.Module, config: PixelConfig, student: Optional[nn.Module] = None) -> None:
+        super().__init__(teacher, config, student)
+        self.hooks = BNStatHooks(self.teacher)
+
+    def make_batch(self, y: torch.Tensor, gen: torch.Generator, step: StepCallback) -> torch.Tensor:
+        return self.optimize_pixels(y, gen, step)
+
+    def close(self) -> None:
+        self.hooks.remove()
+
+
 @register_synthesizer("bn-stats")
-class BNStatsSynthesizer(Synthesizer):
+class BNStatsSynthesizer(BNMatchingSynthesizer):
     """Minimize Σ_l mean_c KL(N(μ̂, σ̂²) || N(μ(x), σ²(x))) over the inputs of all BN layers."""
 
     config_cls = BNStatsConfig
-    needs_bn = True
-    iterative = True
     class_conditional = False
-
-    def __init__(self, teacher: nn.Module, config: BNStatsConfig, student: Optional[nn.Module] = None) -> None:
-        super().__init__(teacher, config, student)
-        self.hooks = BNStatHooks(self.teacher)
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: BNStatsConfig = self.cfg  # type: ignore[assignment]
@@ -62,12 +73,6 @@ class BNStatsSynthesizer(Synthesizer):
         if cfg.l2 > 0:
             loss = loss + cfg.l2 * x.pow(2).mean()
         return loss, parts
-
-    def make_batch(self, y: torch.Tensor, gen: torch.Generator, step: StepCallback) -> torch.Tensor:
-        return self.optimize_pixels(y, gen, step)
-
-    def close(self) -> None:
-        self.hooks.remove()
 
 
 @register_synthesizer("bn-stats+inception")

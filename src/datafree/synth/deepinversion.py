@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from ..config import check
 from ..errors import DatafreeError
-from .base import PixelConfig, StepCallback, Synthesizer, register_synthesizer
-from .bn_hooks import BNStatHooks, bn_loss
+from .base import PixelConfig, register_synthesizer
+from .bn_hooks import bn_loss
+from .bn_stats import BNMatchingSynthesizer
 from .priors import tv_l2_norm
 
 
@@ -60,16 +61,10 @@ def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: f
 
 
 @register_synthesizer("deepinversion")
-class DeepInversionSynthesizer(Synthesizer):
+class DeepInversionSynthesizer(BNMatchingSynthesizer):
     """DeepInversion: CE to the target + α_tv·TV + α_l2·||x|| + α_f·Σ(||μ−μ̂||+||σ²−σ̂²||), jitter/flip, best batch kept."""
 
     config_cls = DeepInversionConfig
-    needs_bn = True
-    iterative = True
-
-    def __init__(self, teacher: nn.Module, config: DeepInversionConfig, student: Optional[nn.Module] = None) -> None:
-        super().__init__(teacher, config, student)
-        self.hooks = BNStatHooks(self.teacher)
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg: DeepInversionConfig = self.cfg  # type: ignore[assignment]
@@ -81,12 +76,6 @@ class DeepInversionSynthesizer(Synthesizer):
         if cfg.l2 > 0:
             loss = loss + cfg.l2 * torch.linalg.vector_norm(x)
         return loss, {"loss": loss.item(), "ce": ce.item(), "bn": bn.item()}
-
-    def make_batch(self, y: torch.Tensor, gen: torch.Generator, step: StepCallback) -> torch.Tensor:
-        return self.optimize_pixels(y, gen, step)
-
-    def close(self) -> None:
-        self.hooks.remove()
 
 
 @register_synthesizer("adaptive-deepinversion")
