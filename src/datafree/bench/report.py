@@ -128,9 +128,8 @@ def section_kd_student() -> str:
             "ADI ResNet-34 -> ResNet-18 on CIFAR-10 reaches 93.26 % from a 95.42 % teacher (-2.16 pt) after hours "
             "of GPU time; compare drops, not absolutes.\n\n"
             "**First run, stopped after three methods**: at 15 minutes of this CPU every data-free student stayed at "
-            "chance level (10-13 %), while the same loop on 4000 real images reaches ~50 % in 300 steps (checked "
-            "separately, not in this table). 512 DeepInversion samples at 100 iterations are far from converged "
-            "(final CE 7, BN term 130) and a from-scratch student memorizes them. The inception set was made by an "
+            "chance level (10-13 %). 512 DeepInversion samples at 100 iterations are far from converged and a "
+            "from-scratch student memorizes them; the real-data reference row has not been run yet. The inception set was made by an "
             "earlier benchmark that did not record its synthesis time, so its row got the whole budget for KD "
             "(an advantage; it still failed). The recipe is being reworked (see the issue notes).\n\n"
             + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
