@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config, check
-from .data.base import TensorData
+from .data.base import TensorData, concat_data
 from .distill import Distiller, KDConfig
 from .errors import DatafreeError, first_line
 from .models.loading import fingerprint
@@ -92,13 +92,6 @@ class _Checkpoint:
         return TensorData(d["x"], d["y"], d["logits"], name=f"pool_{r:03d}")
 
 
-def _cat(parts: list[TensorData]) -> TensorData:
-    ys = [p.y for p in parts]
-    ls = [p.logits for p in parts]
-    return TensorData(torch.cat([p.x for p in parts]), None if any(y is None for y in ys) else torch.cat(ys),  # type: ignore[misc]
-                      None if any(v is None for v in ls) else torch.cat(ls), name="pool")  # type: ignore[misc]
-
-
 def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data: Optional[TensorData] = None,
                      method: Optional[str] = None, synth_config: Optional[SynthConfig] = None,
                      rounds: Optional[RoundsConfig] = None, checkpoint_dir: Optional[str] = None,
@@ -145,7 +138,7 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
             synth_seconds += time.time() - ts
             ck.save_pool(r, new)
             pool.append(new)
-            hist = dist.run(_cat(pool), rounds.steps_per_round, val=val, progress=progress)
+            hist = dist.run(concat_data(pool, "pool"), rounds.steps_per_round, val=val, progress=progress)
             ck.save(student, dist, r + 1, {"seconds": elapsed(), "synth_seconds": synth_seconds})
             if progress:
                 msg = f"round {r + 1}/{rounds.rounds}: pool {sum(len(p) for p in pool)}"

@@ -112,11 +112,13 @@ def pretrained(name: str):
     return load_model(name, str(Path(data_root()) / "models" / CHECKPOINTS[name]))
 
 
-def cached_set(model, name: str, method: str, num: int, iterations: int, seed: int, cache: str = "benchmarks/cache"):
-    """Synthesize (or reuse, or resume) a stored set keyed by model/method/num/iterations/seed; returns (data, manifest)."""
+def cached_set(model, name: str, method: str, num: int, iterations: int, seed: int, cache: str = "benchmarks/cache",
+               **overrides):
+    """Synthesize (or reuse, or resume) a stored set keyed by model/method/num/iterations/seed (+ overrides); returns (data, manifest)."""
     from ..data.synthetic import read_manifest
     from ..synth import make_config, synthesize
 
-    out = Path(cache) / f"{name}_{method}_n{num}_it{iterations}_s{seed}"
-    data = synthesize(model, method, make_config(method, num=num, iterations=iterations, seed=seed), out=str(out))
+    extra = "".join(f"_{k}{'' if v is True else v}" for k, v in sorted(overrides.items()) if v not in (None, False))
+    out = Path(cache) / f"{name}_{method}_n{num}_it{iterations}_s{seed}{extra}"
+    data = synthesize(model, method, make_config(method, num=num, iterations=iterations, seed=seed, **overrides), out=str(out))
     return data, read_manifest(out)

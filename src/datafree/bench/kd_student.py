@@ -12,12 +12,14 @@ A long run of one method: --methods deepinversion --budget 3600 --tag long. Fini
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from .. import evaluate, load_dataset
+from ..data import concat_data
 from ..distill import Distiller, KDConfig
 from ..models import create_model
 from ..student import RoundsConfig, distill_student_
@@ -26,6 +28,19 @@ from .common import RowStore, command_line, cached_set, data_root, git_commit, m
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
 ADI_OVERHEAD = 1.35  # synthesis cost of ADI relative to DI (the student's forward/backward), used to plan its KD steps
+
+
+def chunked_set(teacher, method: str, num: int, chunk: int, iterations: int, seed: int, cache: str, **kw):
+    """`num` samples as stored chunks of `chunk` (seeds seed, seed+1, ...), so a longer run reuses a shorter one's
+    sets; returns (data, synthesis seconds recorded for all chunks)."""
+    parts, seconds = [], 0.0
+    for i in range(math.ceil(num / chunk)):
+        d, man = cached_set(teacher, "resnet56", method, min(chunk, num - i * chunk), iterations, seed + i, cache, **kw)
+        if float(man.get("seconds") or 0.0) <= 0:  # stored before shard times were recorded: the budget would be wrong
+            raise SystemExit(f"{method} set in {cache} has no recorded synthesis time; delete it to re-synthesize")
+        parts.append(d)
+        seconds += float(man["seconds"])
+    return concat_data(parts, f"{method} x{num}"), seconds
 
 
 def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 12) -> float:
@@ -44,12 +59,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--budget", type=float, default=900.0, help="seconds per method, synthesis included")
     p.add_argument("--num", type=int, default=512, help="synthetic samples of the synthesis methods")
+    p.add_argument("--chunk", type=int, default=256, help="synthetic sets are stored (and reused) in chunks of this size")
     p.add_argument("--num-gaussian", type=int, default=4096, help="Gaussian samples (free to make)")
     p.add_argument("--iterations", type=int, default=100, help="pixel-optimization iterations per batch")
     p.add_argument("--rounds", type=int, default=4, help="adaptive-deepinversion rounds")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=3.0)
+    p.add_argument("--mixup", type=float, default=1.0, help="KD mixup Beta parameter (0 = off)")
+    p.add_argument("--bf16", action="store_true", help="synthesize under bfloat16 autocast (faster on CPUs with bf16 units)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="main", help="row tag (e.g. long for the long run)")
     p.add_argument("--out", default="benchmarks/results/kd_resnet56_resnet20.json")
@@ -60,12 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
             "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
             "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
-    store = RowStore(a.out, meta, selection=("methods", "budget", "tag"))
+    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds"))
     teacher = pretrained("resnet56")
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     store.run({"method": "teacher", "tag": "reference"}, lambda: {f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()})
     kd = KDConfig(batch_size=a.batch_size, lr=a.lr, weight_decay=5e-4, temperature=a.temperature, freeze_bn=False,
-                  seed=a.seed, val_every=10 ** 9)
+                  mixup=a.mixup, seed=a.seed, val_every=10 ** 9)
     real = load_dataset("cifar10:train-exact", teacher.input_spec, root)
     step_s = probe_step_seconds(teacher, kd, real)
     print(f"KD step: {step_s:.3f} s", flush=True)
@@ -77,11 +95,12 @@ def main(argv: list[str] | None = None) -> None:
             student = create_model("resnet20")
             ck = str(Path(a.cache) / "kd_ckpt" / f"{method.replace(':', '_')}_{a.tag}_b{int(a.budget)}")
             if method == "adaptive-deepinversion":
-                _, di_man = cached_set(teacher, "resnet56", "deepinversion", a.num, a.iterations, a.seed, a.cache)
-                est_synth = di_man["seconds"] * ADI_OVERHEAD
+                _, di_s = chunked_set(teacher, "deepinversion", min(a.num, a.chunk), a.chunk, a.iterations, a.seed, a.cache,
+                                      bf16=a.bf16)
+                est_synth = di_s * a.num / min(a.num, a.chunk) * ADI_OVERHEAD
                 steps = max(a.rounds, int((a.budget - est_synth) / step_s))
                 rounds = RoundsConfig(rounds=a.rounds, per_round=a.num // a.rounds, steps_per_round=steps // a.rounds)
-                scfg = make_config(method, iterations=a.iterations, seed=a.seed)
+                scfg = make_config(method, iterations=a.iterations, seed=a.seed, bf16=a.bf16)
                 r = distill_student_(student, teacher, kd, method=method, synth_config=scfg, rounds=rounds,
                                      checkpoint_dir=ck)
                 synth_s, total = r["synth_seconds"], r["seconds"]
@@ -92,24 +111,21 @@ def main(argv: list[str] | None = None) -> None:
                     data, man = cached_set(teacher, "resnet56", method, a.num_gaussian, a.iterations, a.seed, a.cache)
                     synth_s = float(man["seconds"])
                 else:
-                    data, man = cached_set(teacher, "resnet56", method, a.num, a.iterations, a.seed, a.cache)
-                    synth_s = float(man.get("seconds") or 0.0)
-                    if synth_s <= 0:  # a set stored before shard times were recorded: the budget would be wrong
-                        raise SystemExit(f"{man.get('method')} set in {a.cache} has no recorded synthesis time; "
-                                         "delete it so this benchmark re-synthesizes it")
+                    data, synth_s = chunked_set(teacher, method, a.num, a.chunk, a.iterations, a.seed, a.cache, bf16=a.bf16)
                 steps = max(1, int((a.budget - synth_s) / step_s))
                 r = distill_student_(student, teacher, kd.replace(steps=steps), data=data, checkpoint_dir=ck,
                                      checkpoint_every=250)
                 total = synth_s + r["seconds"]
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
-            return dict(acc, seconds=round(total, 1), synth_seconds=round(synth_s, 1), kd_seconds=round(total - synth_s, 1),
+            return dict(acc, command=cmd, seconds=round(total, 1), synth_seconds=round(synth_s, 1), kd_seconds=round(total - synth_s, 1),
                         steps=r["steps"], samples=r["samples"], budget_s=a.budget, final_kd_loss=round(r["final_loss"], 4),
                         wall_this_run=round(time.time() - t0, 1))
 
         row = store.run({"method": method, "tag": a.tag}, run)
         print(f"{method:24s} exact {row['top1_exact']:.2f} jpeg {row['top1_jpeg']:.2f} ({row['seconds']:.0f} s, "
               f"{row['steps']} steps, {row['samples']} samples)", flush=True)
-    store.finish(complete=set(a.methods) == set(METHODS))
+    done = {r["method"] for r in store.rows if r.get("tag") == "main"}
+    store.finish(complete=set(METHODS) <= done)
 
 
 def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:

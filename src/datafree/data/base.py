@@ -58,6 +58,14 @@ class TensorData:
             yield order[i:i + batch_size]
 
 
+def concat_data(parts: list[TensorData], name: str = "concat") -> TensorData:
+    """One TensorData holding the items of `parts` in order (labels/logits kept only if every part has them)."""
+    ys = [p.y for p in parts]
+    ls = [p.logits for p in parts]
+    return TensorData(torch.cat([p.x for p in parts]), None if any(y is None for y in ys) else torch.cat(ys),  # type: ignore[misc]
+                      None if any(v is None for v in ls) else torch.cat(ls), name=name)  # type: ignore[misc]
+
+
 def images_to_tensor(images: np.ndarray, spec: InputSpec) -> torch.Tensor:
     """uint8 images (N,H,W) or (N,H,W,C) -> float tensor normalized for `spec` (channels and size adapted)."""
     x = torch.from_numpy(np.array(images, copy=not images.flags.writeable or not images.flags.c_contiguous))
