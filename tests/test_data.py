@@ -90,3 +90,16 @@ def test_image_folder(tmp_path):
     assert g.x.shape == (6, 1, 28, 28)
     with pytest.raises(df.DatafreeError, match="no class subfolders"):
         df.load_dataset(f"folder:{tmp_path / 'cat'}", CIFAR10_SPEC)
+
+
+def test_concat_data_keeps_order_and_drops_partial_fields():
+    from datafree.data import TensorData, concat_data
+
+    a = TensorData(torch.arange(6.0).view(3, 2), torch.tensor([0, 1, 2]), torch.ones(3, 4), "a")
+    b = TensorData(torch.arange(6.0, 10.0).view(2, 2), torch.tensor([3, 4]), None, "b")
+    c = concat_data([a, b], "ab")
+    assert c.name == "ab" and len(c) == 5
+    assert torch.equal(c.x, torch.arange(10.0).view(5, 2))
+    assert c.y.tolist() == [0, 1, 2, 3, 4]
+    assert c.logits is None  # b has none, so a mixed tensor would be wrong
+    assert torch.equal(concat_data([a, a]).logits, torch.ones(6, 4))
