@@ -3,11 +3,12 @@
 Run: python -m datafree.bench.kd_student [--budget 900] [--methods ...] [--tag main]
 Writes benchmarks/results/kd_resnet56_resnet20.json: rows with method, top1_exact, top1_jpeg, seconds (synthesis +
 distillation), synth_seconds, steps, samples, budget_s, tag. The budget covers synthesis and distillation: fixed-set
-methods synthesize --num samples (stored under benchmarks/cache and reused by the pruning benchmark), then distill for
-the rest of the budget, converted to steps with a probe of the KD step time measured in the same run;
-adaptive-deepinversion synthesizes the same number of samples in --rounds rounds with the current student in the loop.
-A long run of one method: --methods deepinversion --budget 3600 --tag long. Finished rows are kept; runs resume
-(also inside a method, from benchmarks/cache/kd_ckpt).
+methods synthesize --num samples (stored under benchmarks/cache in chunks of --chunk, which longer runs and the pruning
+benchmark reuse; a reused chunk's recorded synthesis time still counts against the budget), then distill for the rest
+of the budget, converted to steps with a probe of the KD step time measured in the same run; adaptive-deepinversion
+synthesizes the same number of samples in --rounds rounds with the current student in the loop.
+A long run of one method: --methods deepinversion --budget 3600 --num 1024 --rounds 16 --tag long. Finished rows are
+kept; runs resume (also inside a method, from benchmarks/cache/kd_ckpt).
 """
 from __future__ import annotations
 
@@ -43,15 +44,19 @@ def chunked_set(teacher, method: str, num: int, chunk: int, iterations: int, see
     return concat_data(parts, f"{method} x{num}"), seconds
 
 
-def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 12) -> float:
-    """Seconds per KD step (teacher forward + student forward/backward) on this machine, now."""
+def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 8, repeats: int = 3) -> float:
+    """Seconds per KD step (teacher forward + student forward/backward) on this machine, now: the fastest of
+    `repeats` timings of `n` steps (robust to a short burst of other load)."""
     torch.manual_seed(0)
     s = create_model("resnet20")
-    d = Distiller(s, teacher, kd.replace(steps=n))
+    d = Distiller(s, teacher, kd.replace(steps=2 + n * repeats))
     d.run(data, 2, progress=False)  # warm-up
-    t0 = time.time()
-    d.run(data, n - 2, progress=False)
-    return (time.time() - t0) / (n - 2)
+    times = []
+    for _ in range(repeats):
+        t0 = time.time()
+        d.run(data, n, progress=False)
+        times.append((time.time() - t0) / n)
+    return min(times)
 
 
 def main(argv: list[str] | None = None) -> None:
