@@ -247,12 +247,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
     spec = input_spec_of(teacher)
     student = _load_model(a, name=a.student, weights=a.student_weights, input_spec=spec,
                           num_classes=spec.num_classes)
-    kd_kw = dict(optimizer=a.kd_optimizer, weight_decay=a.kd_weight_decay, freeze_bn=a.freeze_bn, val_every=a.val_every)
+    kd_kw = dict(optimizer=a.kd_optimizer, weight_decay=a.kd_weight_decay, freeze_bn=a.freeze_bn, val_every=a.val_every,
+                 mixup=a.mixup)
     val = load_dataset(a.val, spec, a.data_root) if a.val else None
     ckpt = a.checkpoint_dir or a.out + ".ckpt"
     if a.method is not None:
         rounds = RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round)
-        scfg = make_config(a.method, seed=a.seed, iterations=a.iterations, lr=a.synth_lr, batch_size=a.per_round)
+        scfg = make_config(a.method, seed=a.seed, iterations=a.iterations, lr=a.synth_lr, batch_size=a.per_round,
+                           bf16=a.bf16)
         kd = _kd_config(a, a.rounds * a.steps_per_round, **kd_kw)
         r = distill_student_(student, teacher, kd, method=a.method, synth_config=scfg, rounds=rounds,
                              checkpoint_dir=ckpt, val=val, progress=not a.no_progress, overwrite=a.overwrite)
@@ -515,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps-per-round", type=int, default=200, help="with --method: KD steps after each round")
     s.add_argument("--iterations", type=int, help="with --method: pixel-optimization steps per batch (method default)")
     s.add_argument("--synth-lr", type=float, help="with --method: learning rate on the pixels (method default)")
+    s.add_argument("--bf16", action="store_true", help="with --method: synthesize under bfloat16 autocast (faster on "
+                   "CPUs with bf16 units; statistics and losses stay float32)")
     s.add_argument("--steps", type=int, default=0, help="with --data: KD steps (overrides --epochs)")
     s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
     s.add_argument("--kd-lr", type=float, default=1e-3, help="student learning rate (cosine schedule)")
@@ -525,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the student's BN statistics fixed (for a pretrained student)")
     s.add_argument("--no-augment", action="store_true", help="no crop/flip of the samples")
+    s.add_argument("--mixup", type=float, default=1.0, help="mix random pairs of samples (weight ~ Beta(a, a)), the "
+                   "teacher labels each mixture; 0 = off. Few synthetic samples are memorized without it")
     s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress bar")
     s.add_argument("--val-every", type=int, default=200, help="steps between validations")
     s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
