@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import datafree as df
+from datafree.data import read_manifest
 from datafree.data.synthetic import SyntheticSetWriter
 from datafree.synth import SYNTHESIZERS, BNStatHooks, bn_loss, list_synthesizers, make_config, synthesize
 
@@ -76,6 +77,15 @@ def test_resume_after_interruption_gives_same_set(tmp_path, monkeypatch):
     resumed = synthesize(m, "bn-stats", cfg, out=str(tmp_path / "part"), progress=False)
     assert torch.equal(resumed.x, full.x) and torch.equal(resumed.y, full.y)
     assert (tmp_path / "part" / "grid.png").is_file()
+    # the recorded synthesis time covers every shard, the one made before the interruption included
+    man = read_manifest(tmp_path / "part")
+    assert sorted(man["shard_stats"]) == ["0", "1", "2"]
+    assert man["seconds"] == pytest.approx(sum(v["seconds"] for v in man["shard_stats"].values()), abs=0.02)
+    assert man["seconds"] > 0
+    # reopening a finished set (reuse) keeps its time instead of resetting it to 0
+    before = read_manifest(tmp_path / "full")["seconds"]
+    synthesize(m, "bn-stats", cfg, out=str(tmp_path / "full"), progress=False)
+    assert read_manifest(tmp_path / "full")["seconds"] == before > 0
 
 
 def test_reusing_out_with_other_config_is_refused(tmp_path):

@@ -51,6 +51,10 @@ class SyntheticSetWriter:
                 raise DatafreeError(
                     f"{self.dir} already holds a different synthetic set (differs in {', '.join(diff)}); "
                     "choose another --out or pass --overwrite")
+            on_disk = {str(i) for i in self.done_shards()}  # resuming keeps the stats (and times) of finished shards
+            kept = {k: v for k, v in old.get("shard_stats", {}).items() if k in on_disk}
+            if kept:
+                self.manifest["shard_stats"] = kept
         elif self.dir.exists() and any(self.dir.iterdir()) and not overwrite:
             raise DatafreeError(f"{self.dir} exists and is not a synthetic set; choose another --out or pass --overwrite")
         if overwrite and self.dir.exists():
