@@ -118,3 +118,17 @@ def test_mix_batch_is_a_convex_combination_of_pairs():
     assert not torch.allclose(y, x)  # at least one sample moved
     y2 = mix_batch(x, torch.Generator().manual_seed(0), 0.4)
     assert torch.equal(y, y2)  # seeded
+
+
+def test_pool_smaller_than_a_batch_is_repeated_to_full_batches(digits_teacher):
+    from datafree.distill import Distiller
+
+    m, _ = digits_teacher
+    small = df.load_dataset("digits:train", m.input_spec).subset(10)
+    torch.manual_seed(0)
+    s = df.create_model("small_cnn")
+    seen = []
+    s.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].shape[0]))
+    hist = Distiller(s, m, KDConfig(steps=5, batch_size=32, lr=1e-3)).run(small, progress=False)
+    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5]
+    assert seen and set(seen) == {32}  # every step a full batch, drawn from copies of the 10 samples

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config, check
-from .data.base import TensorData
+from .data.base import TensorData, concat_data
 from .errors import DatafreeError
 from .synth.base import frozen_eval, model_device
 
@@ -174,8 +174,8 @@ class Distiller:
         cfg = self.cfg
         if len(data) == 0:
             raise DatafreeError("distillation data is empty")
-        if len(data) < cfg.batch_size:
-            raise DatafreeError(f"distillation needs at least batch-size ({cfg.batch_size}) samples, got {len(data)}")
+        if len(data) < cfg.batch_size:  # a pool smaller than a batch (first rounds) is repeated; copies augment differently
+            data = concat_data([data] * math.ceil(cfg.batch_size / len(data)), data.name)
         from .metrics import evaluate
 
         n_steps = cfg.steps - self.step if steps is None else steps
