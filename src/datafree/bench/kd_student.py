@@ -148,7 +148,12 @@ def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:
         out.append(f"| {r['method']} | {r['tag']} | {r['top1_exact']:.2f} | {drop} | {r['top1_jpeg']:.2f} | {r['samples']} | "
                    f"{r['steps']} | {r['synth_seconds']:.0f} | {r['seconds']:.0f} |")
     head = f"Teacher ResNet-56: {t['top1_exact']:.2f} exact / {t['top1_jpeg']:.2f} jpeg.\n\n" if t else ""
-    return head + "\n".join(out)
+    cmds = {}
+    for r in rows:
+        if r.get("command"):
+            cmds.setdefault(r["tag"], r["command"])
+    tail = "".join(f"\n\nRows tagged `{tag}` come from: `{c}`" for tag, c in cmds.items())
+    return head + "\n".join(out) + tail
 
 
 if __name__ == "__main__":
