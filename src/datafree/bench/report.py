@@ -135,6 +135,19 @@ def section_kd_student() -> str:
             + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
 
 
+def section_set_stats() -> str:
+    from .set_stats import render
+
+    p = RESULTS / "synthetic_sets.json"
+    meta = json.loads(p.read_text())["meta"]
+    return ("## What the stored ResNet-56 synthetic sets look like to their teacher\n\n"
+            "From the teacher logits stored with each set (no new forward pass). *Teacher agrees with target*: share of "
+            "samples the teacher classifies as the class they were optimized for (class-conditional methods only; the "
+            "others are labelled by the teacher's argmax). *Class balance*: entropy of the teacher's predicted classes, "
+            "1 = uniform. Sets made before this session's manifest fix lost their recorded time when a later benchmark "
+            "reused them (*not recorded*).\n\n" + _meta_line(meta) + "\n\n" + render(str(p)) + "\n")
+
+
 def section_prune() -> str:
     from .prune import render
 
@@ -160,7 +173,8 @@ def section_continual() -> str:
 
 SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
             ("onnx_export.json", section_onnx), ("perf_synthesis.json", section_perf),
-            ("kd_resnet56_resnet20.json", section_kd_student), ("prune_resnet56.json", section_prune),
+            ("kd_resnet56_resnet20.json", section_kd_student), ("synthetic_sets.json", section_set_stats),
+            ("prune_resnet56.json", section_prune),
             ("continual.json", section_continual)]
 
 
