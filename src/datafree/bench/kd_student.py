@@ -153,6 +153,16 @@ def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:
         if r.get("command"):
             cmds.setdefault(r["tag"], r["command"])
     tail = "".join(f"\n\nRows tagged `{tag}` come from: `{c}`" for tag, c in cmds.items())
+    main_rows = sorted((r for r in rows if r.get("tag") == "main"), key=lambda r: -r["top1_exact"])
+    if main_rows:
+        tail += ("\n\nOrdering at the 15-minute budget (test-exact): "
+                 + " > ".join(f"{r['method']} {r['top1_exact']:.2f}" for r in main_rows)
+                 + ". Expected (paper): adaptive-deepinversion >= deepinversion > inception >> gaussian.")
+    for r in rows:
+        if r.get("tag") == "long" and t:
+            drop = t["top1_exact"] - r["top1_exact"]
+            tail += (f"\n\nLong run ({r['method']}, {r['seconds'] / 3600:.2f} h): {drop:.2f} pt below the teacher; "
+                     f"target <= 5 pt: **{'met' if drop <= 5 else 'missed'}**. Published anchor: -2.16 pt (ADI, GPU-hours).")
     return head + "\n".join(out) + tail
 
 
