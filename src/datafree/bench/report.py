@@ -133,7 +133,7 @@ def section_kd_student() -> str:
             "adaptive-deepinversion synthesizes in rounds against the current student; the other methods use a fixed "
             "set. `seconds` = synthesis + distillation. The long run is DeepInversion: it was chosen when DeepInversion was "
             "the only finished data-free row (the first ADI attempt stopped on a since-fixed bug: its first round's pool "
-            "was smaller than one KD batch); compare it with the ADI row at 15 minutes.\n\n"
+            "was smaller than one KD batch); the ADI row that finished later is not better at 15 minutes.\n\n"
             + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
 
 
