@@ -131,7 +131,8 @@ def section_kd_student() -> str:
             "with cosine decay, batch 128; synthetic sets made under bfloat16 autocast (`--bf16`) and stored in chunks of "
             "256 that the long run reuses (a reused chunk's recorded synthesis time still counts against its budget). "
             "adaptive-deepinversion synthesizes in rounds against the current student; the other methods use a fixed "
-            "set. `seconds` = synthesis + distillation. The long run is DeepInversion: it was chosen when DeepInversion was "
+            "set. `seconds` = synthesis + distillation; KD steps are planned from the probe, so a row can end a few per cent "
+            "under or over its budget (see *total s*). The long run is DeepInversion: it was chosen when DeepInversion was "
             "the only finished data-free row (the first ADI attempt stopped on a since-fixed bug: its first round's pool "
             "was smaller than one KD batch); the ADI row that finished later is not better at 15 minutes.\n\n"
             + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
