@@ -116,62 +116,67 @@ def _incomplete(meta: dict) -> str:
             "resumes it.\n")
 
 
+def _table_section(title: str, prose: str, file: str, render) -> str:
+    """A section: title, prose, the command/commit line, an incomplete-run warning if any, the result table."""
+    p = RESULTS / file
+    meta = json.loads(p.read_text())["meta"]
+    return f"## {title}\n\n{prose}\n\n" + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n"
+
+
 def section_kd_student() -> str:
     from .kd_student import render
 
-    p = RESULTS / "kd_resnet56_resnet20.json"
-    meta = json.loads(p.read_text())["meta"]
-    return ("## Data-free distillation: ResNet-56 teacher -> ResNet-20 student from scratch\n\n"
-            "Every method gets the same wall-clock budget on this machine (synthesis + distillation; KD steps planned "
-            "from a step-time probe in the same run). The student never sees a real image except in the "
-            "`cifar10:train-exact` row (4000 real training images, the upper reference). Published anchor, as a drop: "
-            "ADI ResNet-34 -> ResNet-18 on CIFAR-10 reaches 93.26 % from a 95.42 % teacher (-2.16 pt) after hours "
-            "of GPU time; compare drops, not absolutes.\n\n"
-            "Protocol: KD at temperature 3 with crop/flip and mixup (the teacher labels each mixed image), Adam lr 1e-3 "
-            "with cosine decay, batch 128; synthetic sets made under bfloat16 autocast (`--bf16`) and stored in chunks of "
-            "256 that the long run reuses (a reused chunk's recorded synthesis time still counts against its budget). "
-            "adaptive-deepinversion synthesizes in rounds against the current student; the other methods use a fixed "
-            "set. `seconds` = synthesis + distillation; KD steps are planned from the probe, so a row can end a few per cent "
-            "under or over its budget (see *total s*). The long run is DeepInversion: it was chosen when DeepInversion was "
-            "the only finished data-free row (the first ADI attempt stopped on a since-fixed bug: its first round's pool "
-            "was smaller than one KD batch); the ADI row that finished later is not better at 15 minutes.\n\n"
-            + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
+    return _table_section(
+        "Data-free distillation: ResNet-56 teacher -> ResNet-20 student from scratch",
+        "Every method gets the same wall-clock budget on this machine (synthesis + distillation; KD steps planned "
+        "from a step-time probe in the same run). The student never sees a real image except in the "
+        "`cifar10:train-exact` row (4000 real training images, the upper reference). Published anchor, as a drop: "
+        "ADI ResNet-34 -> ResNet-18 on CIFAR-10 reaches 93.26 % from a 95.42 % teacher (-2.16 pt) after hours "
+        "of GPU time; compare drops, not absolutes.\n\n"
+        "Protocol: KD at temperature 3 with crop/flip and mixup (the teacher labels each mixed image), Adam lr 1e-3 "
+        "with cosine decay, batch 128; synthetic sets made under bfloat16 autocast (`--bf16`) and stored in chunks of "
+        "256 that the long run reuses (a reused chunk's recorded synthesis time still counts against its budget). "
+        "adaptive-deepinversion synthesizes in rounds against the current student; the other methods use a fixed "
+        "set. `seconds` = synthesis + distillation; KD steps are planned from the probe, so a row can end a few per cent "
+        "under or over its budget (see *total s*). The long run is DeepInversion: it was chosen when DeepInversion was "
+        "the only finished data-free row (the first ADI attempt stopped on a since-fixed bug: its first round's pool "
+        "was smaller than one KD batch); the ADI row that finished later is not better at 15 minutes.",
+        "kd_resnet56_resnet20.json", render)
 
 
 def section_set_stats() -> str:
     from .set_stats import render
 
-    p = RESULTS / "synthetic_sets.json"
-    meta = json.loads(p.read_text())["meta"]
-    return ("## What the stored ResNet-56 synthetic sets look like to their teacher\n\n"
-            "From the teacher logits stored with each set (no new forward pass). *Teacher agrees with target*: share of "
-            "samples the teacher classifies as the class they were optimized for (class-conditional methods only; the "
-            "others are labelled by the teacher's argmax). *Class balance*: entropy of the teacher's predicted classes, "
-            "1 = uniform. Sets made before this session's manifest fix lost their recorded time when a later benchmark "
-            "reused them (*not recorded*).\n\n" + _meta_line(meta) + "\n\n" + render(str(p)) + "\n")
+    return _table_section(
+        "What the stored ResNet-56 synthetic sets look like to their teacher",
+        "From the teacher logits stored with each set (no new forward pass). *Teacher agrees with target*: share of "
+        "samples the teacher classifies as the class they were optimized for (class-conditional methods only; the "
+        "others are labelled by the teacher's argmax). *Class balance*: entropy of the teacher's predicted classes, "
+        "1 = uniform. Sets made before this session's manifest fix lost their recorded time when a later benchmark "
+        "reused them (*not recorded*).",
+        "synthetic_sets.json", render)
 
 
 def section_prune() -> str:
     from .prune import render
 
-    p = RESULTS / "prune_resnet56.json"
-    meta = json.loads(p.read_text())["meta"]
-    return ("## Data-free structured pruning of ResNet-56\n\n"
-            "The inner conv of every residual block loses half its output channels (lowest BN-folded L1 norm; the next "
-            "conv loses the matching inputs), then KD fine-tuning from the unpruned model on each data source with the "
-            "same steps. DeepInversion samples come from the stored set of the KD benchmark; `seconds` excludes their "
-            "synthesis.\n\n" + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
+    return _table_section(
+        "Data-free structured pruning of ResNet-56",
+        "The inner conv of every residual block loses half its output channels (lowest BN-folded L1 norm; the next "
+        "conv loses the matching inputs), then KD fine-tuning from the unpruned model on each data source with the "
+        "same steps. DeepInversion samples come from the stored set of the KD benchmark; `seconds` excludes their "
+        "synthesis.",
+        "prune_resnet56.json", render)
 
 
 def section_continual() -> str:
     from .continual import render
 
-    p = RESULTS / "continual.json"
-    meta = json.loads(p.read_text())["meta"]
-    return ("## Data-free continual learning: MNIST 5 + 5\n\n"
-            "LeNet-5 trained on digits 0-4, then extended to 10 classes with real images of 5-9 only. Accuracy on the "
-            "10k MNIST test images (one 10-way head; old = test images of 0-4).\n\n"
-            + _meta_line(meta) + "\n" + _incomplete(meta) + "\n" + render(str(p)) + "\n")
+    return _table_section(
+        "Data-free continual learning: MNIST 5 + 5",
+        "LeNet-5 trained on digits 0-4, then extended to 10 classes with real images of 5-9 only. Accuracy on the "
+        "10k MNIST test images (one 10-way head; old = test images of 0-4).",
+        "continual.json", render)
 
 
 SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
