@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the student's BN statistics fixed (for a pretrained student)")
     s.add_argument("--no-augment", action="store_true", help="no crop/flip of the samples")
     s.add_argument("--mixup", type=float, default=1.0, help="mix random pairs of samples (weight ~ Beta(a, a)), the "
-                   "teacher labels each mixture; 0 = off. Few synthetic samples are memorized without it")
+                   "teacher labels each mixture, so a small pool gives many distinct inputs; 0 = off")
     s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress bar")
     s.add_argument("--val-every", type=int, default=200, help="steps between validations")
     s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
