@@ -97,3 +97,14 @@ def test_console_script_help_and_error_exit():
     r = subprocess.run([sys.executable, "-m", "datafree", "evaluate", "small_cnn", "--data", "nope:test"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown dataset spec" in r.stderr
+
+
+def test_bn_weight_reaches_the_stored_config(tmp_path, capsys):
+    from datafree.data.synthetic import read_manifest
+
+    for extra, want in (([], 1.0), (["--bn-weight", 3], 3.0)):
+        out = tmp_path / f"o{want}"
+        code, _, err = run(capsys, "synthesize", "small_cnn", "--method", "deepinversion", "--num", 4, "--iterations", 2,
+                           "--out", out, "--no-progress", *extra)
+        assert code == 0, err
+        assert read_manifest(out)["config"]["bn_weight"] == want

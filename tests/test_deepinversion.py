@@ -42,7 +42,7 @@ def test_js_divergence_against_formula():
 
 def test_deepinversion_matches_bn_and_targets(digits_teacher):
     teacher, _ = digits_teacher
-    cfg = make_config("deepinversion", num=40, batch_size=40, iterations=150, lr=0.1, bn_weight=1.0)  # α_f=10 overpowers CE on 8x8 digits
+    cfg = make_config("deepinversion", num=40, batch_size=40, iterations=150, lr=0.1)  # default α_f (1)
     data = synthesize(teacher, "deepinversion", cfg, progress=False)
     assert (data.logits.argmax(1) == data.y).float().mean() > 0.9  # CE reaches the targets
     spec = teacher.input_spec

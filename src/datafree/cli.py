@@ -104,7 +104,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
 
     model = _load_model(a)
     cfg = make_config(a.method, num=a.num, seed=a.seed, iterations=a.iterations, batch_size=a.batch_size,
-                      lr=a.lr, form=a.bn_loss, channels_last=a.channels_last, bf16=a.bf16)
+                      lr=a.lr, form=a.bn_loss, channels_last=a.channels_last, bf16=a.bf16, bn_weight=a.bn_weight)
     t0 = time.time()
     data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
     man = read_manifest(a.out)
@@ -254,7 +254,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if a.method is not None:
         rounds = RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round)
         scfg = make_config(a.method, seed=a.seed, iterations=a.iterations, lr=a.synth_lr, batch_size=a.per_round,
-                           bf16=a.bf16)
+                           bf16=a.bf16, bn_weight=a.bn_weight)
         kd = _kd_config(a, a.rounds * a.steps_per_round, **kd_kw)
         r = distill_student_(student, teacher, kd, method=a.method, synth_config=scfg, rounds=rounds,
                              checkpoint_dir=ckpt, val=val, progress=not a.no_progress, overwrite=a.overwrite)
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, help="samples optimized together (default: 128)")
     s.add_argument("--lr", type=float, help="Adam learning rate on the pixels (method default)")
     s.add_argument("--bn-loss", choices=["kl", "l2"], help="BN matching form for bn-stats methods (default: kl)")
+    s.add_argument("--bn-weight", type=float, help="deepinversion methods: weight α_f of the BN-statistics term "
+                   "against cross-entropy (default 1; the paper's CIFAR code uses 10 with 2000 iterations)")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="optimize in channels-last memory format (method default)")
     s.add_argument("--bf16", action="store_true",
@@ -519,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--synth-lr", type=float, help="with --method: learning rate on the pixels (method default)")
     s.add_argument("--bf16", action="store_true", help="with --method: synthesize under bfloat16 autocast (faster on "
                    "CPUs with bf16 units; statistics and losses stay float32)")
+    s.add_argument("--bn-weight", type=float, help="with --method, deepinversion methods: weight α_f of the BN-statistics term "
+                   "against cross-entropy (default 1; the paper's CIFAR code uses 10 with 2000 iterations)")
     s.add_argument("--steps", type=int, default=0, help="with --data: KD steps (overrides --epochs)")
     s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
     s.add_argument("--kd-lr", type=float, default=1e-3, help="student learning rate (cosine schedule)")

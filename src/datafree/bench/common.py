@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -112,13 +113,34 @@ def pretrained(name: str):
     return load_model(name, str(Path(data_root()) / "models" / CHECKPOINTS[name]))
 
 
+def cached_set_dir(name: str, method: str, num: int, iterations: int, seed: int, cache: str = "benchmarks/cache",
+                   **overrides) -> Path:
+    """Where `cached_set` stores the set with these settings (non-default overrides become name suffixes)."""
+    extra = "".join(f"_{k}{'' if v is True else v}" for k, v in sorted(overrides.items()) if v not in (None, False))
+    return Path(cache) / f"{name}_{method}_n{num}_it{iterations}_s{seed}{extra}"
+
+
 def cached_set(model, name: str, method: str, num: int, iterations: int, seed: int, cache: str = "benchmarks/cache",
                **overrides):
     """Synthesize (or reuse, or resume) a stored set keyed by model/method/num/iterations/seed (+ overrides); returns (data, manifest)."""
     from ..data.synthetic import read_manifest
     from ..synth import make_config, synthesize
 
-    extra = "".join(f"_{k}{'' if v is True else v}" for k, v in sorted(overrides.items()) if v not in (None, False))
-    out = Path(cache) / f"{name}_{method}_n{num}_it{iterations}_s{seed}{extra}"
+    out = cached_set_dir(name, method, num, iterations, seed, cache, **overrides)
     data = synthesize(model, method, make_config(method, num=num, iterations=iterations, seed=seed, **overrides), out=str(out))
     return data, read_manifest(out)
+
+
+def chunked_set(teacher, method: str, num: int, chunk: int, iterations: int, seed: int, cache: str, **kw):
+    """`num` samples as stored chunks of `chunk` (seeds seed, seed+1, ...), so a longer run reuses a shorter one's
+    sets; returns (data, synthesis seconds recorded for all chunks)."""
+    from ..data import concat_data
+
+    parts, seconds = [], 0.0
+    for i in range(math.ceil(num / chunk)):
+        d, man = cached_set(teacher, "resnet56", method, min(chunk, num - i * chunk), iterations, seed + i, cache, **kw)
+        if float(man.get("seconds") or 0.0) <= 0:  # stored before shard times were recorded: the budget would be wrong
+            raise SystemExit(f"{method} set in {cache} has no recorded synthesis time; delete it to re-synthesize")
+        parts.append(d)
+        seconds += float(man["seconds"])
+    return concat_data(parts, f"{method} x{num}"), seconds

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-new", type=int, default=10000, help="real images of the new classes")
     p.add_argument("--num-inverted", type=int, default=1024)
     p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--bn-weight", type=float, default=1.0, help="DeepInversion α_f for the inverted samples")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd = command_line("datafree.bench.continual", a)
     meta = {"benchmark": "continual", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd, "setting": "MNIST split 5+5 (class-incremental, one 10-way head)"}
-    store = RowStore(a.out, meta, selection=("methods",))
+    store = RowStore(a.out, meta, selection=("methods", "bn_weight"))
     spec = create_model(a.model, num_classes=5).input_spec
     train = load_dataset("mnist:train", spec, root)
     test = load_dataset("mnist:test", spec, root)
@@ -66,13 +67,14 @@ def main(argv: list[str] | None = None) -> None:
             inv, synth_s = None, 0.0
             if method == "deepinversion":
                 inv = synthesize(old, "deepinversion", make_config("deepinversion", num=a.num_inverted,
-                                                                   iterations=a.iterations, seed=a.seed))
+                                                                   iterations=a.iterations, seed=a.seed,
+                                                                   bn_weight=a.bn_weight))
                 synth_s = time.time() - t0
             m = extend_classes(old, new, 10, ContinualConfig(method=method), kd=kd, synthetic=inv)
             return dict(split_accuracy(m, test, 5), seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1),
                         steps=a.steps, new_samples=len(new), inverted_samples=0 if inv is None else len(inv))
 
-        r = store.run({"method": method}, run)
+        r = store.run({"method": method, **({"bn_weight": a.bn_weight} if method == "deepinversion" else {})}, run)
         print(f"{method:14s} old {r['top1_old']:.2f} new {r['top1_new']:.2f} all {r['top1_all']:.2f} ({r['seconds']:.0f} s)",
               flush=True)
     store.finish(complete=set(a.methods) == set(METHODS))
@@ -88,7 +90,8 @@ def render(path: str = "benchmarks/results/continual.json") -> str:
            "| method | top-1 old (0-4) | top-1 new (5-9) | top-1 all | seconds |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["method"] != "old-model":
-            out.append(f"| {r['method']} | {r['top1_old']:.2f} | {r['top1_new']:.2f} | {r['top1_all']:.2f} | {r['seconds']:.0f} |")
+            name = r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else "")
+            out.append(f"| {name} | {r['top1_old']:.2f} | {r['top1_new']:.2f} | {r['top1_all']:.2f} | {r['seconds']:.0f} |")
     return "\n".join(out)
 
 

@@ -13,35 +13,20 @@ kept; runs resume (also inside a method, from benchmarks/cache/kd_ckpt).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import torch
 
 from .. import evaluate, load_dataset
-from ..data import concat_data
 from ..distill import Distiller, KDConfig
 from ..models import create_model
 from ..student import RoundsConfig, distill_student_
 from ..synth import make_config
-from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
+from .common import RowStore, chunked_set, command_line, data_root, git_commit, machine, pretrained
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
 ADI_OVERHEAD = 1.35  # synthesis cost of ADI relative to DI (the student's forward/backward), used to plan its KD steps
-
-
-def chunked_set(teacher, method: str, num: int, chunk: int, iterations: int, seed: int, cache: str, **kw):
-    """`num` samples as stored chunks of `chunk` (seeds seed, seed+1, ...), so a longer run reuses a shorter one's
-    sets; returns (data, synthesis seconds recorded for all chunks)."""
-    parts, seconds = [], 0.0
-    for i in range(math.ceil(num / chunk)):
-        d, man = cached_set(teacher, "resnet56", method, min(chunk, num - i * chunk), iterations, seed + i, cache, **kw)
-        if float(man.get("seconds") or 0.0) <= 0:  # stored before shard times were recorded: the budget would be wrong
-            raise SystemExit(f"{method} set in {cache} has no recorded synthesis time; delete it to re-synthesize")
-        parts.append(d)
-        seconds += float(man["seconds"])
-    return concat_data(parts, f"{method} x{num}"), seconds
 
 
 def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 8, repeats: int = 3) -> float:
@@ -73,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=3.0)
     p.add_argument("--mixup", type=float, default=1.0, help="KD mixup Beta parameter (0 = off)")
     p.add_argument("--bf16", action="store_true", help="synthesize under bfloat16 autocast (faster on CPUs with bf16 units)")
+    p.add_argument("--bn-weight", type=float, help="DeepInversion α_f (default: the library's); non-default values "
+                   "get their own stored sets")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="main", help="row tag (e.g. long for the long run)")
     p.add_argument("--out", default="benchmarks/results/kd_resnet56_resnet20.json")
@@ -83,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
             "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
             "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
-    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds"))
+    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight"))
     teacher = pretrained("resnet56")
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     store.run({"method": "teacher", "tag": "reference"}, lambda: {f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()})
@@ -93,19 +80,22 @@ def main(argv: list[str] | None = None) -> None:
     step_s = probe_step_seconds(teacher, kd, real)
     print(f"KD step: {step_s:.3f} s", flush=True)
 
+    di_kw = {"bf16": a.bf16, "bn_weight": a.bn_weight}
+    bn_weight = a.bn_weight if a.bn_weight is not None else make_config("deepinversion").bn_weight
     for method in a.methods:
         def run() -> dict:
             t0 = time.time()
             torch.manual_seed(a.seed)
             student = create_model("resnet20")
-            ck = str(Path(a.cache) / "kd_ckpt" / f"{method.replace(':', '_')}_{a.tag}_b{int(a.budget)}")
+            af = f"_af{bn_weight}" if "deepinversion" in method else ""
+            ck = str(Path(a.cache) / "kd_ckpt" / f"{method.replace(':', '_')}_{a.tag}_b{int(a.budget)}{af}")
             if method == "adaptive-deepinversion":
                 _, di_s = chunked_set(teacher, "deepinversion", min(a.num, a.chunk), a.chunk, a.iterations, a.seed, a.cache,
-                                      bf16=a.bf16)
+                                      **di_kw)
                 est_synth = di_s * a.num / min(a.num, a.chunk) * ADI_OVERHEAD
                 steps = max(a.rounds, int((a.budget - est_synth) / step_s))
                 rounds = RoundsConfig(rounds=a.rounds, per_round=a.num // a.rounds, steps_per_round=steps // a.rounds)
-                scfg = make_config(method, iterations=a.iterations, seed=a.seed, bf16=a.bf16)
+                scfg = make_config(method, iterations=a.iterations, seed=a.seed, **di_kw)
                 r = distill_student_(student, teacher, kd, method=method, synth_config=scfg, rounds=rounds,
                                      checkpoint_dir=ck)
                 synth_s, total = r["synth_seconds"], r["seconds"]
@@ -115,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                 elif method == "gaussian":  # one chunk: the same stored set as before
                     data, synth_s = chunked_set(teacher, method, a.num_gaussian, a.num_gaussian, a.iterations, a.seed, a.cache)
                 else:
-                    data, synth_s = chunked_set(teacher, method, a.num, a.chunk, a.iterations, a.seed, a.cache, bf16=a.bf16)
+                    kw = di_kw if method == "deepinversion" else {"bf16": a.bf16}
+                    data, synth_s = chunked_set(teacher, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)
                 steps = max(1, int((a.budget - synth_s) / step_s))
                 r = distill_student_(student, teacher, kd.replace(steps=steps), data=data, checkpoint_dir=ck,
                                      checkpoint_every=250)
@@ -123,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
             return dict(acc, command=cmd, seconds=round(total, 1), synth_seconds=round(synth_s, 1), kd_seconds=round(total - synth_s, 1),
                         steps=r["steps"], samples=r["samples"], budget_s=a.budget, final_kd_loss=round(r["final_loss"], 4),
-                        wall_this_run=round(time.time() - t0, 1))
+                        wall_this_run=round(time.time() - t0, 1),
+                        **({"bn_weight": bn_weight} if "deepinversion" in method else {}))
 
         row = store.run({"method": method, "tag": a.tag}, run)
         print(f"{method:24s} exact {row['top1_exact']:.2f} jpeg {row['top1_jpeg']:.2f} ({row['seconds']:.0f} s, "
@@ -144,7 +136,8 @@ def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:
         if r["method"] == "teacher":
             continue
         drop = f"{t['top1_exact'] - r['top1_exact']:.2f}" if t else "–"
-        out.append(f"| {r['method']} | {r['tag']} | {r['top1_exact']:.2f} | {drop} | {r['top1_jpeg']:.2f} | {r['samples']} | "
+        name = r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else "")
+        out.append(f"| {name} | {r['tag']} | {r['top1_exact']:.2f} | {drop} | {r['top1_jpeg']:.2f} | {r['samples']} | "
                    f"{r['steps']} | {r['synth_seconds']:.0f} | {r['seconds']:.0f} |")
     head = f"Teacher ResNet-56: {t['top1_exact']:.2f} exact / {t['top1_jpeg']:.2f} jpeg.\n\n" if t else ""
     cmds = {}
@@ -157,10 +150,13 @@ def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:
         tail += ("\n\nOrdering at the 15-minute budget (test-exact): "
                  + " > ".join(f"{r['method']} {r['top1_exact']:.2f}" for r in main_rows)
                  + ". Expected (paper): adaptive-deepinversion >= deepinversion > inception >> gaussian.")
+    if any(r.get("tag", "").endswith("-af10") for r in rows):
+        tail += ("\n\nRows tagged `*-af10` were run while DeepInversion's default α_f was 10 (the paper code's CIFAR "
+                 "value); rerun their command with `--bn-weight 10 --tag main-af10` (or `long-af10`) to reproduce them from the stored sets.")
     for r in rows:
-        if r.get("tag") == "long" and t:
+        if r.get("tag", "").startswith("long") and t:
             drop = t["top1_exact"] - r["top1_exact"]
-            tail += (f"\n\nLong run ({r['method']}, {r['seconds'] / 3600:.2f} h): {drop:.2f} pt below the teacher; "
+            tail += (f"\n\nLong run `{r['tag']}` ({r['method']}, {r['seconds'] / 3600:.2f} h): {drop:.2f} pt below the teacher; "
                      f"target <= 5 pt: **{'met' if drop <= 5 else 'missed'}**. Published anchor: -2.16 pt (ADI, GPU-hours).")
     return head + "\n".join(out) + tail
 

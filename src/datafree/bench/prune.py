@@ -1,6 +1,6 @@
 """Structured pruning of ResNet-56 (~50 % of FLOPs) recovered by KD on DeepInversion samples vs real data vs nothing.
 
-Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 600]
+Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 2000] [--bf16]
 Writes benchmarks/results/prune_resnet56.json: rows with method (none | deepinversion | cifar10:train-exact | ...),
 top1_exact, top1_jpeg, seconds, flops/params before and after. DeepInversion samples are the stored set of the KD
 benchmark (benchmarks/cache), so its synthesis time is reported separately (synth_seconds), not in `seconds`.
@@ -16,7 +16,8 @@ from .. import evaluate, load_dataset
 from ..distill import KDConfig
 from ..prune import count_flops_params, prune_structured_
 from ..student import distill_student_
-from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
+from ..synth import make_config
+from .common import RowStore, chunked_set, command_line, data_root, git_commit, machine, pretrained
 
 METHODS = ("none", "deepinversion", "bn-stats", "cifar10:train-exact")
 
@@ -26,8 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of inner-block channels removed")
     p.add_argument("--num", type=int, default=512, help="samples per source (synthetic sets shared with the KD benchmark)")
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--chunk", type=int, default=256, help="synthetic sets are stored (and reused) in chunks of this size")
+    p.add_argument("--iterations", type=int, default=400, help="pixel-optimization iterations of the synthetic sets")
+    p.add_argument("--bf16", action="store_true", help="synthesize under bfloat16 autocast")
+    p.add_argument("--bn-weight", type=float, help="DeepInversion α_f (default: the library's)")
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--temperature", type=float, default=4.0)
@@ -57,15 +61,17 @@ def main(argv: list[str] | None = None) -> None:
                 if method.startswith("cifar10:"):
                     data = load_dataset(method, teacher.input_spec, root).subset(a.num, a.seed)
                 else:
-                    data, man = cached_set(teacher, "resnet56", method, a.num, a.iterations, a.seed, a.cache)
-                    synth_s = float(man["seconds"])
+                    kw = {"bf16": a.bf16, "bn_weight": a.bn_weight if method == "deepinversion" else None}
+                    data, synth_s = chunked_set(teacher, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)
                 kd = KDConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, temperature=a.temperature,
                               freeze_bn=a.freeze_bn, seed=a.seed)
-                ck = str(Path(a.cache) / "prune_ckpt" / f"{method.replace(':', '_')}_s{a.sparsity}_n{a.num}_st{a.steps}")
+                ck = str(Path(a.cache) / "prune_ckpt" / f"{method.replace(':', '_')}_s{a.sparsity}_n{a.num}_st{a.steps}"
+                                                           f"_it{a.iterations}{'_bf16' if a.bf16 else ''}_af{a.bn_weight}")
                 distill_student_(student, teacher, kd, data=data, checkpoint_dir=ck, checkpoint_every=200)
                 steps = a.steps
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
-            return dict(acc, seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1), steps=steps,
+            extra = {"bn_weight": a.bn_weight or make_config(method).bn_weight} if method == "deepinversion" else {}
+            return dict(acc, **extra, seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1), steps=steps,
                         samples=0 if method == "none" else a.num, sparsity=a.sparsity,
                         flops_before=before["flops"], flops_after=after["flops"],
                         flops_removed_pct=round(100 * (1 - after["flops"] / before["flops"]), 2),
@@ -90,7 +96,8 @@ def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
     for r in rows:
         if r["method"] == "unpruned":
             continue
-        out.append(f"| {r['method']} | {r['top1_exact']:.2f} | {u['top1_exact'] - r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | "
+        name = r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else "")
+        out.append(f"| {name} | {r['top1_exact']:.2f} | {u['top1_exact'] - r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | "
                    f"{r['flops_after'] / 1e6:.1f} M | {r['flops_removed_pct']:.1f} % | {r['params_after'] / 1e3:.0f} k | "
                    f"{r['steps']} | {r['seconds']:.0f} |")
     return "\n".join(out)
