@@ -140,7 +140,8 @@ def section_kd_student() -> str:
         "set. `seconds` = synthesis + distillation; KD steps are planned from the probe, so a row can end a few per cent "
         "under or over its budget (see *total s*). The long run is DeepInversion: it was chosen when DeepInversion was "
         "the only finished data-free row (the first ADI attempt stopped on a since-fixed bug: its first round's pool "
-        "was smaller than one KD batch); the ADI row that finished later is not better at 15 minutes.",
+        "was smaller than one KD batch); the ADI rows that finished later are not better at 15 minutes. The long run "
+        "was made at α_f 10 and has not been repeated at the new default α_f 1 (the pruning benchmark got that hour).",
         "kd_resnet56_resnet20.json", render)
 
 
@@ -188,7 +189,8 @@ def section_continual() -> str:
     return _table_section(
         "Data-free continual learning: MNIST 5 + 5",
         "LeNet-5 trained on digits 0-4, then extended to 10 classes with real images of 5-9 only. Accuracy on the "
-        "10k MNIST test images (one 10-way head; old = test images of 0-4).",
+        "10k MNIST test images (one 10-way head; old = test images of 0-4). The α_f 10 row ran before the "
+        "default changed; add `--bn-weight 10` to the command to reproduce it.",
         "continual.json", render)
 
 
