@@ -190,7 +190,7 @@ def section_continual() -> str:
         "Data-free continual learning: MNIST 5 + 5",
         "LeNet-5 trained on digits 0-4, then extended to 10 classes with real images of 5-9 only. Accuracy on the "
         "10k MNIST test images (one 10-way head; old = test images of 0-4). The α_f 10 row ran before the "
-        "default changed; add `--bn-weight 10` to the command to reproduce it.",
+        "default changed; rerun the command with `--bn-weight 10` to reproduce it.",
         "continual.json", render)
 
 
