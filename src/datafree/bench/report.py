@@ -178,8 +178,10 @@ def section_prune() -> str:
         "Data-free structured pruning of ResNet-56",
         "The inner conv of every residual block loses half its output channels (lowest BN-folded L1 norm; the next "
         "conv loses the matching inputs), then KD fine-tuning from the unpruned model on each data source with the "
-        "same steps. DeepInversion samples come from the stored set of the KD benchmark; `seconds` excludes their "
-        "synthesis.",
+        "same steps. 512 samples per source; synthetic ones are stored chunks of 256 (400 "
+        "iterations, bf16) shared with the KD benchmark. *synthesis s* is their recorded synthesis time; *seconds* is "
+        "the row's wall time in the run (fine-tuning and evaluation, plus synthesizing the chunks not stored yet: the "
+        "deepinversion row made its second chunk, bn-stats both of its own).",
         "prune_resnet56.json", render)
 
 
