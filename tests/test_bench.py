@@ -12,3 +12,22 @@ def test_cached_set_dir_names_non_default_overrides():
     assert cached_set_dir("r56", "deepinversion", 256, 400, 1, "c").as_posix() == "c/r56_deepinversion_n256_it400_s1"
     d = cached_set_dir("r56", "deepinversion", 64, 200, 0, "c", bn_weight=10.0, bf16=True, lr=None)
     assert d.name == "r56_deepinversion_n64_it200_s0_bf16_bn_weight10.0"
+
+
+def test_teacher_view_against_hand_counts():
+    import math
+
+    import torch
+
+    from datafree.data import TensorData
+    from datafree.metrics import teacher_view
+
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0], [0, 0, 0]])  # argmax 0, 1, 1, 0 (ties -> first)
+    d = TensorData(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]), logits)
+    v = teacher_view(d)
+    assert v["target_agreement"] == 75.0
+    p_max = math.exp(5) / (math.exp(5) + 2)
+    assert v["mean_max_prob"] == round((3 * p_max + 1 / 3) / 4, 4)
+    freq = [0.5, 0.5]  # classes 0 and 1 predicted twice each, class 2 never
+    assert v["class_balance"] == round(-sum(f * math.log(f) for f in freq) / math.log(3), 4)
+    assert teacher_view(d, class_conditional=False)["target_agreement"] is None

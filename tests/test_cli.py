@@ -104,7 +104,9 @@ def test_bn_weight_reaches_the_stored_config(tmp_path, capsys):
 
     for extra, want in (([], 1.0), (["--bn-weight", 3], 3.0)):
         out = tmp_path / f"o{want}"
-        code, _, err = run(capsys, "synthesize", "small_cnn", "--method", "deepinversion", "--num", 4, "--iterations", 2,
-                           "--out", out, "--no-progress", *extra)
+        code, stdout, err = run(capsys, "synthesize", "small_cnn", "--method", "deepinversion", "--num", 4,
+                                "--iterations", 2, "--out", out, "--no-progress", "--json", *extra)
         assert code == 0, err
         assert read_manifest(out)["config"]["bn_weight"] == want
+        info = json.loads(stdout)
+        assert info["config"]["bn_weight"] == want and 0 <= info["target_agreement"] <= 100

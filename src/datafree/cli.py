@@ -100,7 +100,8 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def cmd_synthesize(a: argparse.Namespace) -> int:
     from .data.synthetic import read_manifest
-    from .synth import make_config, synthesize
+    from .metrics import teacher_view
+    from .synth import SYNTHESIZERS, make_config, synthesize
 
     model = _load_model(a)
     cfg = make_config(a.method, num=a.num, seed=a.seed, iterations=a.iterations, batch_size=a.batch_size,
@@ -108,10 +109,15 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     t0 = time.time()
     data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
     man = read_manifest(a.out)
+    view = teacher_view(data, SYNTHESIZERS.get(a.method).class_conditional)
     info = {"out": a.out, "method": a.method, "num": len(data), "seconds": man.get("seconds"),
-            "wall_seconds": round(time.time() - t0, 2), "config": cfg.to_dict()}
+            "wall_seconds": round(time.time() - t0, 2), "config": cfg.to_dict(), **view}
+    agree = view["target_agreement"]
+    msg = "" if agree is None else f"; the teacher classifies {agree:.1f} % as their target class"
+    if agree is not None and agree < 50:
+        msg += " — low: " + ("lower --bn-weight or " if "deepinversion" in a.method else "") + "raise --iterations"
     _emit(a, info, f"wrote {len(data)} {a.method} samples to {a.out} (grid: {a.out}/grid.png, "
-                   f"{man.get('seconds')} s of synthesis)")
+                   f"{man.get('seconds')} s of synthesis{msg})")
     return 0
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from .data.base import TensorData
+from .errors import DatafreeError
 from .synth.base import frozen_eval, model_device
 
 
@@ -76,3 +77,16 @@ def similarity(model: nn.Module, data: TensorData, batch_size: int = 256, form: 
         total, per = bn_loss(hooks, form)
         names = [n for n, _ in hooks.layers]
     return {"score": total.item(), "layers": {n: p.item() for n, p in zip(names, per)}, "n": len(data), "data": data.name}
+
+
+def teacher_view(data: TensorData, class_conditional: bool = True) -> dict[str, Optional[float]]:
+    """How a synthetic set looks to its teacher (stored logits): target agreement %, mean max probability, class balance."""
+    if data.logits is None:
+        raise DatafreeError("teacher_view needs the teacher logits stored with a synthetic set")
+    p = torch.softmax(data.logits.float(), 1)
+    pred = p.argmax(1)
+    frac = torch.bincount(pred, minlength=p.shape[1]).float() / len(pred)
+    nz = frac[frac > 0]
+    balance = float(-(nz * nz.log()).sum() / torch.log(torch.tensor(float(p.shape[1]))))  # entropy, 1 = uniform
+    return {"target_agreement": round(float((pred == data.y).float().mean()) * 100, 2) if class_conditional else None,
+            "mean_max_prob": round(float(p.max(1).values.mean()), 4), "class_balance": round(balance, 4)}

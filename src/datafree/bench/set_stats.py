@@ -9,9 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from ..data.synthetic import SyntheticSet, read_manifest
+from ..metrics import teacher_view
 from ..synth import SYNTHESIZERS
 from .common import git_commit, machine
 
@@ -20,18 +19,10 @@ def set_stats(path: str | Path) -> dict:
     """Statistics of one stored set from its manifest and stored logits."""
     man = read_manifest(path)
     d = SyntheticSet(path).data
-    p = torch.softmax(d.logits.float(), 1)
-    pred = p.argmax(1)
-    counts = torch.bincount(pred, minlength=p.shape[1]).float()
-    frac = counts / counts.sum()
-    entropy = float(-(frac[frac > 0] * frac[frac > 0].log()).sum() / torch.log(torch.tensor(float(p.shape[1]))))
     cond = SYNTHESIZERS.get(man["method"]).class_conditional
     cfg = man.get("config", {})
     return {"set": Path(path).name, "method": man["method"], "num": len(d), "iterations": cfg.get("iterations"),
-            "bf16": cfg.get("bf16", False), "seconds": man.get("seconds"),
-            "target_agreement": round(float((pred == d.y).float().mean()) * 100, 2) if cond else None,
-            "mean_max_prob": round(float(p.max(1).values.mean()), 4),
-            "class_balance": round(entropy, 4)}
+            "bf16": cfg.get("bf16", False), "seconds": man.get("seconds"), **teacher_view(d, cond)}
 
 
 def main(argv: list[str] | None = None) -> None:
