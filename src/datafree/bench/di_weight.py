@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import RowStore, cached_set, cached_set_dir, command_line, git_commit, machine, pretrained
-from .set_stats import set_stats
+from ..metrics import teacher_view
+from .common import RowStore, cached_set, command_line, git_commit, machine, pretrained
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,13 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     teacher = pretrained("resnet56")
     for w in a.weights:
         def run() -> dict:
-            key = ("resnet56", "deepinversion", a.num, a.iterations, a.seed, a.cache)
-            _, man = cached_set(teacher, *key, bf16=a.bf16, bn_weight=w)
+            data, man = cached_set(teacher, "resnet56", "deepinversion", a.num, a.iterations, a.seed, a.cache,
+                                   bf16=a.bf16, bn_weight=w)
             last = man["shard_stats"]["0"]  # loss terms at the last iteration of the (single) shard
-            st = set_stats(cached_set_dir(*key, bf16=a.bf16, bn_weight=w))
-            return {"final_ce": round(last["ce"], 4), "final_bn": round(last["bn"], 3),
-                    "target_agreement": st["target_agreement"], "mean_max_prob": st["mean_max_prob"],
-                    "class_balance": st["class_balance"], "seconds": man["seconds"]}
+            return {"final_ce": round(last["ce"], 4), "final_bn": round(last["bn"], 3), **teacher_view(data),
+                    "seconds": man["seconds"]}
 
         r = store.run({"bn_weight": w}, run)
         print(f"α_f {w:g}: CE {r['final_ce']:.3f} BN {r['final_bn']:.1f} agreement {r['target_agreement']:.1f} %", flush=True)

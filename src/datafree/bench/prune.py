@@ -1,6 +1,6 @@
 """Structured pruning of ResNet-56 (~50 % of FLOPs) recovered by KD on DeepInversion samples vs real data vs nothing.
 
-Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 2000] [--bf16]
+Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 1500] [--bf16]
 Writes benchmarks/results/prune_resnet56.json: rows with method (none | deepinversion | cifar10:train-exact | ...),
 top1_exact, top1_jpeg, seconds, flops/params before and after. Synthetic samples are stored chunks shared with the KD
 benchmark (benchmarks/cache): `synth_seconds` is their recorded synthesis time; `seconds` is the row's wall time in this
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iterations", type=int, default=400, help="pixel-optimization iterations of the synthetic sets")
     p.add_argument("--bf16", action="store_true", help="synthesize under bfloat16 autocast")
     p.add_argument("--bn-weight", type=float, help="DeepInversion α_f (default: the library's)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--temperature", type=float, default=4.0)
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
                 distill_student_(student, teacher, kd, data=data, checkpoint_dir=ck, checkpoint_every=200)
                 steps = a.steps
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
-            extra = {"bn_weight": a.bn_weight or make_config(method).bn_weight} if method == "deepinversion" else {}
+            extra = {}
+            if method == "deepinversion":
+                extra["bn_weight"] = a.bn_weight if a.bn_weight is not None else make_config(method).bn_weight
             return dict(acc, **extra, seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1), steps=steps,
                         samples=0 if method == "none" else a.num, sparsity=a.sparsity,
                         flops_before=before["flops"], flops_after=after["flops"],
