@@ -123,7 +123,7 @@ def test_set_written_before_a_new_option_existed_is_reused(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(man))
     again = synthesize(m, "bn-stats", cfg, out=str(tmp_path / "s"), progress=False)
     assert torch.equal(first.x, again.x)
-    with pytest.raises(df.DatafreeError, match="different synthetic set"):
+    with pytest.raises(df.DatafreeError, match=r"different synthetic set \(differs in config \(channels_last False -> True\)\)"):
         synthesize(m, "bn-stats", cfg.replace(channels_last=True), out=str(tmp_path / "s"), progress=False)
 
 

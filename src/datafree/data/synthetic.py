@@ -47,6 +47,10 @@ class SyntheticSetWriter:
                 old["config"] = {**config_defaults, **old.get("config", {})}
             keys = ("method", "config", "seed", "teacher_fingerprint", "num", "shard_size")
             diff = [k for k in keys if old.get(k) != self.manifest.get(k)]
+            if "config" in diff:  # name the options, e.g. "config (bn_weight 10.0 -> 1.0)"
+                oc, nc = old.get("config") or {}, self.manifest.get("config") or {}
+                opts = [f"{k} {oc.get(k)} -> {nc.get(k)}" for k in sorted(set(oc) | set(nc)) if oc.get(k) != nc.get(k)]
+                diff[diff.index("config")] = f"config ({', '.join(opts)})"
             if diff:
                 raise DatafreeError(
                     f"{self.dir} already holds a different synthetic set (differs in {', '.join(diff)}); "
