@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd = command_line("datafree.bench.prune", a)
     meta = {"benchmark": "prune_resnet56", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd}
-    store = RowStore(a.out, meta, selection=("methods",))
+    store = RowStore(a.out, meta, selection=("methods", "bn_weight"))
     teacher = pretrained("resnet56")
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     before = count_flops_params(teacher)
@@ -71,19 +71,19 @@ def main(argv: list[str] | None = None) -> None:
                 distill_student_(student, teacher, kd, data=data, checkpoint_dir=ck, checkpoint_every=200)
                 steps = a.steps
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
-            extra = {}
-            if method == "deepinversion":
-                extra["bn_weight"] = a.bn_weight if a.bn_weight is not None else make_config(method).bn_weight
-            return dict(acc, **extra, seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1), steps=steps,
+            return dict(acc, command=cmd, seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1), steps=steps,
                         samples=0 if method == "none" else a.num, sparsity=a.sparsity,
                         flops_before=before["flops"], flops_after=after["flops"],
                         flops_removed_pct=round(100 * (1 - after["flops"] / before["flops"]), 2),
                         params_before=before["params"], params_after=after["params"])
 
-        r = store.run({"method": method}, run)
+        key = {"method": method}
+        if method == "deepinversion":  # rows at different α_f live side by side
+            key["bn_weight"] = a.bn_weight if a.bn_weight is not None else make_config(method).bn_weight
+        r = store.run(key, run)
         print(f"{method:22s} exact {r['top1_exact']:.2f} jpeg {r['top1_jpeg']:.2f} "
               f"(FLOPs -{r['flops_removed_pct']:.1f}%, {r['seconds']:.0f} s)", flush=True)
-    store.finish(complete=set(a.methods) == set(METHODS))
+    store.finish(complete=set(METHODS) <= {r["method"] for r in store.rows})
 
 
 def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
@@ -103,6 +103,12 @@ def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
         out.append(f"| {name} | {r['top1_exact']:.2f} | {u['top1_exact'] - r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | "
                    f"{r['flops_after'] / 1e6:.1f} M | {r['flops_removed_pct']:.1f} % | {r['params_after'] / 1e3:.0f} k | "
                    f"{r['steps']} | {r['seconds']:.0f} | {r.get('synth_seconds', 0):.0f} |")
+    by_cmd: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("command") and r["method"] != "unpruned":
+            by_cmd.setdefault(r["command"], []).append(r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else ""))
+    if len(by_cmd) > 1:
+        out += [""] + [f"Rows {', '.join(names)}: `{c}`" for c, names in by_cmd.items()]
     return "\n".join(out)
 
 
