@@ -108,7 +108,7 @@ def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
         if r.get("command") and r["method"] != "unpruned":
             by_cmd.setdefault(r["command"], []).append(r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else ""))
     if len(by_cmd) > 1:
-        out += [""] + [f"Rows {', '.join(names)}: `{c}`" for c, names in by_cmd.items()]
+        out += [line for c, names in by_cmd.items() for line in ("", f"Rows {', '.join(names)}: `{c}`")]
     return "\n".join(out)
 
 
