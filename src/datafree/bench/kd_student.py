@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
             "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
             "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
-    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight"))
+    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight", "iterations"))
     teacher = pretrained("resnet56")
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     store.run({"method": "teacher", "tag": "reference"}, lambda: {f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()})
