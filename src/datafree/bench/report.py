@@ -141,7 +141,10 @@ def section_kd_student() -> str:
         "under or over its budget (see *total s*). The long run is DeepInversion: it was chosen when DeepInversion was "
         "the only finished data-free row (the first ADI attempt stopped on a since-fixed bug: its first round's pool "
         "was smaller than one KD batch); the ADI rows that finished later are not better at 15 minutes. The long run "
-        "was made at α_f 10 and has not been repeated at the new default α_f 1 (the pruning benchmark got that hour).",
+        "was made at α_f 10 and has not been repeated at the new default α_f 1 (the pruning benchmark got that hour). "
+        "The `main-it200` row asks quantity vs quality at the same budget: 512 DeepInversion samples at 200 iterations "
+        "instead of 256 at 400 (its first chunk is an earlier probe set with the same config, whose recorded 306 s "
+        "synthesis was slowed by a concurrent test run, so its KD share is ~50 s conservative).",
         "kd_resnet56_resnet20.json", render)
 
 
