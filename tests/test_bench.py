@@ -31,3 +31,12 @@ def test_teacher_view_against_hand_counts():
     freq = [0.5, 0.5]  # classes 0 and 1 predicted twice each, class 2 never
     assert v["class_balance"] == round(-sum(f * math.log(f) for f in freq) / math.log(3), 4)
     assert teacher_view(d, class_conditional=False)["target_agreement"] is None
+
+
+def test_row_label_and_default_bn_weight():
+    from datafree.bench.common import di_bn_weight, row_label
+    from datafree.synth import make_config
+
+    assert row_label({"method": "deepinversion", "bn_weight": 10.0}) == "deepinversion (α_f 10)"
+    assert row_label({"method": "bn-stats"}) == "bn-stats"
+    assert di_bn_weight(0.0) == 0.0 and di_bn_weight(None) == make_config("deepinversion").bn_weight == 1.0

@@ -113,6 +113,18 @@ def pretrained(name: str):
     return load_model(name, str(Path(data_root()) / "models" / CHECKPOINTS[name]))
 
 
+def row_label(r: dict[str, Any]) -> str:
+    """A result row's method, with its DeepInversion α_f when the row records one."""
+    return r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else "")
+
+
+def di_bn_weight(given: float | None) -> float:
+    """The DeepInversion α_f a run used: the one given, else the library default."""
+    from ..synth import make_config
+
+    return given if given is not None else make_config("deepinversion").bn_weight
+
+
 def cached_set_dir(name: str, method: str, num: int, iterations: int, seed: int, cache: str = "benchmarks/cache",
                    **overrides) -> Path:
     """Where `cached_set` stores the set with these settings (non-default overrides become name suffixes)."""

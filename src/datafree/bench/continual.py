@@ -20,7 +20,7 @@ from ..distill import KDConfig
 from ..models import create_model, load_model
 from ..synth import make_config, synthesize
 from ..train import train_classifier_
-from .common import RowStore, command_line, data_root, git_commit, machine
+from .common import RowStore, command_line, data_root, git_commit, machine, row_label
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 
@@ -90,7 +90,7 @@ def render(path: str = "benchmarks/results/continual.json") -> str:
            "| method | top-1 old (0-4) | top-1 new (5-9) | top-1 all | seconds |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["method"] != "old-model":
-            name = r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else "")
+            name = row_label(r)
             out.append(f"| {name} | {r['top1_old']:.2f} | {r['top1_new']:.2f} | {r['top1_all']:.2f} | {r['seconds']:.0f} |")
     return "\n".join(out)
 

@@ -23,7 +23,7 @@ from ..distill import Distiller, KDConfig
 from ..models import create_model
 from ..student import RoundsConfig, distill_student_
 from ..synth import make_config
-from .common import RowStore, chunked_set, command_line, data_root, git_commit, machine, pretrained
+from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
 ADI_OVERHEAD = 1.35  # synthesis cost of ADI relative to DI (the student's forward/backward), used to plan its KD steps
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"KD step: {step_s:.3f} s", flush=True)
 
     di_kw = {"bf16": a.bf16, "bn_weight": a.bn_weight}
-    bn_weight = a.bn_weight if a.bn_weight is not None else make_config("deepinversion").bn_weight
+    bn_weight = di_bn_weight(a.bn_weight)
     for method in a.methods:
         def run() -> dict:
             t0 = time.time()
@@ -136,7 +136,7 @@ def render(path: str = "benchmarks/results/kd_resnet56_resnet20.json") -> str:
         if r["method"] == "teacher":
             continue
         drop = f"{t['top1_exact'] - r['top1_exact']:.2f}" if t else "–"
-        name = r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else "")
+        name = row_label(r)
         out.append(f"| {name} | {r['tag']} | {r['top1_exact']:.2f} | {drop} | {r['top1_jpeg']:.2f} | {r['samples']} | "
                    f"{r['steps']} | {r['synth_seconds']:.0f} | {r['seconds']:.0f} |")
     head = f"Teacher ResNet-56: {t['top1_exact']:.2f} exact / {t['top1_jpeg']:.2f} jpeg.\n\n" if t else ""

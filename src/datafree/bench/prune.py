@@ -17,8 +17,7 @@ from .. import evaluate, load_dataset
 from ..distill import KDConfig
 from ..prune import count_flops_params, prune_structured_
 from ..student import distill_student_
-from ..synth import make_config
-from .common import RowStore, chunked_set, command_line, data_root, git_commit, machine, pretrained
+from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
 
 METHODS = ("none", "deepinversion", "bn-stats", "cifar10:train-exact")
 
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
 
         key = {"method": method}
         if method == "deepinversion":  # rows at different α_f live side by side
-            key["bn_weight"] = a.bn_weight if a.bn_weight is not None else make_config(method).bn_weight
+            key["bn_weight"] = di_bn_weight(a.bn_weight)
         r = store.run(key, run)
         print(f"{method:22s} exact {r['top1_exact']:.2f} jpeg {r['top1_jpeg']:.2f} "
               f"(FLOPs -{r['flops_removed_pct']:.1f}%, {r['seconds']:.0f} s)", flush=True)
@@ -99,14 +98,14 @@ def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
     for r in rows:
         if r["method"] == "unpruned":
             continue
-        name = r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else "")
+        name = row_label(r)
         out.append(f"| {name} | {r['top1_exact']:.2f} | {u['top1_exact'] - r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | "
                    f"{r['flops_after'] / 1e6:.1f} M | {r['flops_removed_pct']:.1f} % | {r['params_after'] / 1e3:.0f} k | "
                    f"{r['steps']} | {r['seconds']:.0f} | {r.get('synth_seconds', 0):.0f} |")
     by_cmd: dict[str, list[str]] = {}
     for r in rows:
         if r.get("command") and r["method"] != "unpruned":
-            by_cmd.setdefault(r["command"], []).append(r["method"] + (f" (α_f {r['bn_weight']:g})" if "bn_weight" in r else ""))
+            by_cmd.setdefault(r["command"], []).append(row_label(r))
     if len(by_cmd) > 1:
         out += [line for c, names in by_cmd.items() for line in ("", f"Rows {', '.join(names)}: `{c}`")]
     return "\n".join(out)
