@@ -4,7 +4,8 @@ Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 1500] [--bf16]
 Writes benchmarks/results/prune_resnet56.json: rows with method (none | deepinversion | cifar10:train-exact | ...),
 top1_exact, top1_jpeg, seconds, flops/params before and after. Synthetic samples are stored chunks shared with the KD
 benchmark (benchmarks/cache): `synth_seconds` is their recorded synthesis time; `seconds` is the row's wall time in this
-run (fine-tuning and evaluation, plus synthesis of any chunk not stored yet).
+run (fine-tuning and evaluation, plus synthesis of any chunk not stored yet). Rows at another `--steps` or `--bn-weight`
+are kept beside the new ones.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd = command_line("datafree.bench.prune", a)
     meta = {"benchmark": "prune_resnet56", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd}
-    store = RowStore(a.out, meta, selection=("methods", "bn_weight"))
+    store = RowStore(a.out, meta, selection=("methods", "bn_weight", "steps"))  # rows at other α_f / step counts stay
     teacher = pretrained("resnet56")
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     before = count_flops_params(teacher)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 kd = KDConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, temperature=a.temperature,
                               freeze_bn=a.freeze_bn, seed=a.seed)
                 ck = str(Path(a.cache) / "prune_ckpt" / f"{method.replace(':', '_')}_s{a.sparsity}_n{a.num}_st{a.steps}"
-                                                           f"_it{a.iterations}{'_bf16' if a.bf16 else ''}_af{a.bn_weight}")
+                                                           f"_it{a.iterations}{'_bf16' if a.bf16 else ''}_af{di_bn_weight(a.bn_weight)}")
                 distill_student_(student, teacher, kd, data=data, checkpoint_dir=ck, checkpoint_every=200)
                 steps = a.steps
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                         flops_removed_pct=round(100 * (1 - after["flops"] / before["flops"]), 2),
                         params_before=before["params"], params_after=after["params"])
 
-        key = {"method": method}
+        key = {"method": method} if method == "none" else {"method": method, "steps": a.steps}
         if method == "deepinversion":  # rows at different α_f live side by side
             key["bn_weight"] = di_bn_weight(a.bn_weight)
         r = store.run(key, run)
