@@ -94,6 +94,8 @@ def test_wrong_input_shape_is_one_line(tmp_path, capsys):
 def test_console_script_help_and_error_exit():
     r = subprocess.run([sys.executable, "-m", "datafree", "quantize", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--calib" in r.stdout and "default: 512" in r.stdout
+    assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout  # only defaults that say something
+    assert "(default: 0)" in r.stdout  # --seed: a zero default is still shown
     r = subprocess.run([sys.executable, "-m", "datafree", "evaluate", "small_cnn", "--data", "nope:test"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown dataset spec" in r.stderr

@@ -398,12 +398,22 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only when it says something (not None/False, not already in the help text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in h:
+            return h
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
     from .data.real import DATASET_SPECS
     from .synth import SYNTHESIZERS
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = argparse.ArgumentParser(prog="datafree", formatter_class=fmt,
                                 description="Compress a trained image classifier without its training data: "
                                             "synthesize samples from the model; quantize, distill, prune or extend it with them; evaluate on real data.")
