@@ -4,7 +4,7 @@ Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 1500] [--bf16]
 Writes benchmarks/results/prune_resnet56.json: rows with method (none | deepinversion | cifar10:train-exact | ...),
 top1_exact, top1_jpeg, seconds, flops/params before and after. Synthetic samples are stored chunks shared with the KD
 benchmark (benchmarks/cache): `synth_seconds` is their recorded synthesis time; `seconds` is the row's wall time in this
-run (fine-tuning and evaluation, plus synthesis of any chunk not stored yet). Rows at another `--steps` or `--bn-weight`
+run (fine-tuning and evaluation, plus synthesis of any chunk not stored yet). Rows at another `--steps`, `--num` or `--bn-weight`
 are kept beside the new ones.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd = command_line("datafree.bench.prune", a)
     meta = {"benchmark": "prune_resnet56", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd}
-    store = RowStore(a.out, meta, selection=("methods", "bn_weight", "steps"))  # rows at other α_f / step counts stay
+    store = RowStore(a.out, meta, selection=("methods", "bn_weight", "steps", "num"))  # rows at other α_f/steps/num stay
     teacher = pretrained("resnet56")
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     before = count_flops_params(teacher)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                         flops_removed_pct=round(100 * (1 - after["flops"] / before["flops"]), 2),
                         params_before=before["params"], params_after=after["params"])
 
-        key = {"method": method} if method == "none" else {"method": method, "steps": a.steps}
+        key = {"method": method} if method == "none" else {"method": method, "steps": a.steps, "samples": a.num}
         if method == "deepinversion":  # rows at different α_f live side by side
             key["bn_weight"] = di_bn_weight(a.bn_weight)
         r = store.run(key, run)
@@ -94,15 +94,15 @@ def render(path: str = "benchmarks/results/prune_resnet56.json") -> str:
     u = next(r for r in rows if r["method"] == "unpruned")
     out = [f"Unpruned ResNet-56: {u['top1_exact']:.2f} exact / {u['top1_jpeg']:.2f} jpeg, {u['flops'] / 1e6:.1f} M MACs, "
            f"{u['params'] / 1e3:.0f} k params.", "",
-           "| fine-tuning data | top-1 exact | drop | top-1 jpeg | MACs after | FLOPs removed | params after | KD steps | seconds | synthesis s |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| fine-tuning data | top-1 exact | drop | top-1 jpeg | MACs after | FLOPs removed | params after | samples | KD steps | seconds | synthesis s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["method"] == "unpruned":
             continue
         name = row_label(r)
         out.append(f"| {name} | {r['top1_exact']:.2f} | {u['top1_exact'] - r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | "
                    f"{r['flops_after'] / 1e6:.1f} M | {r['flops_removed_pct']:.1f} % | {r['params_after'] / 1e3:.0f} k | "
-                   f"{r['steps']} | {r['seconds']:.0f} | {r.get('synth_seconds', 0):.0f} |")
+                   f"{r.get('samples', 0)} | {r['steps']} | {r['seconds']:.0f} | {r.get('synth_seconds', 0):.0f} |")
     by_cmd: dict[str, list[str]] = {}
     for r in rows:
         if r.get("command") and r["method"] != "unpruned":
