@@ -144,7 +144,7 @@ def section_kd_student() -> str:
         "was first made at α_f 10 (`long-af10`, 32.40) and repeated at the default α_f 1 (`long`, 33.60, same 1024 samples and "
         "budget): α_f 1 helps far less after an hour than at 15 minutes (20.00 vs 14.00). Both stay ~59 pt below "
         "the teacher, and even 4000 real training images reach only 68.90 in 15 minutes here: the ≤ 5-pt target "
-        "needs GPU-scale synthesis and training, not this 2-core CPU. "
+        "is out of reach at this machine's budgets (the published result took hours of GPU time). "
         "The `main-it200` row asks quantity vs quality at the same budget: 512 DeepInversion samples at 200 iterations "
         "instead of 256 at 400 (its first chunk is an earlier probe set with the same config, whose recorded 306 s "
         "synthesis was slowed by a concurrent test run, so its KD share is ~50 s conservative).",
