@@ -40,3 +40,19 @@ def test_row_label_and_default_bn_weight():
     assert row_label({"method": "deepinversion", "bn_weight": 10.0}) == "deepinversion (α_f 10)"
     assert row_label({"method": "bn-stats"}) == "bn-stats"
     assert di_bn_weight(0.0) == 0.0 and di_bn_weight(None) == make_config("deepinversion").bn_weight == 1.0
+
+
+def test_rowstore_keeps_rows_when_only_selection_keys_change(tmp_path):
+    from datafree.bench.common import RowStore
+
+    f = tmp_path / "r.json"
+    a = RowStore(f, {"config": {"steps": 1500, "lr": 1e-3}}, selection=("steps",))
+    a.run({"method": "x", "steps": 1500}, lambda: {"top1": 1.0})
+    b = RowStore(f, {"config": {"steps": 4000, "lr": 1e-3}}, selection=("steps",))  # another step count: rows stay
+    assert b.get({"method": "x", "steps": 1500}) == {"method": "x", "steps": 1500, "top1": 1.0, "seconds": b.rows[0]["seconds"]}
+    calls = []
+    b.run({"method": "x", "steps": 4000}, lambda: calls.append(1) or {"top1": 2.0})
+    b.run({"method": "x", "steps": 1500}, lambda: calls.append(1) or {"top1": 9.0})  # stored: not recomputed
+    assert calls == [1] and [r["top1"] for r in b.rows] == [1.0, 2.0]
+    c = RowStore(f, {"config": {"steps": 4000, "lr": 5e-4}}, selection=("steps",))  # protocol changed: start over
+    assert c.rows == []
