@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     before = count_flops_params(teacher)
     store.run({"method": "unpruned"}, lambda: dict({f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()},
                                                   flops=before["flops"], params=before["params"]))
+    bn_weight = di_bn_weight(a.bn_weight)
     for method in a.methods:
         def run() -> dict:
             t0 = time.time()
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                 kd = KDConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, temperature=a.temperature,
                               freeze_bn=a.freeze_bn, seed=a.seed)
                 ck = str(Path(a.cache) / "prune_ckpt" / f"{method.replace(':', '_')}_s{a.sparsity}_n{a.num}_st{a.steps}"
-                                                           f"_it{a.iterations}{'_bf16' if a.bf16 else ''}_af{di_bn_weight(a.bn_weight)}")
+                                                           f"_it{a.iterations}{'_bf16' if a.bf16 else ''}"
+                                                           f"{f'_af{bn_weight}' if method == 'deepinversion' else ''}")
                 distill_student_(student, teacher, kd, data=data, checkpoint_dir=ck, checkpoint_every=200)
                 steps = a.steps
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
         key = {"method": method} if method == "none" else {"method": method, "steps": a.steps, "samples": a.num}
         if method == "deepinversion":  # rows at different α_f live side by side
-            key["bn_weight"] = di_bn_weight(a.bn_weight)
+            key["bn_weight"] = bn_weight
         r = store.run(key, run)
         print(f"{method:22s} exact {r['top1_exact']:.2f} jpeg {r['top1_jpeg']:.2f} "
               f"(FLOPs -{r['flops_removed_pct']:.1f}%, {r['seconds']:.0f} s)", flush=True)
