@@ -83,9 +83,10 @@ def test_cli_finetune_and_similarity(digits_teacher, tmp_path, capsys):
 
 def test_feature_term_pulls_penultimate_features(digits_teacher):
     m, _ = digits_teacher
-    from datafree.distill import distill_, head_name
+    from datafree.distill import distill_
+    from datafree.models import head_of
 
-    assert head_name(m) == "fc"
+    assert head_of(m) == "fc"
     real = df.load_dataset("digits:train", m.input_spec)
     q = df.quantize(m, real, df.QuantConfig(w_bits=2, a_bits=2, quantize_first_last=True))
     feats = {}

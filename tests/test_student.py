@@ -6,7 +6,8 @@ import torch
 import datafree as df
 from datafree.cli import main
 from datafree.distill import KDConfig
-from datafree.student import RoundsConfig, distill_student_
+from datafree.sources import PoolSource, RoundsConfig
+from datafree.student import distill_student_
 from datafree.synth import make_config
 
 
@@ -16,14 +17,15 @@ def test_student_from_scratch_on_real_digits_beats_floor(digits_teacher, digits_
     student = df.create_model("small_cnn")
     real = df.load_dataset("digits:train", teacher.input_spec)
     r = distill_student_(student, teacher, KDConfig(steps=300, batch_size=64, lr=3e-3, freeze_bn=False, temperature=3),
-                         data=real, progress=False)
+                         real, progress=False)
     acc = df.evaluate(student, digits_test)["top1"]
     assert r["steps"] == 300 and acc > 85.0, acc
 
 
 def test_rounds_resume_after_interruption_matches_uninterrupted(digits_teacher, tmp_path, monkeypatch):
+    """A stateful source (the growing pool) interrupted mid-run resumes to the same weights as an uninterrupted run."""
     teacher, _ = digits_teacher
-    kd = KDConfig(batch_size=16, lr=1e-3, freeze_bn=False, temperature=3)
+    kd = KDConfig(batch_size=16, lr=1e-3, freeze_bn=False, temperature=3, steps=12)
     scfg = make_config("adaptive-deepinversion", iterations=5, bn_weight=1.0)
     rounds = RoundsConfig(rounds=3, per_round=16, steps_per_round=4)
 
@@ -31,13 +33,16 @@ def test_rounds_resume_after_interruption_matches_uninterrupted(digits_teacher, 
         torch.manual_seed(1)
         return df.create_model("small_cnn")
 
+    def pool():
+        return PoolSource("adaptive-deepinversion", scfg, rounds, progress=False)
+
     full = fresh()
-    r_full = distill_student_(full, teacher, kd, method="adaptive-deepinversion", synth_config=scfg, rounds=rounds,
-                              checkpoint_dir=str(tmp_path / "a"), progress=False)
+    r_full = distill_student_(full, teacher, kd, pool(), checkpoint_dir=str(tmp_path / "a"), progress=False,
+                              checkpoint_every=4)
     assert r_full["steps"] == 12 and r_full["samples"] == 48
 
-    import datafree.student as st
-    real_synth, calls = st.synthesize, {"n": 0}
+    import datafree.sources as sources
+    real_synth, calls = sources.synthesize, {"n": 0}
 
     def flaky(*args, **kw):
         calls["n"] += 1
@@ -45,20 +50,50 @@ def test_rounds_resume_after_interruption_matches_uninterrupted(digits_teacher, 
             raise KeyboardInterrupt
         return real_synth(*args, **kw)
 
-    monkeypatch.setattr(st, "synthesize", flaky)
+    monkeypatch.setattr(sources, "synthesize", flaky)
     s1 = fresh()
     with pytest.raises(KeyboardInterrupt):
-        distill_student_(s1, teacher, kd, method="adaptive-deepinversion", synth_config=scfg, rounds=rounds,
-                         checkpoint_dir=str(tmp_path / "b"), progress=False)
-    assert torch.load(tmp_path / "b" / "state.pt", weights_only=False)["done"] == 2
-    s2 = fresh()  # a new process: weights come from the checkpoint
-    distill_student_(s2, teacher, kd, method="adaptive-deepinversion", synth_config=scfg, rounds=rounds,
-                     checkpoint_dir=str(tmp_path / "b"), progress=False)
+        distill_student_(s1, teacher, kd, pool(), checkpoint_dir=str(tmp_path / "b"), progress=False, checkpoint_every=4)
+    st = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    assert st["distiller"]["step"] == 8 and len(st["distiller"]["source"]["pool"]) == 2
+    s2 = fresh()  # a new process: weights, optimizer and pool come from the checkpoint
+    distill_student_(s2, teacher, kd, pool(), checkpoint_dir=str(tmp_path / "b"), progress=False, checkpoint_every=4)
     for (k, v), v2 in zip(full.state_dict().items(), s2.state_dict().values()):
         assert torch.allclose(v.float(), v2.float(), atol=1e-5), k
     with pytest.raises(df.DatafreeError, match="different run"):
-        distill_student_(fresh(), teacher, kd.replace(lr=5e-3), method="adaptive-deepinversion", synth_config=scfg,
-                         rounds=rounds, checkpoint_dir=str(tmp_path / "b"), progress=False)
+        distill_student_(fresh(), teacher, kd.replace(lr=5e-3), pool(), checkpoint_dir=str(tmp_path / "b"),
+                         progress=False)
+
+
+def test_pieces_visit_exactly_what_one_run_visits(digits_teacher):
+    """Running N steps in pieces draws the same batches as one run, and an epoch reaches its tail (every item once)."""
+    teacher, _ = digits_teacher
+    data = df.TensorData(torch.arange(1000, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone(),
+                         torch.zeros(1000, dtype=torch.long), name="ids")
+    seen: dict[str, list] = {"one": [], "pieces": []}
+
+    def run(key, pieces):
+        torch.manual_seed(0)
+        student = df.create_model("small_cnn")
+        rec = seen[key]
+        student.register_forward_pre_hook(lambda m, inp: rec.append(inp[0][:, 0, 4, 4].round().long().tolist()))
+        kd = KDConfig(steps=250, batch_size=4, lr=1e-4, augment=False, freeze_bn=True)
+        from datafree.distill import Distiller
+        d = Distiller(student, teacher, kd, source=data)
+        for n in pieces:
+            state = d.state_dict()  # a checkpoint between pieces, restored into a fresh loop
+            d2 = Distiller(student, teacher, kd, source=data)
+            d2.load_state_dict(state)
+            d2.run(steps=n, progress=False)
+            d = d2
+        return student
+
+    a, b = run("one", [250]), run("pieces", [100, 50, 100])
+    assert seen["one"] == seen["pieces"]
+    ids = [i for batch in seen["one"] for i in batch]
+    assert len(ids) == 1000 and sorted(ids) == list(range(1000))  # 250 steps of 4 = one epoch, every item once
+    for v, v2 in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(v, v2)
 
 
 def test_cli_distill_fixed_data_and_corrupt_checkpoint(digits_teacher, tmp_path, capsys):
@@ -88,6 +123,6 @@ def test_cli_distill_in_rounds_with_adaptive_deepinversion(digits_teacher, tmp_p
     assert main(args) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["steps"] == 6 and info["samples"] == 32 and info["method"] == "adaptive-deepinversion"
-    assert sorted(p.name for p in (tmp_path / "adi.pt.ckpt").iterdir()) == ["pool_000.pt", "pool_001.pt", "state.pt"]
+    assert sorted(p.name for p in (tmp_path / "adi.pt.ckpt").iterdir()) == ["state.pt"]
     assert main(args) == 0  # a finished run resumes to the end without new work
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 6

@@ -242,9 +242,10 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .data.real import load_dataset
     from .metrics import evaluate
     from .models import input_spec_of
-    from .sources import load_source
-    from .student import RoundsConfig, distill_student_, save_atomic
+    from .sources import PoolSource, RoundsConfig, load_source
+    from .student import distill_student_
     from .synth import make_config
+    from .utils import save_atomic
 
     if (a.method is None) == (a.data is None):
         raise DatafreeError("give --method (synthesize in rounds with the student in the loop) or --data "
@@ -257,21 +258,22 @@ def cmd_distill(a: argparse.Namespace) -> int:
                  mixup=a.mixup)
     val = load_dataset(a.val, spec, a.data_root) if a.val else None
     ckpt = a.checkpoint_dir or a.out + ".ckpt"
+    every = a.checkpoint_every
     if a.method is not None:
         rounds = RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round)
         scfg = make_config(a.method, seed=a.seed, iterations=a.iterations, lr=a.synth_lr, batch_size=a.per_round,
                            bf16=a.bf16, bn_weight=a.bn_weight)
-        kd = _kd_config(a, a.rounds * a.steps_per_round, **kd_kw)
-        r = distill_student_(student, teacher, kd, method=a.method, synth_config=scfg, rounds=rounds,
-                             checkpoint_dir=ckpt, val=val, progress=not a.no_progress, overwrite=a.overwrite)
+        data: Any = PoolSource(a.method, scfg, rounds, seed=a.seed * 7919, progress=not a.no_progress)
+        steps = rounds.total_steps
+        every = min(every, max(1, a.steps_per_round))
         source = a.method
     else:
         data = load_source(a.data, teacher, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
         steps = _kd_steps(a.steps, a.epochs, len(data), a.kd_batch_size)
-        kd = _kd_config(a, steps, **kd_kw)
-        r = distill_student_(student, teacher, kd, data=data, checkpoint_dir=ckpt, val=val,
-                             progress=not a.no_progress, overwrite=a.overwrite, checkpoint_every=a.checkpoint_every)
         source = a.data
+    kd = _kd_config(a, steps, **kd_kw)
+    r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
+                         overwrite=a.overwrite, checkpoint_every=every)
     save_atomic(student.state_dict(), a.out)
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
     human = (f"saved student {a.student} distilled from {source} ({r['samples']} samples, {r['steps']} steps, "
@@ -291,7 +293,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .prune import count_flops_params, finalize_unstructured_, prune_structured_, prune_unstructured_, pruned_state_dict
     from .sources import load_source
-    from .student import distill_student_, save_atomic
+    from .student import distill_student_
+    from .utils import save_atomic
 
     teacher = _load_model(a)
     before = count_flops_params(teacher)
@@ -312,7 +315,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(data), a.kd_batch_size)
         kd = _kd_config(a, steps, freeze_bn=a.freeze_bn, val_every=a.val_every)
         val = load_dataset(a.val, teacher.input_spec, a.data_root) if a.val else None  # type: ignore[attr-defined]
-        r = distill_student_(student, teacher, kd, data=data, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt",
+        r = distill_student_(student, teacher, kd, data, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt",
                              val=val, progress=not a.no_progress, overwrite=a.overwrite)
     if not a.structured:
         finalize_unstructured_(student)
@@ -352,7 +355,7 @@ def _class_list(s: str) -> list[int]:
 
 def cmd_extend(a: argparse.Namespace) -> int:
     from .continual import ContinualConfig, extend_classes, split_accuracy
-    from .student import save_atomic
+    from .utils import save_atomic
     from .data.real import load_dataset
     from .models import input_spec_of
     from .sources import load_source

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from .config import Config, check
 from .data.base import TensorData
-from .distill import Distiller, KDConfig, head_name, kd_loss
+from .distill import Distiller, KDConfig, kd_loss
 from .errors import DatafreeError
-from .metrics import predict
+from .models.loading import head_of
+from .utils import predict
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 
@@ -34,7 +35,7 @@ class ContinualConfig(Config):
 def expand_head(model: nn.Module, num_classes: int) -> nn.Module:
     """A copy of `model` whose linear classifier has `num_classes` outputs; old rows are copied, new rows initialized fresh."""
     new = copy.deepcopy(model)
-    name = head_name(new)
+    name = head_of(new)
     parent_name, _, attr = name.rpartition(".")
     parent = new.get_submodule(parent_name) if parent_name else new
     old = getattr(parent, attr)
@@ -64,7 +65,7 @@ def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int,
     if new_data.y is None:
         raise DatafreeError("new-class data needs labels")
     student = expand_head(old_model, num_classes)
-    n_old = old_model.get_submodule(head_name(old_model)).out_features  # expand_head checked it is nn.Linear
+    n_old = old_model.get_submodule(head_of(old_model)).out_features  # expand_head checked it is nn.Linear
     if int(new_data.y.min()) < n_old or int(new_data.y.max()) >= num_classes:
         raise DatafreeError(f"new-class labels must lie in {n_old}..{num_classes - 1} (the old model has {n_old} classes)")
     data = new_data

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config, check
-from .data.base import TensorData, concat_data
+from .data.base import TensorData
+from .data.source import DataSource, SourceLike, as_source
 from .errors import DatafreeError
-from .synth.base import frozen_eval, model_device
+from .models.loading import head_of
+from .utils import frozen_eval, model_device, top1
 
 
 @dataclasses.dataclass
@@ -99,16 +101,6 @@ class _InputTap:
             h.remove()
 
 
-def head_name(model: nn.Module) -> str:
-    """Name of the last conv/linear (or quantized) layer in module order: the classifier head."""
-    from .quant.layers import QuantLayer
-
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, QuantLayer))]
-    if not names:
-        raise DatafreeError("model has no conv/linear layer to take features from")
-    return names[-1]
-
-
 def _freeze_bn(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -116,19 +108,29 @@ def _freeze_bn(model: nn.Module) -> None:
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+Evaluator = Callable[[nn.Module], float]  # model -> top-1 in percent on held-out data
+
+
+def accuracy_evaluator(val: TensorData) -> Evaluator:
+    """An evaluator reporting top-1 (percent) on a labelled set."""
+    return lambda model: top1(model, val)
 
 
 class Distiller:
-    """The KD loop as an object: one optimizer and cosine schedule over `cfg.steps`, run in pieces, checkpointable."""
+    """The one KD loop: pulls batches from a DataSource, advances it on its own schedule, one optimizer and cosine
+    schedule over `cfg.steps`, run in pieces; `state_dict` holds the loop's and the source's state."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: Optional[KDConfig] = None,
-                 params: Optional[Iterable[nn.Parameter]] = None, loss_fn: Optional[LossFn] = None) -> None:
+                 params: Optional[Iterable[nn.Parameter]] = None, loss_fn: Optional[LossFn] = None,
+                 source: Optional[SourceLike] = None, evaluator: Optional[Evaluator] = None) -> None:
         self.cfg = cfg = config or KDConfig()
         cfg.validate()
         self.student, self.teacher = student, teacher
         self.loss_fn = loss_fn  # (student_logits, teacher_logits, labels or None) -> loss; default: kd_loss at T
+        self.evaluator = evaluator
         self.device = model_device(student)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.source: Optional[DataSource] = None if source is None else as_source(source, self._source_seed())
         plist = [p for p in (params if params is not None else student.parameters()) if p.requires_grad]
         if not plist:
             raise DatafreeError("the student has no trainable parameters")
@@ -139,20 +141,28 @@ class Distiller:
             self.opt = torch.optim.Adam(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, cfg.steps))
         self.step = 0
-        self.epoch = 0
         self.history: list[dict] = []
 
+    def _source_seed(self) -> int:
+        return self.cfg.seed * 7919
+
     def state_dict(self) -> dict:
-        """Optimizer, schedule, RNG and counters (the student's weights are saved by the caller)."""
+        """Optimizer, schedule, RNG, counters and the source's state (the student's weights are saved by the caller)."""
         return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
-                "step": self.step, "epoch": self.epoch, "history": self.history}
+                "step": self.step, "history": self.history,
+                "source": self.source.state_dict() if self.source is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` saved."""
+        if "source" not in state:
+            raise DatafreeError("this checkpoint was written by an older datafree (no data-source state); "
+                                "pass --overwrite to start over")
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         self.gen.set_state(state["gen"])
-        self.step, self.epoch, self.history = state["step"], state["epoch"], list(state["history"])
+        self.step, self.history = int(state["step"]), list(state["history"])
+        if state["source"] is not None and self.source is not None:
+            self.source.load_state_dict(state["source"])
 
     def _loss(self, xb: torch.Tensor, yb: Optional[torch.Tensor], taps) -> torch.Tensor:
         cfg = self.cfg
@@ -168,16 +178,19 @@ class Distiller:
             loss = loss + cfg.feature_weight * feat
         return loss
 
-    def run(self, data: TensorData, steps: Optional[int] = None, val: Optional[TensorData] = None,
-            progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None) -> list[dict]:
-        """Train the student for `steps` more steps (default: to `cfg.steps`) on augmented `data`; returns those steps' records."""
+    def run(self, source: Optional[SourceLike] = None, steps: Optional[int] = None, val: Optional[TensorData] = None,
+            progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None,
+            on_update: Optional[Callable[[dict], None]] = None) -> list[dict]:
+        """Train the student for `steps` more steps (default: to `cfg.steps`) on augmented batches of the source; returns
+        those steps' records. `val` (labelled data) is a shortcut for an accuracy evaluator; `on_update` sees what each
+        source update did."""
         cfg = self.cfg
-        if len(data) == 0:
-            raise DatafreeError("distillation data is empty")
-        if len(data) < cfg.batch_size:  # a pool smaller than a batch (first rounds) is repeated; copies augment differently
-            data = concat_data([data] * math.ceil(cfg.batch_size / len(data)), data.name)
-        from .metrics import evaluate
-
+        if source is not None and (self.source is None or not (source is self.source or getattr(self.source, "data", None) is source)):
+            self.source = as_source(source, self._source_seed())
+        if self.source is None:
+            raise DatafreeError("the distiller has no data source")
+        src = self.source
+        evaluator = accuracy_evaluator(val) if val is not None else self.evaluator
         n_steps = cfg.steps - self.step if steps is None else steps
         stop = self.step + max(0, n_steps)
         new: list[dict] = []
@@ -190,50 +203,51 @@ class Distiller:
         was = student.training
         taps = None
         if cfg.feature_weight > 0:
-            names = list(cfg.feature_layers) or [head_name(self.teacher)]
+            names = list(cfg.feature_layers) or [head_of(self.teacher)]
             taps = (_InputTap(student, names), _InputTap(self.teacher, names))
         try:
             with frozen_eval(self.teacher):
                 while self.step < stop:
-                    for idx in data.index_batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + self.epoch,
-                                                  drop_last=True):
-                        if self.step >= stop:
-                            break
-                        student.train()
-                        if cfg.freeze_bn:
-                            _freeze_bn(student)
-                        xb = data.x[idx].to(self.device)
-                        yb = None if data.y is None else data.y[idx].to(self.device)
-                        if cfg.augment:
-                            xb = augment_batch(xb, self.gen, cfg.flip)
-                        if cfg.mixup > 0:
-                            xb = mix_batch(xb, self.gen, cfg.mixup)
-                        loss = self._loss(xb, yb, taps)
-                        if not torch.isfinite(loss):
-                            raise DatafreeError(f"distillation loss became {loss.item()} at step {self.step}; "
-                                                f"lower the lr (now {cfg.lr})")
-                        self.opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        self.opt.step()
-                        if self.step < cfg.steps:
-                            self.sched.step()
-                        self.step += 1
-                        rec = {"step": self.step, "loss": loss.item()}
-                        if val is not None and (self.step % cfg.val_every == 0 or self.step == stop):
-                            student.eval()
-                            last_val = evaluate(student, val)["top1"]
-                            rec["val_top1"] = last_val
-                        new.append(rec)
-                        if on_step is not None:
-                            on_step(self.step, rec["loss"])
-                        if bar is not None:
-                            bar.update(1)
-                            post = {"loss": f"{rec['loss']:.4f}"}
-                            if last_val is not None:
-                                post["val"] = f"{last_val:.2f}"
-                            bar.set_postfix(post, refresh=False)
-                    else:
-                        self.epoch += 1
+                    student.eval()
+                    info = src.update(self.teacher, student, self.step)
+                    if info and on_update is not None:
+                        on_update(info)
+                    student.train()
+                    if cfg.freeze_bn:
+                        _freeze_bn(student)
+                    batch = src.sample(cfg.batch_size, self.gen)
+                    xb = batch.x.to(self.device)
+                    yb = None if batch.y is None else batch.y.to(self.device)
+                    if cfg.augment:
+                        xb = augment_batch(xb, self.gen, cfg.flip)
+                    if cfg.mixup > 0:
+                        xb = mix_batch(xb, self.gen, cfg.mixup)
+                    loss = self._loss(xb, yb, taps)
+                    if not torch.isfinite(loss):
+                        raise DatafreeError(f"distillation loss became {loss.item()} at step {self.step}; "
+                                            f"lower the lr (now {cfg.lr})")
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    if self.step < cfg.steps:
+                        self.sched.step()
+                    self.step += 1
+                    rec: dict[str, Any] = {"step": self.step, "loss": loss.item()}
+                    if info:
+                        rec["source"] = info
+                    if evaluator is not None and (self.step % cfg.val_every == 0 or self.step == stop):
+                        student.eval()
+                        last_val = evaluator(student)
+                        rec["val_top1"] = last_val
+                    new.append(rec)
+                    if on_step is not None:
+                        on_step(self.step, rec["loss"])
+                    if bar is not None:
+                        bar.update(1)
+                        post = {"loss": f"{rec['loss']:.4f}"}
+                        if last_val is not None:
+                            post["val"] = f"{last_val:.2f}"
+                        bar.set_postfix(post, refresh=False)
         finally:
             if bar is not None:
                 bar.close()
@@ -245,9 +259,9 @@ class Distiller:
         return new
 
 
-def distill_(student: nn.Module, teacher: nn.Module, data: TensorData, config: Optional[KDConfig] = None,
+def distill_(student: nn.Module, teacher: nn.Module, data: SourceLike, config: Optional[KDConfig] = None,
              val: Optional[TensorData] = None, params: Optional[Iterable[nn.Parameter]] = None,
              progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None,
              loss_fn: Optional[LossFn] = None) -> list[dict]:
-    """Train `student` in place to match `teacher`'s logits on (augmented) `data`; returns a history of losses/val."""
-    return Distiller(student, teacher, config, params, loss_fn).run(data, val=val, progress=progress, on_step=on_step)
+    """Train `student` in place to match `teacher`'s logits on (augmented) batches of `data`; returns a history of losses/val."""
+    return Distiller(student, teacher, config, params, loss_fn, source=data).run(val=val, progress=progress, on_step=on_step)

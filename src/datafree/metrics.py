@@ -8,15 +8,7 @@ import torch.nn as nn
 
 from .data.base import TensorData
 from .errors import DatafreeError
-from .synth.base import frozen_eval, model_device
-
-
-@torch.no_grad()
-def predict(model: nn.Module, data: TensorData, batch_size: int = 256) -> torch.Tensor:
-    """Argmax predictions of `model` on `data` (model left in its original mode)."""
-    dev = model_device(model)
-    with frozen_eval(model):
-        return torch.cat([model(xb.to(dev)).argmax(1).cpu() for xb in data.batches(batch_size)])
+from .utils import frozen_eval, model_device, predict
 
 
 def model_size_bits(model: nn.Module) -> int:

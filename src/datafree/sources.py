@@ -1,19 +1,24 @@
-"""Resolve a data SOURCE argument: a SyntheticSet directory, a synthesis method name or a dataset spec."""
+"""Data sources above synthesis: resolving a SOURCE argument, and the growing pool (synthesize a round with the current student)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import torch
 import torch.nn as nn
 
-from .data.base import TensorData
+from .config import Config, check
+from .data.base import TensorData, concat_data
+from .data.source import Batch, Source, TensorSource
 from .data.real import DATASET_SPECS, is_dataset_spec, load_dataset
 from .data.synthetic import SyntheticSet
 from .errors import DatafreeError
 from .models.loading import fingerprint, input_spec_of
-from .synth.base import SYNTHESIZERS, make_config, synthesize
+from .synth.base import SYNTHESIZERS, SynthConfig, make_config, synthesize
 
 
 def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: int = 0,
@@ -38,3 +43,85 @@ def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: 
         raise DatafreeError(f"data source {source!r} not found; create it with `datafree synthesize ... --out {source}`")
     raise DatafreeError(f"unknown data source {source!r}; give a synthetic-set directory, a method "
                         f"({', '.join(SYNTHESIZERS.names())}) or a dataset spec ({', '.join(DATASET_SPECS)})")
+
+
+@dataclasses.dataclass
+class RoundsConfig(Config):
+    """Rounds: synthesize `per_round` samples (student in the loop), add them to the pool, distill `steps_per_round`."""
+
+    rounds: int = 4
+    per_round: int = 256
+    steps_per_round: int = 200
+
+    def validate(self) -> None:
+        check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        check(self.per_round >= 1, f"per_round must be >= 1, got {self.per_round}")
+        check(self.steps_per_round >= 0, f"steps_per_round must be >= 0, got {self.steps_per_round}")
+
+    @property
+    def total_steps(self) -> int:
+        """KD steps over all rounds."""
+        return self.rounds * self.steps_per_round
+
+
+class PoolSource(Source):
+    """A pool that grows: before KD steps 0, s, 2s, ... (s = steps_per_round) it synthesizes `per_round` samples with
+    `method` against the current student and adds them; batches are drawn from the whole pool. The pool is state."""
+
+    def __init__(self, method: str, synth_config: Optional[SynthConfig] = None, rounds: Optional[RoundsConfig] = None,
+                 seed: int = 0, progress: bool = True) -> None:
+        self.method = method
+        self.rounds = rounds or RoundsConfig()
+        self.rounds.validate()
+        cfg = synth_config or SYNTHESIZERS.get(method).config_cls()
+        self.synth_config = cfg.replace(num=self.rounds.per_round)
+        self.name = f"pool:{method}"
+        self.seed, self.progress = int(seed), progress
+        self.pool: list[TensorData] = []
+        self.synth_seconds = 0.0
+        self._inner: Optional[TensorSource] = None
+        self._inner_state: Optional[dict] = None
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pool)
+
+    def identity(self) -> dict[str, Any]:
+        return {"method": self.method, "synth": self.synth_config.to_dict(), "rounds": self.rounds.to_dict()}
+
+    def _rebuild(self) -> None:
+        epoch = self._inner.epoch + 1 if self._inner is not None else 0  # a grown pool starts a fresh epoch
+        self._inner = TensorSource(concat_data(self.pool, "pool"), seed=self.seed)
+        self._inner.epoch = epoch
+
+    def update(self, teacher: nn.Module, student: nn.Module, step: int) -> dict:
+        r = len(self.pool)
+        spr = max(1, self.rounds.steps_per_round)
+        if r >= self.rounds.rounds or step < r * spr:
+            return {}
+        t0 = time.time()
+        cfg = self.synth_config.replace(seed=self.synth_config.seed * 1000 + r)
+        new = synthesize(teacher, self.method, cfg, progress=self.progress, student=student)
+        self.synth_seconds += time.time() - t0
+        self.pool.append(TensorData(new.x.cpu(), new.y.cpu() if new.y is not None else None,
+                                    new.logits.cpu() if new.logits is not None else None, name=f"round{r}"))
+        self._rebuild()
+        return {"round": r + 1, "pool": len(self), "synth_seconds": round(time.time() - t0, 2)}
+
+    def sample(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Batch:
+        if self._inner is None:
+            raise RuntimeError("the pool is empty: update() runs the first round before the first batch")
+        return self._inner.sample(batch_size, generator)
+
+    def state_dict(self) -> dict:
+        return {"pool": [{"x": d.x, "y": d.y, "logits": d.logits} for d in self.pool],
+                "synth_seconds": self.synth_seconds,
+                "inner": self._inner.state_dict() if self._inner is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool = [TensorData(d["x"], d["y"], d["logits"], name=f"round{i}") for i, d in enumerate(state["pool"])]
+        self.synth_seconds = float(state["synth_seconds"])
+        self._inner = None
+        if self.pool:
+            self._inner = TensorSource(concat_data(self.pool, "pool"), seed=self.seed)
+            if state["inner"] is not None:
+                self._inner.load_state_dict(state["inner"])

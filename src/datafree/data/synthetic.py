@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,24 +12,11 @@ import torch
 
 from ..errors import DatafreeError
 from ..models.spec import InputSpec
+from ..utils import atomic_write
 from .base import TensorData
 
 FORMAT = "datafree-synthetic-v1"
 _SHARD = re.compile(r"shard_(\d{5})\.npz$")
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class SyntheticSetWriter:
@@ -70,7 +56,7 @@ class SyntheticSetWriter:
 
     def _write_manifest(self) -> None:
         data = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
-        _atomic_write_bytes(self.dir / "manifest.json", lambda f: f.write(data))
+        atomic_write(self.dir / "manifest.json", lambda f: f.write(data))
 
     def done_shards(self) -> set[int]:
         """Indices of shards already on disk."""
@@ -80,7 +66,7 @@ class SyntheticSetWriter:
         """Store one shard atomically."""
         arrays = {"x": x.detach().cpu().float().numpy(), "y": y.detach().cpu().long().numpy(),
                   "logits": logits.detach().cpu().float().numpy()}
-        _atomic_write_bytes(self.dir / f"shard_{index:05d}.npz", lambda f: np.savez(f, **arrays))
+        atomic_write(self.dir / f"shard_{index:05d}.npz", lambda f: np.savez(f, **arrays))
         if extra:
             self.manifest.setdefault("shard_stats", {})[str(index)] = extra
             self._write_manifest()

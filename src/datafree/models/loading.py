@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DatafreeError, first_line
+from .resize import PRUNED_MARKER, resize_to_state_dict_
 from .spec import InputSpec
 from .zoo import MODELS
 
@@ -56,6 +57,8 @@ def create_model(name: str, num_classes: Optional[int] = None, input_spec: Optio
             raise DatafreeError(f"factory {name} returned {type(model).__name__}, not an nn.Module")
         spec = input_spec or getattr(model, "input_spec", None) or _spec_from_module(module, name)
         model.input_spec = spec  # type: ignore[attr-defined]
+        if hasattr(module, "HEAD") and not getattr(model, "head_name", None):
+            model.head_name = str(module.HEAD)  # type: ignore[attr-defined]
         return _with_classes(model, num_classes)
     factory = MODELS.get(name)
     model = factory(num_classes) if num_classes is not None else factory()
@@ -111,10 +114,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_weights_(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights into `model` in place; mismatched keys or shapes give a one-line error."""
     sd = read_state_dict(path)
-    if "_datafree_pruned" in sd:  # written by `datafree prune`: fewer channels than the fresh model
-        from ..prune import resize_to_state_dict_
-
-        sd = {k: v for k, v in sd.items() if k != "_datafree_pruned"}
+    if PRUNED_MARKER in sd:  # written by `datafree prune`: fewer channels than the fresh model
+        sd = {k: v for k, v in sd.items() if k != PRUNED_MARKER}
         resize_to_state_dict_(model, sd)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
@@ -183,3 +184,20 @@ def input_spec_of(model: nn.Module) -> InputSpec:
     if spec is None:
         raise DatafreeError("model has no input_spec; set model.input_spec = datafree.InputSpec(...)")
     return spec
+
+
+def head_of(model: nn.Module) -> str:
+    """Name of the classifier layer: declared by `model.head_name` (zoo models; `HEAD = "fc"` in a user file), else the
+    model's only nn.Linear."""
+    name = getattr(model, "head_name", None)
+    mods = dict(model.named_modules())
+    if name:
+        if name not in mods:
+            raise DatafreeError(f"the model declares head_name {name!r} but has no such layer; "
+                                "valid names come from model.named_modules()")
+        return name
+    linears = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
+    if len(linears) == 1:
+        return linears[0]
+    raise DatafreeError(f"cannot tell the classifier layer of {type(model).__name__} ({len(linears)} nn.Linear layers); "
+                        "declare it: HEAD = 'fc' in the model file or model.head_name = 'fc'")

@@ -54,6 +54,8 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs with widths 16/32/64."""
 
+    head_name = "linear"  # the classifier layer (KD feature taps, class extension)
+
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6:
@@ -114,6 +116,8 @@ class _WideBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k for 32x32 inputs."""
 
+    head_name = "fc"
+
     def __init__(self, depth: int, widen: int, num_classes: int = 10) -> None:
         super().__init__()
         if (depth - 4) % 6:
@@ -151,6 +155,8 @@ for _depth in (16, 40):
 class LeNet5(nn.Module):
     """LeNet-5 with BN after each conv; `half` halves every width (the RDSKD student)."""
 
+    head_name = "classifier.5"
+
     def __init__(self, num_classes: int = 10, half: bool = False) -> None:
         super().__init__()
         c1, c2, f1, f2 = (3, 8, 60, 42) if half else (6, 16, 120, 84)
@@ -184,6 +190,8 @@ def lenet5_half(num_classes: int = 10) -> nn.Module:
 
 class SmallCNN(nn.Module):
     """Three conv-BN-ReLU layers, global pooling and a linear head."""
+
+    head_name = "fc"
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()

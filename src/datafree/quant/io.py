@@ -14,6 +14,7 @@ from .._version import __version__
 from ..errors import DatafreeError, first_line
 from ..models.loading import create_model, fingerprint
 from ..models.spec import InputSpec
+from ..utils import save_atomic
 from .prepare import wrap_layers_
 from .ptq import QuantConfig, quant_layers
 
@@ -41,11 +42,7 @@ def save_quantized(qmodel: nn.Module, path: str | os.PathLike, teacher: nn.Modul
         "state_dict": qmodel.state_dict(),
         "extra": extra or {},
     }
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, p)
+    save_atomic(obj, path)
 
 
 def _read_if_quantized(path: str | os.PathLike) -> dict | None:

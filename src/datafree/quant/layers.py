@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..synth.bn_hooks import batch_moments
+from ..utils import batch_moments
 from .quantizer import RangeObserver, fake_quant, signed_range, unsigned_range, weight_scales
 
 FLOAT_BITS = 32

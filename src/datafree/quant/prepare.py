@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..utils import set_module
 from .layers import QuantLayer
 
 _FOLDABLE_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -43,11 +44,6 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, Opt
     return [(n, feeds.get(n) if bn_users.count(feeds.get(n)) == 1 else None) for n in order]
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def wrap_layers_(model: nn.Module, plan: list[dict]) -> list[QuantLayer]:
     """Replace each planned layer by a QuantLayer (folding its BN, which becomes Identity); in place."""
     out = []
@@ -55,8 +51,8 @@ def wrap_layers_(model: nn.Module, plan: list[dict]) -> list[QuantLayer]:
         layer = model.get_submodule(entry["name"])
         bn = model.get_submodule(entry["bn"]) if entry.get("bn") else None
         q = QuantLayer(layer, bn, entry["w_bits"], entry["a_bits"])
-        _set_module(model, entry["name"], q)
+        set_module(model, entry["name"], q)
         if entry.get("bn"):
-            _set_module(model, entry["bn"], nn.Identity())
+            set_module(model, entry["bn"], nn.Identity())
         out.append(q)
     return out

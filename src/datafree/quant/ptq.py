@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..config import Config, check
 from ..data.base import TensorData
 from ..models.loading import input_spec_of
-from ..synth.base import model_device
+from ..utils import model_device
 from .layers import FLOAT_BITS, QuantLayer
 from .prepare import trace_layers, wrap_layers_
 from .quantizer import RangeObserver

@@ -20,6 +20,7 @@ from ..errors import DatafreeError
 from ..models.loading import fingerprint, input_spec_of
 from ..models.spec import InputSpec
 from ..registry import Registry
+from ..utils import frozen_eval, model_device
 from .priors import jitter_flip
 
 SYNTHESIZERS: Registry[type["Synthesizer"]] = Registry("synthesis method")
@@ -74,30 +75,6 @@ class PixelConfig(SynthConfig):
         check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
         check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
         check(self.jitter >= 0, f"jitter must be >= 0, got {self.jitter}")
-
-
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter grads for the duration; restores the caller's mode and flags."""
-    modes = {m: m.training for m in model.modules()}
-    flags = {p: p.requires_grad for p in model.parameters()}
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for m, t in modes.items():
-            m.training = t
-        for p, f in flags.items():
-            p.requires_grad_(f)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of a model's first parameter or buffer (CPU if none)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 class Synthesizer:

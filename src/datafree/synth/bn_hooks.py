@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DatafreeError
+from ..utils import batch_moments
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -22,13 +23,6 @@ def require_bn(model: nn.Module, method: str) -> None:
     if not bn_layers(model):
         raise DatafreeError(f"method {method!r} needs BatchNorm layers with running statistics and this model has none; "
                             "use --method gaussian or --method inception instead")
-
-
-def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of a BN input over all dims but dim 1."""
-    dims = [0] + list(range(2, x.dim()))
-    var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
-    return mean, var
 
 
 class BNStatHooks:

@@ -1,0 +1,89 @@
+"""Low-level torch helpers every room may use: modes, devices, batch moments, module swapping, atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:  # annotations only: utils imports nothing of the package above errors
+    from .data.base import TensorData
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter grads for the duration; restores the caller's mode and flags."""
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for m, t in modes.items():
+            m.training = t
+        for p, f in flags.items():
+            p.requires_grad_(f)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of a model's first parameter or buffer (CPU if none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def batch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of a BN input over all dims but dim 1."""
+    dims = [0] + list(range(2, x.dim()))
+    var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
+    return mean, var
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule called `name` (dotted path) by `new`, in place."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: "TensorData", batch_size: int = 256) -> torch.Tensor:
+    """Argmax predictions of `model` on `data` (model left in its original mode)."""
+    dev = model_device(model)
+    with frozen_eval(model):
+        return torch.cat([model(xb.to(dev)).argmax(1).cpu() for xb in data.batches(batch_size)])
+
+
+def top1(model: nn.Module, data: "TensorData", batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent (3 decimals) of `model` on labelled `data`."""
+    if data.y is None:
+        raise ValueError(f"{data.name} has no labels to evaluate against")
+    return round(100.0 * (predict(model, data, batch_size) == data.y).float().mean().item(), 3)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write a file through a temporary sibling and a rename: readers never see a half-written file (parents created)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through `atomic_write`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
