@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from datafree.bench.common import git_commit, machine, pretrained
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.common import git_commit, machine, pretrained  # noqa: E402
 from datafree.synth import make_config
-from datafree.synth.base import StepCallback, frozen_eval
+from datafree.synth.base import StepCallback
+from datafree.utils import frozen_eval
 from datafree.synth.bn_stats import BNStatsSynthesizer
 
 

@@ -1,11 +1,11 @@
 import argparse
 
-from datafree.bench.common import cached_set_dir, command_line
+from benchmarks.common import cached_set_dir, command_line
 
 
 def test_command_line_reproduces_the_given_options_only():
     a = argparse.Namespace(methods=["a", "b"], budget=900.0, bn_weight=None, bf16=True, flip=False, out="x.json")
-    assert command_line("datafree.bench.x", a) == "python -m datafree.bench.x --methods a b --budget 900.0 --bf16"
+    assert command_line("benchmarks.x", a) == "python -m benchmarks.x --methods a b --budget 900.0 --bf16"
 
 
 def test_cached_set_dir_names_non_default_overrides():
@@ -34,7 +34,7 @@ def test_teacher_view_against_hand_counts():
 
 
 def test_row_label_and_default_bn_weight():
-    from datafree.bench.common import di_bn_weight, row_label
+    from benchmarks.common import di_bn_weight, row_label
     from datafree.synth import make_config
 
     assert row_label({"method": "deepinversion", "bn_weight": 10.0}) == "deepinversion (α_f 10)"
@@ -43,7 +43,7 @@ def test_row_label_and_default_bn_weight():
 
 
 def test_rowstore_keeps_rows_when_only_selection_keys_change(tmp_path):
-    from datafree.bench.common import RowStore
+    from benchmarks.common import RowStore
 
     f = tmp_path / "r.json"
     a = RowStore(f, {"config": {"steps": 1500, "lr": 1e-3}}, selection=("steps",))

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import math
 import time
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn as nn

@@ -1,6 +1,6 @@
 """Int8 ONNX export check: W8A8 ResNet-20 in onnxruntime vs the PyTorch simulation, size and latency vs FP32 ONNX.
 
-Run: python -m datafree.bench.onnx_export
+Run: python -m benchmarks.onnx_export
 Writes benchmarks/results/onnx_export.json.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import load_dataset, predict, quantize
-from ..quant import QuantConfig
-from ..quant.export import export_onnx, ort_predict, ort_session
+from datafree import load_dataset, predict, quantize
+from datafree.quant import QuantConfig
+from datafree.quant.export import export_onnx, ort_predict, ort_session
 from .common import cached_set, data_root, git_commit, machine, pretrained
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
              "latency_ratio": round(min(lat8) / min(lat32), 3), "latency_batch": a.batch}
     out = {"meta": {"benchmark": "onnx_export", "config": vars(a), "seed": 0, "commit": git_commit(), "machine": machine(),
                     "wall_seconds": round(time.time() - t_start, 1),
-                    "command": f"python -m datafree.bench.onnx_export --model {a.model} --calib {a.calib} --batch {a.batch} --reps {a.reps}"},
+                    "command": f"python -m benchmarks.onnx_export --model {a.model} --calib {a.calib} --batch {a.batch} --reps {a.reps}"},
            "result": r}
     out.update({k: r[k] for k in ("top1_sim", "top1_ort", "bytes_fp32", "bytes_int8", "latency_ratio")})
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -1,6 +1,6 @@
 """Data-free KD of ResNet-56 into a ResNet-20 trained from scratch, each method at the same wall-clock budget.
 
-Run: python -m datafree.bench.kd_student [--budget 900] [--methods ...] [--tag main]
+Run: python -m benchmarks.kd_student [--budget 900] [--methods ...] [--tag main]
 Writes benchmarks/results/kd_resnet56_resnet20.json: rows with method, top1_exact, top1_jpeg, seconds (synthesis +
 distillation), synth_seconds, steps, samples, budget_s, tag. The budget covers synthesis and distillation: fixed-set
 methods synthesize --num samples (stored under benchmarks/cache in chunks of --chunk, which longer runs and the pruning
@@ -18,15 +18,18 @@ from pathlib import Path
 
 import torch
 
-from .. import evaluate, load_dataset
-from ..distill import Distiller, KDConfig
-from ..models import create_model
-from ..student import RoundsConfig, distill_student_
-from ..synth import make_config
+from datafree import evaluate, load_dataset
+from datafree.distill import Distiller, KDConfig
+from datafree.models import create_model
+from datafree.sources import PoolSource, RoundsConfig
+from datafree.student import distill_student_
+from datafree.synth import make_config
 from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
 ADI_OVERHEAD = 1.35  # synthesis cost of ADI relative to DI (the student's forward/backward), used to plan its KD steps
+
+TEACHER = "resnet56"  # the shared checkpoint; also the cache key of its synthetic chunks
 
 
 def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 8, repeats: int = 3) -> float:
@@ -66,12 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
     root = data_root()
-    cmd = command_line("datafree.bench.kd_student", a)
+    cmd = command_line("benchmarks.kd_student", a)
     meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
             "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
             "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
     store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight", "iterations"))
-    teacher = pretrained("resnet56")
+    teacher = pretrained(TEACHER)
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     store.run({"method": "teacher", "tag": "reference"}, lambda: {f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()})
     kd = KDConfig(batch_size=a.batch_size, lr=a.lr, weight_decay=5e-4, temperature=a.temperature, freeze_bn=False,
@@ -90,25 +93,26 @@ def main(argv: list[str] | None = None) -> None:
             af = f"_af{bn_weight}" if "deepinversion" in method else ""
             ck = str(Path(a.cache) / "kd_ckpt" / f"{method.replace(':', '_')}_{a.tag}_b{int(a.budget)}{af}")
             if method == "adaptive-deepinversion":
-                _, di_s = chunked_set(teacher, "deepinversion", min(a.num, a.chunk), a.chunk, a.iterations, a.seed, a.cache,
+                _, di_s = chunked_set(teacher, TEACHER, "deepinversion", min(a.num, a.chunk), a.chunk, a.iterations, a.seed, a.cache,
                                       **di_kw)
                 est_synth = di_s * a.num / min(a.num, a.chunk) * ADI_OVERHEAD
                 steps = max(a.rounds, int((a.budget - est_synth) / step_s))
                 rounds = RoundsConfig(rounds=a.rounds, per_round=a.num // a.rounds, steps_per_round=steps // a.rounds)
                 scfg = make_config(method, iterations=a.iterations, seed=a.seed, **di_kw)
-                r = distill_student_(student, teacher, kd, method=method, synth_config=scfg, rounds=rounds,
-                                     checkpoint_dir=ck)
+                r = distill_student_(student, teacher, kd.replace(steps=rounds.total_steps),
+                                     PoolSource(method, scfg, rounds, seed=a.seed * 7919), checkpoint_dir=ck,
+                                     checkpoint_every=rounds.steps_per_round)
                 synth_s, total = r["synth_seconds"], r["seconds"]
             else:
                 if method == "cifar10:train-exact":
                     data, synth_s = real, 0.0
                 elif method == "gaussian":  # one chunk: the same stored set as before
-                    data, synth_s = chunked_set(teacher, method, a.num_gaussian, a.num_gaussian, a.iterations, a.seed, a.cache)
+                    data, synth_s = chunked_set(teacher, TEACHER, method, a.num_gaussian, a.num_gaussian, a.iterations, a.seed, a.cache)
                 else:
                     kw = di_kw if method == "deepinversion" else {"bf16": a.bf16}
-                    data, synth_s = chunked_set(teacher, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)
+                    data, synth_s = chunked_set(teacher, TEACHER, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)
                 steps = max(1, int((a.budget - synth_s) / step_s))
-                r = distill_student_(student, teacher, kd.replace(steps=steps), data=data, checkpoint_dir=ck,
+                r = distill_student_(student, teacher, kd.replace(steps=steps), data, checkpoint_dir=ck,
                                      checkpoint_every=250)
                 total = synth_s + r["seconds"]
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}

@@ -108,7 +108,7 @@ def data_root() -> str:
 
 def pretrained(name: str):
     """A shared pretrained CIFAR-10 ResNet."""
-    from ..models import load_model
+    from datafree.models import load_model
 
     return load_model(name, str(Path(data_root()) / "models" / CHECKPOINTS[name]))
 
@@ -120,7 +120,7 @@ def row_label(r: dict[str, Any]) -> str:
 
 def di_bn_weight(given: float | None) -> float:
     """The DeepInversion α_f a run used: the one given, else the library default."""
-    from ..synth import make_config
+    from datafree.synth import make_config
 
     return given if given is not None else make_config("deepinversion").bn_weight
 
@@ -135,22 +135,22 @@ def cached_set_dir(name: str, method: str, num: int, iterations: int, seed: int,
 def cached_set(model, name: str, method: str, num: int, iterations: int, seed: int, cache: str = "benchmarks/cache",
                **overrides):
     """Synthesize (or reuse, or resume) a stored set keyed by model/method/num/iterations/seed (+ overrides); returns (data, manifest)."""
-    from ..data.synthetic import read_manifest
-    from ..synth import make_config, synthesize
+    from datafree.data.synthetic import read_manifest
+    from datafree.synth import make_config, synthesize
 
     out = cached_set_dir(name, method, num, iterations, seed, cache, **overrides)
     data = synthesize(model, method, make_config(method, num=num, iterations=iterations, seed=seed, **overrides), out=str(out))
     return data, read_manifest(out)
 
 
-def chunked_set(teacher, method: str, num: int, chunk: int, iterations: int, seed: int, cache: str, **kw):
-    """`num` samples as stored chunks of `chunk` (seeds seed, seed+1, ...), so a longer run reuses a shorter one's
+def chunked_set(teacher, name: str, method: str, num: int, chunk: int, iterations: int, seed: int, cache: str, **kw):
+    """`num` samples of `teacher` (cache key `name`) as stored chunks of `chunk` (seeds seed, seed+1, ...), so a longer run reuses a shorter one's
     sets; returns (data, synthesis seconds recorded for all chunks)."""
-    from ..data import concat_data
+    from datafree.data import concat_data
 
     parts, seconds = [], 0.0
     for i in range(math.ceil(num / chunk)):
-        d, man = cached_set(teacher, "resnet56", method, min(chunk, num - i * chunk), iterations, seed + i, cache, **kw)
+        d, man = cached_set(teacher, name, method, min(chunk, num - i * chunk), iterations, seed + i, cache, **kw)
         if float(man.get("seconds") or 0.0) <= 0:  # stored before shard times were recorded: the budget would be wrong
             raise SystemExit(f"{method} set in {cache} has no recorded synthesis time; delete it to re-synthesize")
         parts.append(d)

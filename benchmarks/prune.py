@@ -1,6 +1,6 @@
 """Structured pruning of ResNet-56 (~50 % of FLOPs) recovered by KD on DeepInversion samples vs real data vs nothing.
 
-Run: python -m datafree.bench.prune [--sparsity 0.5] [--steps 1500] [--bf16]
+Run: python -m benchmarks.prune [--sparsity 0.5] [--steps 1500] [--bf16]
 Writes benchmarks/results/prune_resnet56.json: rows with method (none | deepinversion | cifar10:train-exact | ...),
 top1_exact, top1_jpeg, seconds, flops/params before and after. Synthetic samples are stored chunks shared with the KD
 benchmark (benchmarks/cache): `synth_seconds` is their recorded synthesis time; `seconds` is the row's wall time in this
@@ -14,13 +14,15 @@ import copy
 import time
 from pathlib import Path
 
-from .. import evaluate, load_dataset
-from ..distill import KDConfig
-from ..prune import count_flops_params, prune_structured_
-from ..student import distill_student_
+from datafree import evaluate, load_dataset
+from datafree.distill import KDConfig
+from datafree.prune import count_flops_params, prune_structured_
+from datafree.student import distill_student_
 from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
 
 METHODS = ("none", "deepinversion", "bn-stats", "cifar10:train-exact")
+
+TEACHER = "resnet56"  # the shared checkpoint; also the cache key of its synthetic chunks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,11 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
     root = data_root()
-    cmd = command_line("datafree.bench.prune", a)
+    cmd = command_line("benchmarks.prune", a)
     meta = {"benchmark": "prune_resnet56", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd}
     store = RowStore(a.out, meta, selection=("methods", "bn_weight", "steps", "num"))  # rows at other α_f/steps/num stay
-    teacher = pretrained("resnet56")
+    teacher = pretrained(TEACHER)
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     before = count_flops_params(teacher)
     store.run({"method": "unpruned"}, lambda: dict({f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()},
@@ -64,13 +66,13 @@ def main(argv: list[str] | None = None) -> None:
                     data = load_dataset(method, teacher.input_spec, root).subset(a.num, a.seed)
                 else:
                     kw = {"bf16": a.bf16, "bn_weight": a.bn_weight if method == "deepinversion" else None}
-                    data, synth_s = chunked_set(teacher, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)
+                    data, synth_s = chunked_set(teacher, TEACHER, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)
                 kd = KDConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, temperature=a.temperature,
                               freeze_bn=a.freeze_bn, seed=a.seed)
                 ck = str(Path(a.cache) / "prune_ckpt" / f"{method.replace(':', '_')}_s{a.sparsity}_n{a.num}_st{a.steps}"
                                                            f"_it{a.iterations}{'_bf16' if a.bf16 else ''}"
                                                            f"{f'_af{bn_weight}' if method == 'deepinversion' else ''}")
-                distill_student_(student, teacher, kd, data=data, checkpoint_dir=ck, checkpoint_every=200)
+                distill_student_(student, teacher, kd, data, checkpoint_dir=ck, checkpoint_every=200)
                 steps = a.steps
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
             return dict(acc, command=cmd, seconds=round(time.time() - t0, 1), synth_seconds=round(synth_s, 1), steps=steps,

@@ -1,6 +1,6 @@
 """BN-statistics similarity of real and synthetic data sources through ResNet-20.
 
-Run: python -m datafree.bench.similarity
+Run: python -m benchmarks.similarity
 Writes benchmarks/results/similarity.json.
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import time
 from pathlib import Path
 
-from .. import load_dataset, similarity
-from ..synth import make_config, synthesize
+from datafree import load_dataset, similarity
+from datafree.synth import make_config, synthesize
 from .common import cached_set, data_root, git_commit, machine, pretrained
 
 
@@ -34,7 +34,7 @@ def main() -> None:
         rows.append({"source": src, "n": r["n"], "score": round(r["score"], 5), "layers": {k: round(v, 5) for k, v in r["layers"].items()}})
         print(src, r["score"], flush=True)
     out = {"meta": {"benchmark": "similarity", "model": name, "seed": 0, "commit": git_commit(), "machine": machine(),
-                    "wall_seconds": round(time.time() - t0, 1), "command": "python -m datafree.bench.similarity"},
+                    "wall_seconds": round(time.time() - t0, 1), "command": "python -m benchmarks.similarity"},
            "rows": rows}
     Path("benchmarks/results/similarity.json").write_text(json.dumps(out, indent=1))
 

@@ -1,6 +1,6 @@
 """DeepInversion's α_f (BN-term weight) on ResNet-56: does CE still reach the targets within a CPU iteration budget?
 
-Run: python -m datafree.bench.di_weight [--weights 10 1 0.1] [--num 64] [--iterations 200] [--bf16]
+Run: python -m benchmarks.di_weight [--weights 10 1 0.1] [--num 64] [--iterations 200] [--bf16]
 Writes benchmarks/results/di_weight.json: per α_f, the CE and BN terms at the last iteration, how often
 the teacher classifies the samples as their target, mean max probability and synthesis seconds. Sets are stored in
 benchmarks/cache (a rerun reuses them).
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..metrics import teacher_view
+from datafree.metrics import teacher_view
 from .common import RowStore, cached_set, command_line, git_commit, machine, pretrained
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
     meta = {"benchmark": "di_weight", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
-            "command": command_line("datafree.bench.di_weight", a), "teacher": "resnet56 (shared checkpoint)"}
+            "command": command_line("benchmarks.di_weight", a), "teacher": "resnet56 (shared checkpoint)"}
     store = RowStore(a.out, meta, selection=("weights",))
     teacher = pretrained("resnet56")
     for w in a.weights:

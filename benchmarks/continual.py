@@ -1,6 +1,6 @@
 """Data-free continual learning on MNIST 5+5: a LeNet-5 trained on digits 0-4 learns 5-9 without old-class data.
 
-Run: python -m datafree.bench.continual [--steps 1000]
+Run: python -m benchmarks.continual [--steps 1000]
 Writes benchmarks/results/continual.json: rows with method (finetune-new | lwf | deepinversion), top1_old, top1_new,
 top1_all (on the 10k MNIST test images; old = labels 0-4), seconds. The old model is trained here on real
 mnist:train images of classes 0-4 only (row method "old-model"); every method then sees real images of classes 5-9
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .. import load_dataset
-from ..continual import ContinualConfig, extend_classes, split_accuracy
-from ..distill import KDConfig
-from ..models import create_model, load_model
-from ..synth import make_config, synthesize
-from ..train import train_classifier_
+from datafree import load_dataset
+from datafree.continual import ContinualConfig, extend_classes, split_accuracy
+from datafree.distill import KDConfig
+from datafree.models import create_model, load_model
+from datafree.synth import make_config, synthesize
+from datafree.train import train_classifier_
 from .common import RowStore, command_line, data_root, git_commit, machine, row_label
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
     root = data_root()
-    cmd = command_line("datafree.bench.continual", a)
+    cmd = command_line("benchmarks.continual", a)
     meta = {"benchmark": "continual", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd, "setting": "MNIST split 5+5 (class-incremental, one 10-way head)"}
     store = RowStore(a.out, meta, selection=("methods", "bn_weight"))

@@ -1,6 +1,6 @@
 """The Knowledge Within table: calibration, + BN re-estimation, + KD fine-tuning, per data source.
 
-Run: python -m datafree.bench.kw [--steps 500] [--cells r20-w4a4 r20-w3a3 r20-w8a8 r56-w4a4]
+Run: python -m benchmarks.kw [--steps 500] [--cells r20-w4a4 r20-w3a3 r20-w8a8 r56-w4a4]
 Writes benchmarks/results/kw_table.json: {"meta": ..., "rows": [...]}, each row with
 model, w_bits, a_bits, source, stage, top1_exact, top1_jpeg, seconds. Synthetic sets are shared with
 the PTQ benchmark (benchmarks/cache); finished rows are kept, so an interrupted run resumes.
@@ -11,9 +11,9 @@ import argparse
 import copy
 import time
 
-from .. import evaluate, load_dataset, predict, quantize
-from ..distill import KDConfig
-from ..quant import QuantConfig, finetune_quantized_
+from datafree import evaluate, load_dataset, predict, quantize
+from datafree.distill import KDConfig
+from datafree.quant import QuantConfig, finetune_quantized_
 from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
 
 CELLS = {"r20-w4a4": ("resnet20", 4, 4), "r20-w3a3": ("resnet20", 3, 3), "r20-w8a8": ("resnet20", 8, 8),
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     root = data_root()
     t_start = time.time()
-    cmd = command_line("datafree.bench.kw", a)
+    cmd = command_line("benchmarks.kw", a)
     meta = {"benchmark": "kw_table", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd,
             "stages": {"calibrate": "PTQ calibration on the source (every layer at the given bits)",

@@ -1,6 +1,6 @@
 """How well stored synthetic sets convinced their teacher: agreement with the target class, confidence, class balance.
 
-Run: python -m datafree.bench.set_stats [DIR ...]   (default: the ResNet-56 sets under benchmarks/cache)
+Run: python -m benchmarks.set_stats [DIR ...]   (default: the ResNet-56 sets under benchmarks/cache)
 Writes benchmarks/results/synthetic_sets.json. Reads the teacher logits stored with each set (no forward pass).
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data.synthetic import SyntheticSet, read_manifest
-from ..metrics import teacher_view
-from ..synth import SYNTHESIZERS
+from datafree.data.synthetic import SyntheticSet, read_manifest
+from datafree.metrics import teacher_view
+from datafree.synth import SYNTHESIZERS
 from .common import git_commit, machine
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     dirs = a.dirs or sorted(str(p.parent) for p in Path("benchmarks/cache").glob("resnet56_*/manifest.json"))
     rows = [set_stats(d) for d in dirs if read_manifest(d).get("complete")]
-    meta = {"benchmark": "synthetic_sets", "command": " ".join(["python -m datafree.bench.set_stats", *a.dirs]),
+    meta = {"benchmark": "synthetic_sets", "command": " ".join(["python -m benchmarks.set_stats", *a.dirs]),
             "commit": git_commit(), "machine": machine(), "seed": None, "config": {"dirs": dirs}, "complete": True}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -1,6 +1,6 @@
 """Foundation benchmark: CIFAR-10 ResNets, PTQ calibrated on each synthetic source beside real data.
 
-Run: python -m datafree.bench.ptq [--models resnet20 resnet56] [--num 512] [--iterations 100]
+Run: python -m benchmarks.ptq [--models resnet20 resnet56] [--num 512] [--iterations 100]
 Writes benchmarks/results/ptq_cifar.json (rows) and synthesis costs; synthetic sets are cached in
 benchmarks/cache/ and every finished row is kept, so an interrupted run resumes.
 """
@@ -10,8 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .. import evaluate, load_dataset, predict, quantize
-from ..quant import QuantConfig
+from datafree import evaluate, load_dataset, predict, quantize
+from datafree.quant import QuantConfig
 from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
 
 METHODS = ("gaussian", "inception", "bn-stats", "bn-stats+inception")
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root()
     t_start = time.time()
     meta = {"benchmark": "ptq_cifar", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
-            "data_root": root, "command": "python -m datafree.bench.ptq " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(a).items() if k in ("models", "num", "iterations"))}
+            "data_root": root, "command": "python -m benchmarks.ptq " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(a).items() if k in ("models", "num", "iterations"))}
     store = RowStore(a.out, meta)
     for name in a.models:
         model = pretrained(name)
