@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils import batch_moments
-from .quantizer import RangeObserver, fake_quant, signed_range, unsigned_range, weight_scales
+from .quantizer import RangeObserver, WeightRounding, fake_quant, signed_range, unsigned_range, weight_scales
 
 FLOAT_BITS = 32
 
@@ -49,6 +49,7 @@ class QuantLayer(nn.Module):
         self.register_buffer("w_scale", torch.ones(w.shape[0], dtype=w.dtype, device=w.device))
         self.register_buffer("a_scale", torch.ones((), device=w.device))
         self.register_buffer("a_zero", torch.zeros((), device=w.device))
+        self.rounding: WeightRounding = WeightRounding()  # swappable (e.g. learned rounding); stateless by default
         self.act_quant = False  # on once the input range is calibrated
         self.observer: Optional[RangeObserver] = None
         self._reest: Optional[list] = None  # [sum_mean, sum_var, count] while re-estimating BN
@@ -82,7 +83,13 @@ class QuantLayer(nn.Module):
             return self.weight
         qmin, qmax = signed_range(self.w_bits)
         s = self.w_scale.view(-1, *[1] * (self.weight.dim() - 1))
-        return fake_quant(self.weight, s, torch.zeros((), device=s.device), qmin, qmax)
+        return torch.clamp(self.rounding(self.weight / s), qmin, qmax) * s
+
+    def set_rounding(self, rounding: WeightRounding) -> None:
+        """Swap the weight rounding (the seam where learned rounding plugs in)."""
+        if not isinstance(rounding, WeightRounding):
+            raise TypeError(f"rounding must be a WeightRounding, got {type(rounding).__name__}")
+        self.rounding = rounding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
@@ -135,3 +142,8 @@ class QuantLayer(nn.Module):
     def size_bits(self) -> int:
         """Storage: weights at w_bits, bias and scales at 32 bits."""
         return self.weight.numel() * min(self.w_bits, FLOAT_BITS) + (self.bias.numel() + self.w_scale.numel() + 2) * 32
+
+
+def quant_layers(model: nn.Module) -> list[QuantLayer]:
+    """All QuantLayers of a model, in module order."""
+    return [m for m in model.modules() if isinstance(m, QuantLayer)]

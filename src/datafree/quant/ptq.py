@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
 from ..config import Config, check
 from ..data.base import TensorData
+from ..data.source import SourceLike, draw
+from ..distill import KDConfig
+from ..errors import DatafreeError
 from ..models.loading import input_spec_of
 from ..utils import model_device
-from .layers import FLOAT_BITS, QuantLayer
+from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from .prepare import trace_layers, wrap_layers_
 from .quantizer import RangeObserver
 
@@ -48,11 +51,6 @@ class QuantConfig(Config):
         check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}")
         check(self.num_calib >= 1, f"num-calib must be >= 1, got {self.num_calib}")
         check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-
-
-def quant_layers(model: nn.Module) -> list[QuantLayer]:
-    """All QuantLayers of a model, in module order."""
-    return [m for m in model.modules() if isinstance(m, QuantLayer)]
 
 
 def make_plan(model: nn.Module, cfg: QuantConfig) -> list[dict]:
@@ -117,25 +115,108 @@ def reestimate_bn_(model: nn.Module, data: TensorData, batch_size: int = 128) ->
 
 def prepare_quantized(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, list[dict]]:
     """A deep copy of `model` with QuantLayers (BN folded, weight scales set) and the plan used."""
-    qm = copy.deepcopy(model).eval()
-    plan = make_plan(qm, cfg)
-    for q in wrap_layers_(qm, plan):
-        q.set_weight_scales(cfg.weight_method)
+    st = QuantRun(model, cfg, calib=TensorData(torch.empty(0)))
+    stage_fold(st)
+    stage_weight_scales(st)
+    assert st.qmodel is not None
+    return st.qmodel, st.qmodel.quant_plan  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass
+class QuantRun:
+    """What the stages of `quantize` share: the FP32 model (read only), the quantized copy being built, the data."""
+
+    model: nn.Module
+    config: QuantConfig
+    calib: SourceLike
+    bn_data: Optional[SourceLike] = None
+    kd: Optional[KDConfig] = None  # fine-tuning by distillation (stage `finetune`), None = calibration only
+    val: Optional[TensorData] = None
+    progress: bool = False
+    qmodel: Optional[nn.Module] = None
+    info: dict = dataclasses.field(default_factory=dict)  # what stages report (e.g. fine-tuning history)
+
+    def calib_subset(self) -> TensorData:
+        """The `num_calib` calibration samples (drawn once)."""
+        if "_calib" not in self.info:
+            self.info["_calib"] = draw(self.calib, self.config.num_calib, self.config.seed)
+        return self.info["_calib"]
+
+
+Stage = Callable[[QuantRun], None]
+
+
+def stage_fold(st: QuantRun) -> None:
+    """Deep-copy the model, fold each BN into the conv/linear it follows and wrap those layers as QuantLayers."""
+    qm = copy.deepcopy(st.model).eval()
+    plan = make_plan(qm, st.config)
+    wrap_layers_(qm, plan)
     qm.quant_plan = plan  # type: ignore[attr-defined]
-    qm.quant_config = cfg  # type: ignore[attr-defined]
-    return qm, plan
+    qm.quant_config = st.config  # type: ignore[attr-defined]
+    st.qmodel = qm
 
 
-def quantize(model: nn.Module, calib: TensorData, config: Optional[QuantConfig] = None,
-             bn_data: Optional[TensorData] = None) -> nn.Module:
-    """Return a fake-quantized copy of `model` calibrated on `calib` (the model is not changed)."""
-    cfg = config or QuantConfig()
-    data = calib.subset(cfg.num_calib, cfg.seed)
-    qm, _ = prepare_quantized(model, cfg)
-    calibrate_activations_(qm, data, cfg)
-    if cfg.bn_reestimate:
-        reestimate_bn_(qm, (bn_data or calib).subset(cfg.num_calib, cfg.seed), cfg.batch_size)
-        for q in quant_layers(qm):
-            q.set_weight_scales(cfg.weight_method)
-        calibrate_activations_(qm, data, cfg)
+def stage_weight_scales(st: QuantRun) -> None:
+    """Per-output-channel weight scales (MSE-optimal clipping or min/max)."""
+    for q in quant_layers(_q(st)):
+        q.set_weight_scales(st.config.weight_method)
+
+
+def stage_calibrate(st: QuantRun) -> None:
+    """Input ranges of every QuantLayer from the calibration samples."""
+    calibrate_activations_(_q(st), st.calib_subset(), st.config)
+
+
+def stage_bn_reestimate(st: QuantRun) -> None:
+    """With `bn_reestimate`: BN statistics of the quantized model re-estimated on data, then scales and ranges redone."""
+    cfg = st.config
+    if not cfg.bn_reestimate:
+        return
+    qm = _q(st)
+    bn = draw(st.bn_data, cfg.num_calib, cfg.seed) if st.bn_data is not None else st.calib_subset()
+    reestimate_bn_(qm, bn, cfg.batch_size)
+    stage_weight_scales(st)
+    stage_calibrate(st)
+
+
+def stage_finetune(st: QuantRun) -> None:
+    """With a KD config: weights, biases and step sizes fine-tuned to the FP32 model's logits on the calibration source."""
+    if st.kd is None or st.kd.steps == 0:
+        return
+    from .qat import finetune_quantized_
+
+    st.info["finetune"] = finetune_quantized_(_q(st), st.model, st.calib, st.kd, val=st.val, progress=st.progress)
+
+
+def _q(st: QuantRun) -> nn.Module:
+    if st.qmodel is None:
+        raise RuntimeError("the fold stage must run first")
+    return st.qmodel
+
+
+STAGES: list[tuple[str, Stage]] = [("fold", stage_fold), ("weight_scales", stage_weight_scales),
+                                   ("calibrate", stage_calibrate), ("bn_reestimate", stage_bn_reestimate),
+                                   ("finetune", stage_finetune)]
+
+
+def with_stage(name: str, fn: Stage, after: str, stages: Optional[list[tuple[str, Stage]]] = None) -> list[tuple[str, Stage]]:
+    """A copy of the stage list (default: STAGES) with `fn` inserted as `name` after the stage `after`."""
+    base = list(STAGES if stages is None else stages)
+    names = [n for n, _ in base]
+    if after not in names:
+        raise DatafreeError(f"no quantization stage {after!r}; stages: {', '.join(names)}")
+    base.insert(names.index(after) + 1, (name, fn))
+    return base
+
+
+def quantize(model: nn.Module, calib: SourceLike, config: Optional[QuantConfig] = None,
+             bn_data: Optional[SourceLike] = None, kd: Optional[KDConfig] = None, val: Optional[TensorData] = None,
+             progress: bool = False, stages: Optional[list[tuple[str, Stage]]] = None) -> nn.Module:
+    """Return a fake-quantized copy of `model` built by the named stages (fold, weight scales, calibrate, BN
+    re-estimation, fine-tune) from any data source; the model is not changed."""
+    st = QuantRun(model, config or QuantConfig(), calib, bn_data, kd, val, progress)
+    for _, fn in (STAGES if stages is None else stages):
+        fn(st)
+    qm = _q(st)
+    qm.quant_stages = [n for n, _ in (STAGES if stages is None else stages)]  # type: ignore[attr-defined]
     return qm.eval()

@@ -8,8 +8,7 @@ import torch.nn as nn
 
 from ..data.base import TensorData
 from ..distill import KDConfig, distill_
-from .layers import FLOAT_BITS
-from .ptq import quant_layers
+from .layers import FLOAT_BITS, quant_layers
 
 
 def _to_param(mod: nn.Module, name: str) -> None:

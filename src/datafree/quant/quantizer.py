@@ -2,11 +2,20 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 
 def round_ste(t: torch.Tensor) -> torch.Tensor:
     """Round with an identity gradient."""
     return t + (torch.round(t) - t).detach()
+
+
+class WeightRounding(nn.Module):
+    """The swappable rounding of a quantized layer's weights: maps w/s to integers (before clamping to the grid).
+    The default rounds to nearest with a straight-through gradient; learned roundings (AdaRound) subclass it."""
+
+    def forward(self, w_over_s: torch.Tensor) -> torch.Tensor:
+        return round_ste(w_over_s)
 
 
 def signed_range(bits: int) -> tuple[int, int]:
