@@ -23,6 +23,12 @@ def _model_args(p: argparse.ArgumentParser, positional: str = "model", help_extr
     p.add_argument("--std", help="for user models: per-channel normalization std, comma-separated")
 
 
+def _model_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-file", metavar="FILE.py:FACTORY",
+                   help="for a file made from your own model: its definition (a file never chooses code to run; the "
+                        "architecture is checked against the fingerprint stored in the file)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder with the data sets (default: $DATAFREE_DATA)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
@@ -58,6 +64,20 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
         name, weights, num_classes = a.model, a.weights, a.num_classes
     model = load_model(name, weights, num_classes=num_classes, input_spec=spec)
     return model.to(torch.device(a.device))
+
+
+def _artifact_or_model(a: argparse.Namespace):
+    """The model a file written by datafree describes (quantize, prune, distill, extend), else MODEL [--weights]."""
+    from .artifact import build_artifact, read_artifact
+
+    obj = read_artifact(a.model) if a.model.endswith((".pt", ".pth", ".th")) or os.path.isfile(a.model) else None
+    if obj is None:
+        if getattr(a, "model_file", None):
+            raise DatafreeError(f"--model-file is for files written by datafree; {a.model} is not one")
+        return _load_model(a)
+    if a.weights:
+        raise DatafreeError(f"{a.model} is a datafree artifact and holds its own weights; drop --weights")
+    return build_artifact(obj, a.model, getattr(a, "model_file", None))
 
 
 def _setup(a: argparse.Namespace) -> None:
@@ -122,10 +142,11 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
-    from .metrics import evaluate
-    from .quant import QuantConfig, quantize, save_quantized
-    from .sources import load_source
+    from .artifact import save_artifact
     from .data.real import load_dataset
+    from .metrics import evaluate
+    from .quant import QuantConfig, quantize
+    from .sources import load_source
 
     cfg = QuantConfig(w_bits=a.w_bits, a_bits=a.a_bits, quantize_first_last=a.quantize_first_last,
                       first_last_bits=a.first_last_bits, weight_method=a.weight_clip, act_method=a.act_range,
@@ -134,18 +155,17 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     calib = load_source(a.calib, model, num=a.num_calib, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
     bn_data = load_source(a.bn_data, model, num=a.num_calib, seed=a.seed, data_root=a.data_root) if a.bn_data else None
     t0 = time.time()
-    qm = quantize(model, calib, cfg, bn_data=bn_data)
+    kd, val = None, None
     if a.finetune_epochs or a.finetune_steps:
         from .distill import KDConfig
-        from .quant import finetune_quantized_
 
         steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(calib), a.kd_batch_size)
         kd = KDConfig(steps=steps, batch_size=min(a.kd_batch_size, len(calib)), lr=a.kd_lr,
                       temperature=a.kd_temperature, augment=not a.no_augment, seed=a.seed)
         val = load_dataset(a.val, model.input_spec, a.data_root) if a.val else None
-        finetune_quantized_(qm, model, calib, kd, val=val, progress=not a.no_progress)
+    qm = quantize(model, calib, cfg, bn_data=bn_data, kd=kd, val=val, progress=not a.no_progress)
     seconds = round(time.time() - t0, 2)
-    save_quantized(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
+    save_artifact(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
     info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": a.w_bits, "a_bits": a.a_bits, "seconds": seconds}
     human = f"saved W{a.w_bits}A{a.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
     if a.eval:
@@ -159,19 +179,19 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data.real import load_dataset
     from .metrics import evaluate
-    from .quant import maybe_load_quantized
 
     teacher = None
-    model = maybe_load_quantized(a.model)
-    if model is not None:
-        src = model.source  # type: ignore[attr-defined]
-        if a.teacher_weights:
-            from .models import load_model
+    model = _artifact_or_model(a)
+    src = getattr(model, "source", {})
+    if a.teacher_weights:
+        if "artifact" not in src:
+            raise DatafreeError("--teacher-weights is for a compressed file (quantize/prune/extend output); "
+                                "for a plain model compare with `datafree evaluate` on each")
+        from .models import load_model
 
-            teacher = load_model(src["model"], a.teacher_weights, num_classes=src.get("num_classes"),
-                                 input_spec=model.input_spec)  # type: ignore[attr-defined]
-    else:
-        model = _load_model(a)
+        ref = src.get("model_file") or src["model"]
+        teacher = load_model(ref, a.teacher_weights, num_classes=src.get("num_classes"),
+                             input_spec=model.input_spec if ".py:" in ref else None)  # type: ignore[attr-defined]
     import torch
 
     model = model.to(torch.device(a.device))
@@ -201,12 +221,9 @@ def cmd_similarity(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .quant import maybe_load_quantized
     from .quant.export import export_onnx, ort_predict, ort_session
 
-    model = maybe_load_quantized(a.model)
-    if model is None:
-        model = _load_model(a)
+    model = _artifact_or_model(a)
     path = export_onnx(model, a.out, opset=a.opset)
     info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size}
     human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)"
@@ -243,9 +260,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .models import input_spec_of
     from .sources import PoolSource, RoundsConfig, load_source
+    from .artifact import save_artifact
     from .student import distill_student_
     from .synth import make_config
-    from .utils import save_atomic
 
     if (a.method is None) == (a.data is None):
         raise DatafreeError("give --method (synthesize in rounds with the student in the loop) or --data "
@@ -274,7 +291,11 @@ def cmd_distill(a: argparse.Namespace) -> int:
     kd = _kd_config(a, steps, **kd_kw)
     r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
                          overwrite=a.overwrite, checkpoint_every=every)
-    save_atomic(student.state_dict(), a.out)
+    from .compress import record_transform
+    from .models import fingerprint
+
+    record_transform(student, "distill", kd, teacher=fingerprint(teacher), data=source)
+    save_artifact(student, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
     human = (f"saved student {a.student} distilled from {source} ({r['samples']} samples, {r['steps']} steps, "
              f"{r['seconds']:.0f} s) to {a.out}; load it with `datafree evaluate {a.student} --weights {a.out}`")
@@ -291,20 +312,20 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
     from .data.real import load_dataset
     from .metrics import evaluate
-    from .prune import count_flops_params, finalize_unstructured_, prune_structured_, prune_unstructured_, pruned_state_dict
+    from .artifact import save_artifact
+    from .prune import PruneConfig, count_flops_params, finish_pruning_, prune_
     from .sources import load_source
     from .student import distill_student_
-    from .utils import save_atomic
 
     teacher = _load_model(a)
     before = count_flops_params(teacher)
     student = copy.deepcopy(teacher)
     t0 = time.time()
+    pcfg = PruneConfig(sparsity=a.sparsity, structured=bool(a.structured))
+    cut = prune_(student, pcfg)
     if a.structured:
-        cut = prune_structured_(student, a.sparsity)
         what = f"structured: {len(cut)} convs lose {a.sparsity:.0%} of their output channels"
     else:
-        prune_unstructured_(student, a.sparsity)
         what = f"unstructured: {a.sparsity:.0%} of conv/linear weights zeroed"
     steps = 0
     r: dict[str, Any] = {}
@@ -317,10 +338,9 @@ def cmd_prune(a: argparse.Namespace) -> int:
         val = load_dataset(a.val, teacher.input_spec, a.data_root) if a.val else None  # type: ignore[attr-defined]
         r = distill_student_(student, teacher, kd, data, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt",
                              val=val, progress=not a.no_progress, overwrite=a.overwrite)
-    if not a.structured:
-        finalize_unstructured_(student)
+    finish_pruning_(student, pcfg, cut)
     after = count_flops_params(student)
-    save_atomic(pruned_state_dict(student), a.out)
+    save_artifact(student, a.out, teacher=teacher, extra={"data": a.data, "steps": steps})
     info: dict[str, Any] = {"out": a.out, "mode": "structured" if a.structured else "unstructured", "sparsity": a.sparsity,
                             "data": a.data, "steps": steps, "seconds": round(time.time() - t0, 2),
                             "flops_before": before["flops"], "flops_after": after["flops"],
@@ -354,8 +374,8 @@ def _class_list(s: str) -> list[int]:
 
 
 def cmd_extend(a: argparse.Namespace) -> int:
+    from .artifact import save_artifact
     from .continual import ContinualConfig, extend_classes, split_accuracy
-    from .utils import save_atomic
     from .data.real import load_dataset
     from .models import input_spec_of
     from .sources import load_source
@@ -379,7 +399,7 @@ def cmd_extend(a: argparse.Namespace) -> int:
     model = extend_classes(old, new, total, ContinualConfig(method=a.method, kd_weight=a.kd_weight,
                                                             temperature=a.kd_temperature),
                            kd=kd, synthetic=inverted, progress=not a.no_progress)
-    save_atomic(model.state_dict(), a.out)
+    save_artifact(model, a.out, teacher=old)
     info: dict[str, Any] = {"out": a.out, "method": a.method, "num_classes": total, "new_samples": len(new),
                             "inverted_samples": 0 if inverted is None else len(inverted), "seconds": round(time.time() - t0, 2)}
     human = (f"saved a {total}-class model ({a.method}, {len(new)} new-class images"
@@ -487,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", formatter_class=fmt, help="top-1 of a model or quantized file on real data",
                        description="Top-1 accuracy on a real dataset, model size in bits and, with --teacher-weights, "
                                    "agreement of a quantized model with its FP32 teacher.")
-    _model_args(s, "model", help_extra=", or a file written by `datafree quantize`")
+    _model_args(s, "model", help_extra=", or a file written by `datafree quantize/prune/distill/extend`")
+    _model_file_arg(s)
     s.add_argument("--data", required=True, metavar="DATASET_SPEC", help=f"one of: {specs}")
     s.add_argument("--teacher-weights", help="for a quantized file: FP32 weights, to report agreement")
     s.add_argument("--json", action="store_true", help="print one JSON object (keys: top1 in percent, n, size_bits, ...)")
@@ -510,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write an ONNX file: a quantized model becomes a QuantizeLinear/DequantizeLinear "
                                    "graph with int8 weights that onnxruntime runs; a plain model is exported in FP32. "
                                    "Needs onnx and onnxruntime (pip install 'datafree[export]').")
-    _model_args(s, "model", help_extra=", or a file written by `datafree quantize`")
+    _model_args(s, "model", help_extra=", or a file written by `datafree quantize/prune/distill/extend`")
+    _model_file_arg(s)
     s.add_argument("--out", required=True, help="output .onnx file")
     s.add_argument("--opset", type=int, default=13, help="ONNX opset (>= 13 for per-channel Q/DQ)")
     s.add_argument("--check", metavar="DATASET_SPEC", help="compare onnxruntime and PyTorch top-1 on this real dataset")

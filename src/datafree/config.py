@@ -37,7 +37,7 @@ class Config:
         return dataclasses.replace(self, **kw)
 
 
-def check(cond: bool, msg: str) -> None:
-    """Raise DatafreeError(msg) unless cond."""
+def check(cond: bool, msg: str, option: str | None = None) -> None:
+    """Raise DatafreeError(msg) naming `option` unless cond."""
     if not cond:
-        raise DatafreeError(msg)
+        raise DatafreeError(msg, option)

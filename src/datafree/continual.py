@@ -9,8 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .compress import record_transform, register_compressor
 from .config import Config, check
 from .data.base import TensorData
+from .data.source import SourceLike
 from .distill import Distiller, KDConfig, kd_loss
 from .errors import DatafreeError
 from .models.loading import head_of
@@ -86,7 +88,24 @@ def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int,
         return loss
 
     Distiller(student, old_model, kd, loss_fn=loss_fn).run(data, val=val, progress=progress)
-    return student.eval()
+    return record_transform(student, "extend", cfg, num_classes=num_classes, from_classes=n_old).eval()
+
+
+def _apply(model: nn.Module, data: Optional[SourceLike], config: ContinualConfig, num_classes: int = 0,
+           kd: Optional[KDConfig] = None, synthetic: Optional[TensorData] = None, progress: bool = False,
+           **_: object) -> nn.Module:
+    if not isinstance(data, TensorData):
+        raise DatafreeError("extend needs labelled new-class data (a dataset spec)")
+    return extend_classes(model, data, num_classes, config, kd, synthetic, progress=progress)
+
+
+def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
+    """Grow the head to the extended class count."""
+    return expand_head(model, int(t["num_classes"]))
+
+
+register_compressor("extend", ContinualConfig, _apply, _rebuild,
+                    "add classes: grow the head, train on new-class data plus inverted old-class samples")
 
 
 def split_accuracy(model: nn.Module, data: TensorData, old_classes: int) -> dict[str, float]:

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 
 class DatafreeError(Exception):
-    """An error caused by user input; the CLI prints its message as one line and exits non-zero."""
+    """An error caused by user input; the CLI prints its message as one line and exits non-zero.
+
+    `option` names the library option at fault (`lr`); the CLI renders it as its flag (`--kd-lr`)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def first_line(e: BaseException, limit: int = 160) -> str:

@@ -8,20 +8,8 @@ import torch.nn as nn
 
 from .data.base import TensorData
 from .errors import DatafreeError
+from .models.measure import count_flops_params, model_size_bits  # noqa: F401  (part of the metrics API)
 from .utils import frozen_eval, model_device, predict
-
-
-def model_size_bits(model: nn.Module) -> int:
-    """Storage in bits: quantized layers at their bit width, everything else (params only) at 32 bits."""
-    from .quant.layers import QuantLayer
-
-    total, counted = 0, set()
-    for m in model.modules():
-        if isinstance(m, QuantLayer):
-            total += m.size_bits()
-            counted.update(id(p) for p in m.parameters())
-    total += sum(p.numel() * 32 for p in model.parameters() if id(p) not in counted)
-    return total
 
 
 def evaluate(model: nn.Module, data: TensorData, teacher: Optional[nn.Module] = None, batch_size: int = 256,

@@ -1,44 +1,21 @@
 """Pruning: global magnitude (unstructured) and filter pruning that removes channels (structured), plus FLOP counting."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from .compress import record_transform, register_compressor
+from .config import Config, check
+from .data.source import SourceLike
+from .distill import KDConfig, distill_
 from .errors import DatafreeError, first_line
-from .models.loading import input_spec_of
-from .models.resize import PRUNED_MARKER
+from .models.measure import count_flops_params  # noqa: F401  (re-exported: prune reports FLOPs)
+from .models.resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
 
-
-
-def count_flops_params(model: nn.Module) -> dict[str, int]:
-    """Multiply-accumulates of one forward (conv and linear layers) and nonzero / total parameter counts."""
-    spec = input_spec_of(model)
-    macs = [0]
-
-    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        if isinstance(m, nn.Conv2d):
-            k = m.weight[0].numel()  # (in/groups)·kh·kw
-            macs[0] += out[0].numel() * k
-        elif isinstance(m, nn.Linear):
-            macs[0] += m.in_features * m.out_features
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was = model.training
-    model.eval()
-    try:
-        p0 = next(iter(model.parameters()))
-        with torch.no_grad():
-            model(torch.zeros(1, *spec.shape, device=p0.device, dtype=p0.dtype))
-    finally:
-        for h in hs:
-            h.remove()
-        model.train(was)
-    params = [p for p in model.parameters()]
-    return {"flops": int(macs[0]), "params": int(sum(p.numel() for p in params)),
-            "nonzero_params": int(sum(int((p != 0).sum()) for p in params))}
 
 
 # -- unstructured -------------------------------------------------------------------------------
@@ -170,6 +147,7 @@ def prune_structured_(model: nn.Module, sparsity: float) -> list[dict]:
         keep = _importance(conv, bn).topk(k).indices.sort().values  # type: ignore[arg-type]
         _keep_channels(conv, bn, nxt, keep)  # type: ignore[arg-type]
         report.append({"conv": c.conv, "channels": n, "kept": k})
+    mark_pruned_(model)
     return report
 
 
@@ -178,6 +156,55 @@ def pruned_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     sd[PRUNED_MARKER] = torch.tensor(1)
     return sd
+
+
+@dataclasses.dataclass
+class PruneConfig(Config):
+    """Pruning: remove `sparsity` of the channels (structured) or weights (unstructured); fine-tuning by KD is separate."""
+
+    sparsity: float = 0.5
+    structured: bool = True
+
+    def validate(self) -> None:
+        check(0.0 <= self.sparsity < 1.0, f"sparsity must be in [0, 1), got {self.sparsity}", option="sparsity")
+
+
+def prune_(model: nn.Module, config: PruneConfig) -> list[dict]:
+    """Prune `model` in place as configured (unstructured masks stay on for fine-tuning); returns what was cut."""
+    if config.structured:
+        return prune_structured_(model, config.sparsity)
+    prune_unstructured_(model, config.sparsity)
+    return []
+
+
+def finish_pruning_(model: nn.Module, config: PruneConfig, cut: Optional[list[dict]] = None) -> nn.Module:
+    """Make unstructured masks permanent and record the transform (structure is rebuilt from the state dict)."""
+    if not config.structured:
+        finalize_unstructured_(model)
+    return record_transform(model, "prune", config, channels=[c["kept"] for c in cut or []])
+
+
+def _apply(model: nn.Module, data: Optional[SourceLike], config: PruneConfig, kd: Optional[KDConfig] = None,
+           progress: bool = False, **_: object) -> nn.Module:
+    student = copy.deepcopy(model)
+    cut = prune_(student, config)
+    if kd is not None and kd.steps > 0:
+        if data is None:
+            raise DatafreeError("fine-tuning a pruned model needs data (a synthetic set, method or dataset spec)")
+        distill_(student, model, data, kd, progress=progress)
+    return finish_pruning_(student, config, cut)
+
+
+def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
+    """Shrink the fresh model's layers to the pruned channel counts the state dict holds."""
+    if t["config"].get("structured"):
+        model = copy.deepcopy(model)
+        resize_to_state_dict_(model, {k: v for k, v in state_dict.items() if k != PRUNED_MARKER})
+    return model
+
+
+register_compressor("prune", PruneConfig, _apply, _rebuild,
+                    "remove channels (structured, FLOPs drop) or weights (unstructured), then KD fine-tuning")
 
 
 def _check_sparsity(s: float) -> None:

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .data.base import TensorData
 from .data.source import SourceLike, as_source
+from .compress import no_rebuild, record_transform, register_compressor
 from .distill import Distiller, KDConfig
 from .errors import DatafreeError, first_line
 from .models.loading import fingerprint
@@ -102,3 +103,18 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
     synth = float(getattr(source, "synth_seconds", 0.0))
     return {"steps": dist.step, "samples": len(source), "seconds": elapsed(), "synth_seconds": round(synth, 2),  # type: ignore[arg-type]
             "final_loss": dist.history[-1]["loss"] if dist.history else math.nan, "val_top1": last_val}
+
+
+def _apply(teacher: nn.Module, data: Optional[SourceLike], config: KDConfig, student: Optional[nn.Module] = None,
+           progress: bool = False, **kw: Any) -> nn.Module:
+    """Distill `teacher` into `student` (a model built with create_model/load_model) on `data`."""
+    if student is None:
+        raise DatafreeError("distill needs a student model (student=...)")
+    if data is None:
+        raise DatafreeError("distill needs data (a synthetic set, method or dataset spec)")
+    distill_student_(student, teacher, config, data, progress=progress, **kw)
+    return record_transform(student, "distill", config, teacher=fingerprint(teacher))
+
+
+register_compressor("distill", KDConfig, _apply, no_rebuild,
+                    "train a (smaller) student to match the teacher's logits on a data source")

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DatafreeError, first_line
-from .resize import PRUNED_MARKER, resize_to_state_dict_
+from .resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
 from .spec import InputSpec
 from .zoo import MODELS
 
@@ -59,12 +59,18 @@ def create_model(name: str, num_classes: Optional[int] = None, input_spec: Optio
         model.input_spec = spec  # type: ignore[attr-defined]
         if hasattr(module, "HEAD") and not getattr(model, "head_name", None):
             model.head_name = str(module.HEAD)  # type: ignore[attr-defined]
-        return _with_classes(model, num_classes)
+        return _with_source(_with_classes(model, num_classes), name, num_classes)
     factory = MODELS.get(name)
     model = factory(num_classes) if num_classes is not None else factory()
     if input_spec is not None:
         model.input_spec = input_spec  # type: ignore[attr-defined]
-    return _with_classes(model, num_classes)
+    return _with_source(_with_classes(model, num_classes), name, num_classes)
+
+
+def _with_source(model: nn.Module, name: str, num_classes: Optional[int], weights: Optional[str] = None) -> nn.Module:
+    model.source = {"model": name, "weights": str(weights) if weights else None,  # type: ignore[attr-defined]
+                    "num_classes": num_classes}
+    return model
 
 
 def _with_classes(model: nn.Module, num_classes: Optional[int]) -> nn.Module:
@@ -113,10 +119,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_weights_(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights into `model` in place; mismatched keys or shapes give a one-line error."""
-    sd = read_state_dict(path)
+    return load_state_dict_(model, read_state_dict(path), f"weights {str(path)!r}")
+
+
+def load_state_dict_(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """Load a state dict in place (a pruned one reshapes the model first); mismatches are a one-line error."""
     if PRUNED_MARKER in sd:  # written by `datafree prune`: fewer channels than the fresh model
-        sd = {k: v for k, v in sd.items() if k != PRUNED_MARKER}
-        resize_to_state_dict_(model, sd)
+        resize_to_state_dict_(model, {k: v for k, v in sd.items() if k != PRUNED_MARKER})
+        mark_pruned_(model)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
@@ -130,7 +140,7 @@ def load_weights_(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if shapes:
             k = shapes[0]
             parts.append(f"{len(shapes)} with wrong shape (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
-        raise DatafreeError(f"weights {str(path)!r} do not fit this model: {'; '.join(parts)}; check MODEL matches the checkpoint")
+        raise DatafreeError(f"{what} do not fit this model: {'; '.join(parts)}; check MODEL matches the checkpoint")
     model.load_state_dict(sd, strict=False)
     return model
 
@@ -142,9 +152,7 @@ def load_model(name: str, weights: Optional[str] = None, num_classes: Optional[i
     if weights is not None:
         load_weights_(model, weights)
     check_forward(model)
-    model.source = {"model": name, "weights": str(weights) if weights else None,  # type: ignore[attr-defined]
-                    "num_classes": num_classes}
-    return model.eval()
+    return _with_source(model, name, num_classes, weights).eval()
 
 
 def check_forward(model: nn.Module) -> None:

@@ -27,3 +27,10 @@ def resize_to_state_dict_(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.M
             m.weight = nn.Parameter(torch.empty_like(w))
             m.out_features, m.in_features = w.shape
     return model
+
+
+def mark_pruned_(model: nn.Module) -> nn.Module:
+    """Carry the pruned marker as a buffer, so every state dict of the model says it needs reshaping on load."""
+    if PRUNED_MARKER not in dict(model.named_buffers(recurse=False)):
+        model.register_buffer(PRUNED_MARKER, torch.tensor(1))
+    return model

@@ -139,6 +139,11 @@ class QuantLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.kind}, w_bits={self.w_bits}, a_bits={self.a_bits}, out={self.weight.shape[0]}, folded_bn={self.folded_bn}"
 
+    def macs(self, out: torch.Tensor) -> int:
+        """Multiply-accumulates of one sample (as the conv/linear it replaces)."""
+        k = self.weight[0].numel()
+        return out[0].numel() * k if self.kind == "conv2d" else self.weight.shape[0] * k
+
     def size_bits(self) -> int:
         """Storage: weights at w_bits, bias and scales at 32 bits."""
         return self.weight.numel() * min(self.w_bits, FLOAT_BITS) + (self.bias.numel() + self.w_scale.numel() + 2) * 32

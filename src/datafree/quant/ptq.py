@@ -11,6 +11,7 @@ import torch.nn as nn
 from ..config import Config, check
 from ..data.base import TensorData
 from ..data.source import SourceLike, draw
+from ..compress import record_transform, register_compressor
 from ..distill import KDConfig
 from ..errors import DatafreeError
 from ..models.loading import input_spec_of
@@ -218,5 +219,29 @@ def quantize(model: nn.Module, calib: SourceLike, config: Optional[QuantConfig] 
     for _, fn in (STAGES if stages is None else stages):
         fn(st)
     qm = _q(st)
-    qm.quant_stages = [n for n, _ in (STAGES if stages is None else stages)]  # type: ignore[attr-defined]
+    record_transform(qm, "quantize", st.config, plan=qm.quant_plan,  # type: ignore[attr-defined]
+                     act_quant=[q.act_quant for q in quant_layers(qm)],
+                     stages=[n for n, _ in (STAGES if stages is None else stages)],
+                     kd=st.kd.to_dict() if st.kd is not None else None)
     return qm.eval()
+
+
+def _apply(model: nn.Module, data: Optional[SourceLike], config: QuantConfig, **kw: object) -> nn.Module:
+    if data is None:
+        raise DatafreeError("quantize needs calibration data (a synthetic set, method or dataset spec)")
+    return quantize(model, data, config, **kw)  # type: ignore[arg-type]
+
+
+def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
+    """Wrap the planned layers (BN folded away) and restore which inputs are quantized; values come from the state dict."""
+    model = copy.deepcopy(model)
+    layers = wrap_layers_(model, t["plan"])
+    for q, on in zip(layers, t["act_quant"]):
+        q.act_quant = bool(on)
+    model.quant_plan = t["plan"]  # type: ignore[attr-defined]
+    model.quant_config = QuantConfig.from_dict(t["config"])  # type: ignore[attr-defined]
+    return model
+
+
+register_compressor("quantize", QuantConfig, _apply, _rebuild,
+                    "fold BN, per-channel weights and per-tensor inputs on a b-bit grid, calibrated on a source")
