@@ -1,9 +1,10 @@
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
-from datafree.quant import QuantLayer, act_qparams, fake_quant, quantize_int, weight_scales
+from datafree.quant import QuantLayer, act_qparams, fake_quant, quant_layers, quantize_int, weight_scales
 from datafree.quant.quantizer import mse_range
 
 
@@ -95,3 +96,50 @@ def test_folded_bn_reestimation_equals_pytorch_bn_reestimation():
     ref_bn.running_var.mul_((n - 1) / n)
     x = torch.randn(4, 3, 8, 8)
     torch.testing.assert_close(q(x), ref_bn(conv(x)), atol=1e-4, rtol=1e-4)
+
+
+def test_weight_rounding_is_a_swappable_module():
+    from datafree.quant import QuantLayer, WeightRounding
+
+    class Floor(WeightRounding):
+        def forward(self, w_over_s):
+            return torch.floor(w_over_s)
+
+    lin = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.26, -0.74, 0.5], [1.0, 0.1, -0.3]]))
+    q = QuantLayer(lin, None, w_bits=4, a_bits=32)
+    with torch.no_grad():
+        q.w_scale.copy_(torch.tensor([0.1, 0.25]))
+    s = q.w_scale[:, None]
+    assert torch.equal(q.quant_weight(), torch.round(q.weight / s).clamp(-8, 7) * s)  # default: nearest
+    q.set_rounding(Floor())
+    assert torch.equal(q.quant_weight(), torch.tensor([[2.0, -8.0, 5.0], [4.0, 0.0, -2.0]]) * s)  # floor, clamped to -8
+    assert set(q.state_dict()) == set(QuantLayer(lin, None, 4, 32).state_dict())  # stateless rounding adds no keys
+    with pytest.raises(TypeError):
+        q.set_rounding(torch.nn.Identity())
+
+
+def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
+    import datafree as df
+    from datafree.quant import STAGES, QuantConfig, quantize, with_stage
+
+    m, _ = digits_teacher
+    data = df.load_dataset("digits:train", m.input_spec).subset(64)
+    seen = []
+
+    def probe(st):
+        seen.append([q.act_quant for q in quant_layers(st.qmodel)])
+
+    stages = with_stage("probe", probe, after="weight_scales")
+    assert [n for n, _ in stages] == ["fold", "weight_scales", "probe", "calibrate", "bn_reestimate", "finetune"]
+    q = quantize(m, data, QuantConfig(w_bits=4, a_bits=4), stages=stages)
+    assert seen and not any(seen[0])  # ran before calibration
+    assert q.transforms[-1]["stages"] == [n for n, _ in stages]
+    q0 = quantize(m, data, QuantConfig(w_bits=4, a_bits=4))
+    assert [n for n, _ in STAGES] == q0.transforms[-1]["stages"]
+    x = data.x[:16]
+    with torch.no_grad():
+        assert torch.equal(q(x), q0(x))  # an observing stage changes nothing
+    with pytest.raises(df.DatafreeError, match="no quantization stage"):
+        with_stage("x", probe, after="nope")

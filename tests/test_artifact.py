@@ -1,0 +1,149 @@
+"""One artifact format for every registered compressor; files never run code."""
+import builtins
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import datafree as df
+from datafree.artifact import LEGACY_QUANTIZED, load_artifact, save_artifact
+from datafree.cli import main
+from datafree.compress import COMPRESSORS, compress
+from datafree.continual import ContinualConfig
+from datafree.distill import KDConfig
+from datafree.prune import PruneConfig
+from datafree.quant import QuantConfig
+
+
+def _case(name, teacher, real):
+    """A tiny run of compressor `name`: (data, config, keyword arguments)."""
+    kd = KDConfig(steps=3, batch_size=16, lr=1e-3)
+    if name == "quantize":
+        return real, QuantConfig(w_bits=4, a_bits=4, num_calib=64), {"kd": kd}
+    if name == "prune":
+        return real, PruneConfig(sparsity=0.5, structured=True), {"kd": kd}
+    if name == "distill":
+        torch.manual_seed(0)
+        return real, kd, {"student": df.create_model("small_cnn")}
+    if name == "extend":
+        t5 = df.create_model("small_cnn", num_classes=5)
+        t5.load_state_dict({k: (v[:5] if k.startswith("fc.") else v) for k, v in teacher.state_dict().items()})
+        new = real.only_classes(range(5, 10)).subset(64)
+        return new, ContinualConfig(method="lwf"), {"num_classes": 10, "kd": kd, "_model": t5}
+    raise AssertionError(f"compressor {name!r} has no contract case; add one to tests/test_artifact.py")
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSORS.names()))
+def test_every_compressor_writes_an_artifact_evaluate_reloads(name, digits_teacher, digits_test, tmp_path, capsys):
+    teacher, _ = digits_teacher
+    real = df.load_dataset("digits:train", teacher.input_spec).subset(256)
+    data, cfg, kw = _case(name, teacher, real)
+    model = kw.pop("_model", teacher)
+    out = compress(model, name, data, cfg, **kw)
+    assert out.transforms[-1]["compressor"] == name and out.transforms[-1]["config"] == cfg.to_dict()
+    path = tmp_path / f"{name}.pt"
+    save_artifact(out, path, teacher=model)
+    back = load_artifact(path)
+    assert [t["compressor"] for t in back.transforms] == [t["compressor"] for t in out.transforms]
+    assert torch.equal(df.predict(out, digits_test), df.predict(back, digits_test))
+    assert df.model_size_bits(back) == df.model_size_bits(out)
+    code = main(["evaluate", str(path), "--data", "digits:test", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert code == 0 and r["top1"] == df.evaluate(out, digits_test)["top1"]
+
+
+def test_pruned_artifact_still_loads_as_weights_of_the_zoo_model(digits_teacher, digits_test, tmp_path):
+    teacher, _ = digits_teacher
+    out = compress(teacher, "prune", None, PruneConfig(sparsity=0.5))
+    save_artifact(out, tmp_path / "p.pt")
+    m = df.load_model("small_cnn", str(tmp_path / "p.pt"))  # the 0.1 way: MODEL --weights FILE
+    assert torch.equal(df.predict(m, digits_test), df.predict(out, digits_test))
+
+
+def test_legacy_quantized_file_still_loads(digits_teacher, digits_test, tmp_path):
+    teacher, _ = digits_teacher
+    q = df.quantize(teacher, df.load_dataset("digits:train", teacher.input_spec), QuantConfig(w_bits=4, a_bits=4))
+    from datafree.quant import quant_layers
+    legacy = {"format": LEGACY_QUANTIZED, "library_version": "0.1.0", "source": {"model": "small_cnn", "num_classes": None},
+              "input_spec": q.input_spec.to_dict(), "config": q.quant_config.to_dict(), "plan": q.quant_plan,
+              "act_quant": [l.act_quant for l in quant_layers(q)], "teacher_fingerprint": None,
+              "state_dict": q.state_dict(), "extra": {}}
+    torch.save(legacy, tmp_path / "old.pt")
+    assert torch.equal(df.predict(df.load_quantized(tmp_path / "old.pt"), digits_test), df.predict(q, digits_test))
+
+
+USER = '''
+import torch.nn as nn
+INPUT_SHAPE, MEAN, STD, NUM_CLASSES = (1, 8, 8), (0.3,), (0.38,), 10
+def make(num_classes=10):
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, num_classes))
+'''
+
+
+def test_user_model_file_is_given_explicitly_and_checked(tmp_path, capsys):
+    f = tmp_path / "user.py"
+    f.write_text(USER)
+    ref = f"{f}:make"
+    q = df.quantize(df.load_model(ref), df.load_dataset("digits:train", df.create_model(ref).input_spec).subset(64),
+                    QuantConfig(num_calib=64))
+    save_artifact(q, tmp_path / "q.pt")
+    assert main(["evaluate", str(tmp_path / "q.pt"), "--data", "digits:test"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-file" in err and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", str(tmp_path / "q.pt"), "--model-file", ref, "--data", "digits:test", "--json"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["top1"] <= 100
+    g = tmp_path / "other.py"
+    g.write_text(USER.replace("nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)", "nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4)"))
+    assert main(["evaluate", str(tmp_path / "q.pt"), "--model-file", f"{g}:make", "--data", "digits:test"]) == 2
+    assert "different architecture" in capsys.readouterr().err
+
+
+class _Plant:
+    """Unpickling this creates a file: the proof that a loader ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (builtins.open, (self.path, "w"))
+
+
+def test_no_file_runs_code(digits_teacher, tmp_path, capsys):
+    teacher, w = digits_teacher
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"fc.weight": _Plant(marker)}, "format": "datafree-artifact-v1"}, evil)
+    with open(tmp_path / "evil.pkl", "wb") as fh:
+        pickle.dump(_Plant(marker), fh)
+
+    # weights, student weights, artifacts (evaluate, export), a run checkpoint (pool included), a shard
+    calls = [["evaluate", "small_cnn", "--weights", evil, "--data", "digits:test"],
+             ["evaluate", str(evil), "--data", "digits:test"],
+             ["export", str(evil), "--out", tmp_path / "e.onnx"],
+             ["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--student-weights", evil,
+              "--data", "digits:train", "--steps", "1", "--out", tmp_path / "s.pt"]]
+    ck = tmp_path / "run.pt.ckpt"
+    ck.mkdir()
+    torch.save({"identity": _Plant(marker)}, ck / "state.pt")
+    calls.append(["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--data", "digits:train",
+                  "--steps", "1", "--out", tmp_path / "run.pt", "--no-progress"])
+    calls.append(["prune", "small_cnn", "--weights", w, "--structured", "--sparsity", "0.5", "--data", "digits:train",
+                  "--finetune-steps", "1", "--checkpoint-dir", ck, "--out", tmp_path / "p.pt", "--no-progress"])
+    syn = tmp_path / "syn"
+    assert main(["synthesize", "small_cnn", "--weights", w, "--method", "gaussian", "--num", "8", "--out", str(syn)]) == 0
+    shard = next(syn.glob("shard_*.npz"))
+    np.savez(shard, x=np.array([_Plant(marker)], dtype=object), y=np.zeros(1), logits=np.zeros((1, 10)))
+    calls.append(["quantize", "small_cnn", "--weights", w, "--calib", str(syn), "--out", tmp_path / "q.pt"])
+    capsys.readouterr()
+    for args in calls:
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, err)
+        assert not marker.exists(), f"loading ran code: {args}"
+    # and the library loaders directly
+    for load in (lambda: df.load_model("small_cnn", str(evil)), lambda: load_artifact(evil)):
+        with pytest.raises(df.DatafreeError):
+            load()
+        assert not marker.exists()
