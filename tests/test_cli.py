@@ -112,3 +112,70 @@ def test_bn_weight_reaches_the_stored_config(tmp_path, capsys):
         assert read_manifest(out)["config"]["bn_weight"] == want
         info = json.loads(stdout)
         assert info["config"]["bn_weight"] == want and 0 <= info["target_agreement"] <= 100
+
+
+def test_an_option_the_method_lacks_is_an_error_naming_it(tmp_path, capsys):
+    code, _, err = run(capsys, "synthesize", "small_cnn", "--method", "bn-stats", "--bn-weight", 3, "--num", 4,
+                       "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "bn-stats", "--bn-weight")
+    code, _, err = run(capsys, "distill", "small_cnn", "--student", "small_cnn", "--data", "digits:train",
+                       "--bn-weight", 3, "--out", tmp_path / "s.pt")
+    assert_one_line_error(code, err, "--bn-weight", "--method")
+
+
+def test_library_errors_name_the_option_and_the_cli_its_flag(tmp_path, capsys):
+    import datafree as df
+
+    with pytest.raises(df.DatafreeError) as e:
+        df.KDConfig(lr=-1.0)
+    assert e.value.option == "lr" and str(e.value).startswith("lr ")
+    code, _, err = run(capsys, "distill", "small_cnn", "--student", "small_cnn", "--data", "digits:train",
+                       "--kd-lr", -1, "--out", tmp_path / "s.pt")
+    assert_one_line_error(code, err, "--kd-lr must be a positive number")
+    code, _, err = run(capsys, "synthesize", "small_cnn", "--method", "gaussian", "--num", -5, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "--num must be >= 1")
+    code, _, err = run(capsys, "distill", "small_cnn", "--student", "small_cnn", "--method", "deepinversion",
+                       "--synth-lr", 0, "--out", tmp_path / "s.pt")
+    assert_one_line_error(code, err, "--synth-lr must be a positive number")
+
+
+@pytest.mark.parametrize("cmd,preset", [("quantize", "qat"), ("distill", "student"), ("prune", "prune"),
+                                        ("extend", "continual")])
+def test_cli_kd_defaults_are_the_library_presets(cmd, preset):
+    from datafree.cli import _kd_config, build_parser
+    from datafree.distill import KDConfig
+
+    req = {"quantize": ["--calib", "x", "--out", "o"], "distill": ["--student", "s", "--data", "d", "--out", "o"],
+           "prune": ["--structured", "--sparsity", "0.5", "--out", "o"],
+           "extend": ["--new-data", "d", "--new-classes", "5-9", "--out", "o"]}[cmd]
+    a = build_parser().parse_args([cmd, "small_cnn", *req])
+    assert a._kd_preset == preset
+    assert _kd_config(a, 123) == KDConfig.preset(preset, steps=123, seed=0)
+    assert KDConfig.preset("student").to_dict() != KDConfig().to_dict()  # the library default is not the student preset
+
+
+def test_config_versions_round_trip_and_old_dicts_load():
+    import datafree as df
+    from datafree.distill import KDConfig
+
+    d = KDConfig(lr=3e-3).to_dict()
+    assert d["config_version"] == KDConfig.version == 1
+    assert KDConfig.from_dict(d) == KDConfig(lr=3e-3)
+    old = {k: v for k, v in d.items() if k != "config_version"}  # written before configs carried a version
+    assert KDConfig.from_dict(old) == KDConfig(lr=3e-3)
+    with pytest.raises(df.DatafreeError, match="newer datafree"):
+        KDConfig.from_dict({**d, "config_version": 99})
+
+
+def test_a_set_written_before_config_versions_resumes(digits_teacher, tmp_path, capsys):
+    import json as _json
+
+    args = ["synthesize", "small_cnn", "--weights", digits_teacher[1], "--method", "gaussian", "--num", 4,
+            "--out", tmp_path / "o"]
+    assert run(capsys, *args)[0] == 0
+    m = tmp_path / "o" / "manifest.json"
+    man = _json.loads(m.read_text())
+    del man["config"]["config_version"]
+    m.write_text(_json.dumps(man))
+    code, _, err = run(capsys, *args)
+    assert code == 0, err

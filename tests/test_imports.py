@@ -15,7 +15,7 @@ ROOMS = [
     ("sources and the KD loop", ["sources", "distill"]),
     ("compressors", ["quant", "prune", "student", "continual", "compress", "hashing"]),
     ("evaluation and export", ["metrics", "artifact"]),
-    ("entry points", ["cli", "demo", "__init__", "__main__"]),
+    ("entry points", ["cli", "cliopts", "demo", "__init__", "__main__"]),
 ]
 
 

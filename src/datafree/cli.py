@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from .cliopts import _kd_config, _kd_options, _synth_config, _synth_options  # noqa: F401
 from .errors import DatafreeError, first_line
 
 EXIT_USAGE = 2
@@ -58,7 +59,7 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
             raise DatafreeError("--input-shape, --mean, --std and --num-classes go together; give all four")
         try:
             spec = InputSpec(tuple(int(v) for v in shape), _floats(a.mean, "--mean"), _floats(a.std, "--std"), a.num_classes)
-        except ValueError as e:
+        except DatafreeError as e:
             raise DatafreeError(f"bad input spec: {e}") from None
     if name is None:
         name, weights, num_classes = a.model, a.weights, a.num_classes
@@ -121,11 +122,10 @@ def cmd_list(a: argparse.Namespace) -> int:
 def cmd_synthesize(a: argparse.Namespace) -> int:
     from .data.synthetic import read_manifest
     from .metrics import teacher_view
-    from .synth import SYNTHESIZERS, make_config, synthesize
+    from .synth import SYNTHESIZERS, synthesize
 
     model = _load_model(a)
-    cfg = make_config(a.method, num=a.num, seed=a.seed, iterations=a.iterations, batch_size=a.batch_size,
-                      lr=a.lr, form=a.bn_loss, channels_last=a.channels_last, bf16=a.bf16, bn_weight=a.bn_weight)
+    cfg = _synth_config(a, a.method)
     t0 = time.time()
     data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
     man = read_manifest(a.out)
@@ -157,11 +157,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     t0 = time.time()
     kd, val = None, None
     if a.finetune_epochs or a.finetune_steps:
-        from .distill import KDConfig
-
-        steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(calib), a.kd_batch_size)
-        kd = KDConfig(steps=steps, batch_size=min(a.kd_batch_size, len(calib)), lr=a.kd_lr,
-                      temperature=a.kd_temperature, augment=not a.no_augment, seed=a.seed)
+        steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(calib), a.kd__batch_size)
+        kd = _kd_config(a, steps, batch_size=min(a.kd__batch_size, len(calib)))
         val = load_dataset(a.val, model.input_spec, a.data_root) if a.val else None
     qm = quantize(model, calib, cfg, bn_data=bn_data, kd=kd, val=val, progress=not a.no_progress)
     seconds = round(time.time() - t0, 2)
@@ -243,13 +240,6 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _kd_config(a: argparse.Namespace, steps: int, **kw: Any):
-    from .distill import KDConfig
-
-    return KDConfig(steps=steps, batch_size=a.kd_batch_size, lr=a.kd_lr, temperature=a.kd_temperature,
-                    augment=not a.no_augment, seed=a.seed, **kw)
-
-
 def _kd_steps(steps: int, epochs: int, n: int, batch_size: int) -> int:
     """Explicit steps, else passes over n samples at this batch size."""
     return steps or epochs * max(1, n // batch_size)
@@ -262,7 +252,6 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .sources import PoolSource, RoundsConfig, load_source
     from .artifact import save_artifact
     from .student import distill_student_
-    from .synth import make_config
 
     if (a.method is None) == (a.data is None):
         raise DatafreeError("give --method (synthesize in rounds with the student in the loop) or --data "
@@ -271,24 +260,24 @@ def cmd_distill(a: argparse.Namespace) -> int:
     spec = input_spec_of(teacher)
     student = _load_model(a, name=a.student, weights=a.student_weights, input_spec=spec,
                           num_classes=spec.num_classes)
-    kd_kw = dict(optimizer=a.kd_optimizer, weight_decay=a.kd_weight_decay, freeze_bn=a.freeze_bn, val_every=a.val_every,
-                 mixup=a.mixup)
     val = load_dataset(a.val, spec, a.data_root) if a.val else None
     ckpt = a.checkpoint_dir or a.out + ".ckpt"
     every = a.checkpoint_every
     if a.method is not None:
         rounds = RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round)
-        scfg = make_config(a.method, seed=a.seed, iterations=a.iterations, lr=a.synth_lr, batch_size=a.per_round,
-                           bf16=a.bf16, bn_weight=a.bn_weight)
+        scfg = _synth_config(a, a.method, seed=a.seed, batch_size=a.per_round)
         data: Any = PoolSource(a.method, scfg, rounds, seed=a.seed * 7919, progress=not a.no_progress)
         steps = rounds.total_steps
         every = min(every, max(1, a.steps_per_round))
         source = a.method
     else:
+        given = [a._synth_flags[n] for n in a._synth_flags if getattr(a, "synth__" + n) is not None]
+        if given:
+            raise DatafreeError(f"{', '.join(given)} set synthesis in rounds and do nothing with --data; drop them or use --method")
         data = load_source(a.data, teacher, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
-        steps = _kd_steps(a.steps, a.epochs, len(data), a.kd_batch_size)
+        steps = _kd_steps(a.steps, a.epochs, len(data), a.kd__batch_size)
         source = a.data
-    kd = _kd_config(a, steps, **kd_kw)
+    kd = _kd_config(a, steps)
     r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
                          overwrite=a.overwrite, checkpoint_every=every)
     from .compress import record_transform
@@ -333,8 +322,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
         if not a.data:
             raise DatafreeError("fine-tuning needs --data SOURCE (synthetic-set directory, method or dataset spec)")
         data = load_source(a.data, teacher, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
-        steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(data), a.kd_batch_size)
-        kd = _kd_config(a, steps, freeze_bn=a.freeze_bn, val_every=a.val_every)
+        steps = _kd_steps(a.finetune_steps, a.finetune_epochs, len(data), a.kd__batch_size)
+        kd = _kd_config(a, steps)
         val = load_dataset(a.val, teacher.input_spec, a.data_root) if a.val else None  # type: ignore[attr-defined]
         r = distill_student_(student, teacher, kd, data, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt",
                              val=val, progress=not a.no_progress, overwrite=a.overwrite)
@@ -395,9 +384,9 @@ def cmd_extend(a: argparse.Namespace) -> int:
         inverted = load_source(a.inverted, old, num=a.num_inverted, seed=a.seed, data_root=a.data_root,
                                progress=not a.no_progress)
     t0 = time.time()
-    kd = _kd_config(a, a.steps, freeze_bn=False, flip=not a.no_flip)
+    kd = _kd_config(a, a.steps)
     model = extend_classes(old, new, total, ContinualConfig(method=a.method, kd_weight=a.kd_weight,
-                                                            temperature=a.kd_temperature),
+                                                            temperature=kd.temperature),
                            kd=kd, synthetic=inverted, progress=not a.no_progress)
     save_artifact(model, a.out, teacher=old)
     info: dict[str, Any] = {"out": a.out, "method": a.method, "num_classes": total, "new_samples": len(new),
@@ -426,7 +415,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         h = action.help or ""
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in h:
+        if (action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in h
+                or isinstance(action, argparse._StoreFalseAction)):
             return h
         return super()._get_help_string(action)
 
@@ -454,19 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "An interrupted run resumes when the same command is repeated.")
     _model_args(s)
     s.add_argument("--method", required=True, choices=SYNTHESIZERS.names(), help="synthesis method")
-    s.add_argument("--num", type=int, default=512, help="number of samples")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
-    s.add_argument("--iterations", type=int, help="optimization steps per batch (method default: 200)")
-    s.add_argument("--batch-size", type=int, help="samples optimized together (default: 128)")
-    s.add_argument("--lr", type=float, help="Adam learning rate on the pixels (method default)")
-    s.add_argument("--bn-loss", choices=["kl", "l2"], help="BN matching form for bn-stats methods (default: kl)")
-    s.add_argument("--bn-weight", type=float, help="deepinversion methods: weight α_f of the BN-statistics term "
-                   "against cross-entropy (default 1; the paper's CIFAR code uses 10 with 2000 iterations)")
-    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="optimize in channels-last memory format (method default)")
-    s.add_argument("--bf16", action="store_true",
-                   help="run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX)")
+    _synth_options(s)
     s.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
     _common(s)
@@ -492,10 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune-epochs", type=int, default=0,
                    help="quantization-aware KD fine-tuning: passes over the calibration data (0 = calibration only)")
     s.add_argument("--finetune-steps", type=int, default=0, help="fine-tuning steps (overrides --finetune-epochs)")
-    s.add_argument("--kd-lr", type=float, default=1e-4, help="Adam learning rate for fine-tuning")
-    s.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature")
-    s.add_argument("--kd-batch-size", type=int, default=64, help="fine-tuning batch size")
-    s.add_argument("--no-augment", action="store_true", help="no crop/flip of the samples during fine-tuning")
+    _kd_options(s, "qat", ["lr", "temperature", "batch_size", "augment", "val_every"])
     s.add_argument("--val", metavar="DATASET_SPEC", help="real data to show validation accuracy during fine-tuning")
     s.add_argument("--seed", type=int, default=0, help="seed for sample selection and on-the-fly synthesis")
     s.add_argument("--out", required=True, help="output file (.pt)")
@@ -558,26 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=4, help="with --method: synthesize-then-distill rounds")
     s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round")
     s.add_argument("--steps-per-round", type=int, default=200, help="with --method: KD steps after each round")
-    s.add_argument("--iterations", type=int, help="with --method: pixel-optimization steps per batch (method default)")
-    s.add_argument("--synth-lr", type=float, help="with --method: learning rate on the pixels (method default)")
-    s.add_argument("--bf16", action="store_true", help="with --method: synthesize under bfloat16 autocast (faster on "
-                   "CPUs with bf16 units; statistics and losses stay float32)")
-    s.add_argument("--bn-weight", type=float, help="with --method, deepinversion methods: weight α_f of the BN-statistics term "
-                   "against cross-entropy (default 1; the paper's CIFAR code uses 10 with 2000 iterations)")
+    _synth_options(s, ["iterations", "lr", "bf16", "bn_weight"], flags={"lr": "--synth-lr"}, help_extra=" (with --method)")
     s.add_argument("--steps", type=int, default=0, help="with --data: KD steps (overrides --epochs)")
     s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
-    s.add_argument("--kd-lr", type=float, default=1e-3, help="student learning rate (cosine schedule)")
-    s.add_argument("--kd-optimizer", choices=["adam", "sgd"], default="adam", help="student optimizer")
-    s.add_argument("--kd-weight-decay", type=float, default=5e-4, help="weight decay")
-    s.add_argument("--kd-temperature", type=float, default=3.0, help="distillation temperature")
-    s.add_argument("--kd-batch-size", type=int, default=128, help="distillation batch size")
-    s.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep the student's BN statistics fixed (for a pretrained student)")
-    s.add_argument("--no-augment", action="store_true", help="no crop/flip of the samples")
-    s.add_argument("--mixup", type=float, default=1.0, help="mix random pairs of samples (weight ~ Beta(a, a)), the "
-                   "teacher labels each mixture, so a small pool gives many distinct inputs; 0 = off")
+    _kd_options(s, "student", ["lr", "optimizer", "weight_decay", "temperature", "batch_size", "freeze_bn", "augment",
+                               "mixup", "val_every"])
     s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress bar")
-    s.add_argument("--val-every", type=int, default=200, help="steps between validations")
     s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
     s.add_argument("--checkpoint-every", type=int, default=200, help="with --data: steps between checkpoints")
     s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")
@@ -604,14 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, help="use at most this many samples of --data")
     s.add_argument("--finetune-epochs", type=int, default=0, help="passes over --data (0 = no fine-tuning)")
     s.add_argument("--finetune-steps", type=int, default=0, help="fine-tuning steps (overrides --finetune-epochs)")
-    s.add_argument("--kd-lr", type=float, default=5e-4, help="Adam learning rate (cosine schedule)")
-    s.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature")
-    s.add_argument("--kd-batch-size", type=int, default=64, help="fine-tuning batch size")
-    s.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep BN statistics fixed while fine-tuning (use for Gaussian data)")
-    s.add_argument("--no-augment", action="store_true", help="no crop/flip of the samples")
+    _kd_options(s, "prune", ["lr", "temperature", "batch_size", "freeze_bn", "augment", "val_every"])
     s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress bar")
-    s.add_argument("--val-every", type=int, default=200, help="steps between validations")
     s.add_argument("--checkpoint-dir", help="fine-tuning checkpoints (default: OUT.ckpt); re-running resumes")
     s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")
     s.add_argument("--seed", type=int, default=0, help="random seed")
@@ -638,12 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="old-class samples for --method deepinversion: synthetic-set directory or method run on the fly")
     s.add_argument("--num-inverted", type=int, default=1024, help="old-class samples to use or synthesize")
     s.add_argument("--steps", type=int, default=1000, help="training steps")
-    s.add_argument("--kd-lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule)")
     s.add_argument("--kd-weight", type=float, default=1.0, help="weight of the old-head distillation term")
-    s.add_argument("--kd-temperature", type=float, default=2.0, help="distillation temperature")
-    s.add_argument("--kd-batch-size", type=int, default=64, help="batch size")
-    s.add_argument("--no-augment", action="store_true", help="no random crops")
-    s.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    _kd_options(s, "continual", ["lr", "temperature", "batch_size", "augment", "flip"])
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--out", required=True, help="output state dict (.pt)")
     s.add_argument("--eval", metavar="DATASET_SPEC", help="report old / new / all-class top-1 on this real dataset")
@@ -663,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; user errors are one line on stderr and a non-zero exit."""
+    import warnings
+
+    # torch's note about the pickle protocol of a file it then refuses would be two more lines around our one-line error
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     parser = build_parser()
     a = parser.parse_args(argv)
     debug = bool(os.environ.get("DATAFREE_DEBUG"))

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Config, check
+from .config import Config, check, opt
 from .data.base import TensorData
 from .data.source import DataSource, SourceLike, as_source
 from .errors import DatafreeError
@@ -21,29 +21,54 @@ from .utils import frozen_eval, model_device, top1
 class KDConfig(Config):
     """Distillation settings: KL(teacher || student) at temperature T, optional feature term."""
 
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    optimizer: str = "adam"  # adam | sgd (Nesterov momentum)
-    momentum: float = 0.9
-    temperature: float = 4.0
-    feature_weight: float = 0.0  # weight of MSE between inputs of same-named layers in student and teacher
-    feature_layers: tuple[str, ...] = ()  # layer names; empty = the classifier head (last conv/linear)
-    augment: bool = True  # random crop (pad 4 px, scaled to the input) and horizontal flip
-    flip: bool = True
-    mixup: float = 0.0  # > 0: mix random pairs of inputs, weight ~ Beta(mixup, mixup); the teacher labels the mixture
-    freeze_bn: bool = True  # student BN layers use running statistics (required for Gaussian samples)
-    val_every: int = 100
-    seed: int = 0
+    steps: int = opt(500, "KD steps (one batch each)")
+    batch_size: int = opt(64, "distillation batch size", flag="--kd-batch-size")
+    lr: float = opt(1e-4, "learning rate (cosine schedule over all steps)", flag="--kd-lr")
+    weight_decay: float = opt(0.0, "weight decay", flag="--kd-weight-decay")
+    optimizer: str = opt("adam", "optimizer: adam, or sgd (Nesterov momentum)", flag="--kd-optimizer", choices=("adam", "sgd"))
+    momentum: float = opt(0.9, "SGD momentum")
+    temperature: float = opt(4.0, "distillation temperature", flag="--kd-temperature")
+    feature_weight: float = opt(0.0, "weight of the MSE between inputs of same-named layers in student and teacher")
+    feature_layers: tuple[str, ...] = opt((), "layer names for the feature term; empty = the classifier head")
+    augment: bool = opt(True, "no crop/flip of the samples", flag="--no-augment", negate=True)
+    flip: bool = opt(True, "no horizontal flips (digits, text)", flag="--no-flip", negate=True)
+    mixup: float = opt(0.0, "mix random pairs of samples (weight ~ Beta(a, a)); the teacher labels each mixture, so a "
+                            "small pool gives many distinct inputs; 0 = off", flag="--mixup")
+    freeze_bn: bool = opt(True, "keep the student's BN statistics fixed (for a pretrained student; needed with Gaussian "
+                                "samples)", flag="--freeze-bn")
+    val_every: int = opt(100, "steps between validations", flag="--val-every")
+    seed: int = opt(0, "random seed")
 
     def validate(self) -> None:
-        check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}")
-        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        check(self.mixup >= 0, f"mixup must be >= 0, got {self.mixup}")
-        check(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        check(self.steps >= 0, f"steps must be >= 0, got {self.steps}", "steps")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
+        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}", "lr")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}", "weight_decay")
+        check(self.temperature > 0 and math.isfinite(self.temperature),
+              f"temperature must be > 0, got {self.temperature}", "temperature")
+        check(self.mixup >= 0, f"mixup must be >= 0, got {self.mixup}", "mixup")
+        check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}", "val_every")
+        check(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}", "optimizer")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "KDConfig":
+        """A named preset (`qat`, `student`, `prune`, `continual`) with overrides; the CLI's defaults are these."""
+        if name not in KD_PRESETS:
+            raise DatafreeError(f"unknown KD preset {name!r}; valid: {', '.join(KD_PRESETS)}")
+        return dataclasses.replace(KD_PRESETS[name], **overrides)
+
+
+KD_PRESETS: dict[str, KDConfig] = {
+    # quantization-aware fine-tuning of a calibrated model: small lr, folded BN never updates
+    "qat": KDConfig(lr=1e-4, temperature=4.0, batch_size=64),
+    # a student from scratch: larger lr and batch, weight decay, BN trained, mixup over a small pool
+    "student": KDConfig(lr=1e-3, weight_decay=5e-4, temperature=3.0, batch_size=128, freeze_bn=False, mixup=1.0,
+                        val_every=200),
+    # recovering a pruned model
+    "prune": KDConfig(lr=5e-4, temperature=4.0, batch_size=64, freeze_bn=False, val_every=200),
+    # class-incremental learning (`extend`)
+    "continual": KDConfig(steps=1000, lr=1e-3, temperature=2.0, batch_size=64, freeze_bn=False),
+}
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

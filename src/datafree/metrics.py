@@ -16,7 +16,7 @@ def evaluate(model: nn.Module, data: TensorData, teacher: Optional[nn.Module] = 
              teacher_pred: Optional[torch.Tensor] = None) -> dict:
     """Top-1 (percent) on labelled data, agreement with `teacher` (or its precomputed predictions), size in bits."""
     if data.y is None:
-        raise ValueError(f"{data.name} has no labels to evaluate against")
+        raise DatafreeError(f"{data.name} has no labels to evaluate against; give a labelled dataset spec")
     pred = predict(model, data, batch_size)
     out = {"top1": round(100.0 * (pred == data.y).float().mean().item(), 3), "n": len(data),
            "data": data.name, "size_bits": model_size_bits(model)}

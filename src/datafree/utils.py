@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 import torch
 import torch.nn as nn
 
+from .errors import DatafreeError
+
 if TYPE_CHECKING:  # annotations only: utils imports nothing of the package above errors
     from .data.base import TensorData
 
@@ -62,7 +64,7 @@ def predict(model: nn.Module, data: "TensorData", batch_size: int = 256) -> torc
 def top1(model: nn.Module, data: "TensorData", batch_size: int = 256) -> float:
     """Top-1 accuracy in percent (3 decimals) of `model` on labelled `data`."""
     if data.y is None:
-        raise ValueError(f"{data.name} has no labels to evaluate against")
+        raise DatafreeError(f"{data.name} has no labels to evaluate against; give a labelled dataset spec")
     return round(100.0 * (predict(model, data, batch_size) == data.y).float().mean().item(), 3)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import DatafreeError
 from ..models.spec import InputSpec
 
 
@@ -34,7 +35,7 @@ class TensorData:
     def only_classes(self, classes: "list[int] | tuple[int, ...]") -> "TensorData":
         """The items whose label is in `classes` (requires labels)."""
         if self.y is None:
-            raise ValueError(f"{self.name} has no labels")
+            raise DatafreeError(f"{self.name} has no labels; give a labelled dataset spec")
         m = torch.isin(self.y, torch.tensor(list(classes), dtype=self.y.dtype))
         return TensorData(self.x[m], self.y[m], None if self.logits is None else self.logits[m], self.name)
 
@@ -79,7 +80,7 @@ def images_to_tensor(images: np.ndarray, spec: InputSpec) -> torch.Tensor:
         elif c == 1:
             x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         else:
-            raise ValueError(f"cannot map {x.shape[1]} image channels to {c} model channels")
+            raise DatafreeError(f"cannot map {x.shape[1]} image channels to {c} model channels")
     if tuple(x.shape[2:]) != (h, w):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     return spec.normalize(x.contiguous())

@@ -90,7 +90,7 @@ def _spec_from_module(module: Any, name: str) -> InputSpec:
         )
     try:
         return InputSpec(tuple(module.INPUT_SHAPE), tuple(module.MEAN), tuple(module.STD), int(module.NUM_CLASSES))
-    except ValueError as e:
+    except (ValueError, TypeError, DatafreeError) as e:
         raise DatafreeError(f"{name}: bad input spec constants: {e}") from None
 
 

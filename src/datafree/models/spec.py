@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..errors import DatafreeError
+
 CIFAR_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as used by the shared CIFAR ResNet checkpoints
 CIFAR_STD = (0.229, 0.224, 0.225)
 
@@ -20,10 +22,10 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(s) <= 0 for s in self.shape):
-            raise ValueError(f"input shape must be (C, H, W) with positive sizes, got {self.shape}")
+            raise DatafreeError(f"input shape must be (C, H, W) with positive sizes, got {self.shape}")
         c = self.shape[0]
         if len(self.mean) != c or len(self.std) != c:
-            raise ValueError(f"mean/std need {c} values for {c} channels, got {self.mean}, {self.std}")
+            raise DatafreeError(f"mean/std need {c} values for {c} channels, got {self.mean}, {self.std}")
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """Map images in [0, 1] (N, C, H, W) to the model's normalized space."""

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import DatafreeError
 from ..utils import batch_moments
 from .quantizer import RangeObserver, WeightRounding, fake_quant, signed_range, unsigned_range, weight_scales
 
@@ -22,7 +23,7 @@ class QuantLayer(nn.Module):
             self.kind = "conv2d"
             self.conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
             if layer.padding_mode != "zeros":
-                raise ValueError("only zero-padded convolutions can be quantized")
+                raise DatafreeError(f"only zero-padded convolutions can be quantized, not padding_mode={layer.padding_mode!r}")
         elif isinstance(layer, nn.Linear):
             self.kind = "linear"
             self.conv_args = {}

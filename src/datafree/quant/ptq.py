@@ -16,7 +16,7 @@ from ..distill import KDConfig
 from ..errors import DatafreeError
 from ..models.loading import input_spec_of
 from ..utils import model_device
-from .layers import FLOAT_BITS, QuantLayer, quant_layers
+from .layers import FLOAT_BITS, quant_layers
 from .prepare import trace_layers, wrap_layers_
 from .quantizer import RangeObserver
 

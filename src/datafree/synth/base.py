@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .._version import __version__
-from ..config import Config, check
+from ..config import Config, check, opt
 from ..data.base import TensorData
 from ..data.grid import save_grid
 from ..data.synthetic import SyntheticSet, SyntheticSetWriter
@@ -45,21 +45,21 @@ def list_synthesizers() -> list[str]:
 class SynthConfig(Config):
     """Options shared by all synthesizers."""
 
-    num: int = 512  # number of samples
-    batch_size: int = 128  # samples optimized together (one shard each)
-    seed: int = 0
+    num: int = opt(512, "number of samples", cli=True)
+    batch_size: int = opt(128, "samples optimized together (one shard each)", cli=True)
+    seed: int = opt(0, "random seed", cli=True)
 
     def validate(self) -> None:
-        check(self.num >= 1, f"num must be >= 1, got {self.num}")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.num >= 1, f"num must be >= 1, got {self.num}", "num")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
 
 
 @dataclasses.dataclass
 class PixelConfig(SynthConfig):
     """Options of methods that optimize pixels with Adam."""
 
-    iterations: int = 200
-    lr: float = 0.25
+    iterations: int = opt(200, "optimization steps per batch", cli=True)
+    lr: float = opt(0.25, "Adam learning rate on the pixels", cli=True)
     beta1: float = 0.5
     beta2: float = 0.9
     jitter: int = 2  # random shift in pixels
@@ -67,14 +67,15 @@ class PixelConfig(SynthConfig):
     tv: float = 0.0  # total-variation prior weight
     l2: float = 0.0  # L2 prior weight on the normalized pixels
     init_std: float = 1.0  # std of the starting noise in normalized space
-    channels_last: bool = False  # optimize a channels-last working copy of the teacher (faster on CPU)
-    bf16: bool = False  # teacher forward/backward under bfloat16 autocast (losses and statistics stay float32)
+    channels_last: bool = opt(False, "optimize a channels-last working copy of the teacher (faster on CPU)", cli=True)
+    bf16: bool = opt(False, "run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX; losses and "
+                            "statistics stay float32)", cli=True)
 
     def validate(self) -> None:
         super().validate()
-        check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
-        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
-        check(self.jitter >= 0, f"jitter must be >= 0, got {self.jitter}")
+        check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}", "iterations")
+        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}", "lr")
+        check(self.jitter >= 0, f"jitter must be >= 0, got {self.jitter}", "jitter")
 
 
 class Synthesizer:
@@ -171,12 +172,17 @@ class StepCallback:
                 self.bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items()}, refresh=False)
 
 
-def make_config(method: str, **overrides: Any) -> SynthConfig:
-    """The method's default config with overrides (None values ignored)."""
+def make_config(method: str, strict: bool = False, **overrides: Any) -> SynthConfig:
+    """The method's default config with overrides (None values ignored); with `strict`, an option the method does not
+    have is an error naming the method (otherwise it is skipped)."""
     cls = SYNTHESIZERS.get(method).config_cls
     valid = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in overrides.items() if v is not None and k in valid}
-    return cls(**kw)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    foreign = sorted(k for k in given if k not in valid)
+    if strict and foreign:
+        raise DatafreeError(f"{foreign[0]} is not an option of method {method!r} (its options: "
+                            f"{', '.join(sorted(n for n in valid if n not in ('num', 'seed')))})", foreign[0])
+    return cls(**{k: v for k, v in given.items() if k in valid})
 
 
 def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = None, out: Optional[str] = None,

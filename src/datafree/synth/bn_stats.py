@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import check
+from ..config import check, opt
 from .base import PixelConfig, StepCallback, Synthesizer, register_synthesizer
 from .bn_hooks import BNStatHooks, bn_loss
 from .priors import total_variation
@@ -18,13 +18,14 @@ from .priors import total_variation
 class BNStatsConfig(PixelConfig):
     """BN matching; `form` is `kl` (KL of Gaussians, channel-averaged per layer) or `l2` (DeepInversion norms)."""
 
-    form: str = "kl"
+    form: str = opt("kl", "BN matching form: kl (KL of Gaussians) or l2 (the DeepInversion norms)", flag="--bn-loss",
+                    cli=True, choices=("kl", "l2"))
     first_layer_weight: float = 1.0
     ce: float = 0.0  # weight of CE(teacher(x), y); > 0 makes it class-conditional
 
     def validate(self) -> None:
         super().validate()
-        check(self.form in ("kl", "l2"), f"form must be 'kl' or 'l2', got {self.form!r}")
+        check(self.form in ("kl", "l2"), f"form must be 'kl' or 'l2', got {self.form!r}", "form")
         check(self.ce >= 0, f"ce weight must be >= 0, got {self.ce}")
 
 

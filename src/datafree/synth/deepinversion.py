@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import check
+from ..config import check, opt
 from ..errors import DatafreeError
 from .base import PixelConfig, register_synthesizer
 from .bn_hooks import bn_loss
@@ -27,7 +27,8 @@ class DeepInversionConfig(PixelConfig):
     # α_f, on the L2-norm BN term. The code's 10 leaves CE unoptimized within a few hundred iterations on deep
     # teachers (ResNet-56, 200 it: CE 5.8, teacher agrees with the target on 34 %); 1 reaches CE 0.16, 100 %
     # agreement and an equally low BN term (99 vs 102). See BENCHMARKS.md, "DeepInversion's α_f".
-    bn_weight: float = 1.0
+    bn_weight: float = opt(1.0, "weight α_f of the BN-statistics term against cross-entropy (the paper's CIFAR code "
+                                "uses 10 with 2000 iterations)", cli=True)
     first_layer_weight: float = 1.0
     tv: float = 2.5e-5  # α_tv, on the L2 norms of the four neighbour differences
     l2: float = 0.0  # α_l2, on ||x||₂ per batch

@@ -1,0 +1,95 @@
+"""CLI options declared once, on the config classes: argparse groups generated from config fields and KD presets."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from typing import Any, Optional, Sequence
+
+from .errors import DatafreeError
+
+
+def _kd_config(a: argparse.Namespace, steps: int, **fixed: Any):
+    """The subcommand's KD preset with the options given on the command line."""
+    from .distill import KDConfig
+
+    kw = {n: getattr(a, "kd__" + n) for n in a._kd_flags}
+    kw = {k: v for k, v in kw.items() if v is not None}
+    return _configured(a._kd_flags, lambda: KDConfig.preset(a._kd_preset, steps=steps, seed=a.seed, **{**kw, **fixed}))
+
+
+def _synth_config(a: argparse.Namespace, method: str, **fixed: Any):
+    """The method's config from the synthesis options given; an option the method does not have is an error."""
+    from .synth import make_config
+
+    kw = {n: getattr(a, "synth__" + n) for n in a._synth_flags}
+    return _configured(a._synth_flags, lambda: make_config(method, strict=True, **{**kw, **fixed}))
+
+
+def _configured(flags: dict[str, str], build: Any) -> Any:
+    """Run `build`; a library error naming an option (`lr`) is re-worded with its flag (`--kd-lr`)."""
+    try:
+        return build()
+    except DatafreeError as e:
+        if e.option in flags:
+            msg = re.sub(rf"(?<![\w-]){re.escape(e.option)}(?![\w-])", flags[e.option], str(e), count=1)
+            raise DatafreeError(msg if msg != str(e) else f"{flags[e.option]}: {e}") from None
+        raise
+
+
+def _config_fields(cls: type) -> dict[str, Any]:
+    """Fields of a config class, by name."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _add_config_options(p: Any, fields: dict[str, Any], names: Sequence[str], defaults: Any, dest_prefix: str,
+                        flags: Optional[dict[str, str]] = None, help_extra: str = "") -> dict[str, str]:
+    """One flag per config field, its help and choices from the field's declaration; returns field -> flag."""
+    out = {}
+    for name in names:
+        f = fields[name]
+        meta = f.metadata
+        flag = (flags or {}).get(name) or meta.get("flag") or "--" + name.replace("_", "-")
+        default = getattr(defaults, name) if defaults is not None else None
+        h = meta.get("help", "") + help_extra
+        dest = dest_prefix + name
+        if isinstance(f.default, bool):
+            if meta.get("negate"):
+                p.add_argument(flag, dest=dest, action="store_false", default=default, help=h)
+            else:
+                p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=h)
+        else:
+            kw = {"choices": list(meta["choices"])} if meta.get("choices") else {"metavar": name.upper()}
+            p.add_argument(flag, dest=dest, type=type(f.default), default=default, help=h, **kw)
+        out[name] = flag
+    return out
+
+
+def _kd_options(p: argparse.ArgumentParser, preset: str, names: Sequence[str]) -> None:
+    """The KD option group of a subcommand: fields of KDConfig, defaults from the named preset."""
+    from .distill import KDConfig
+
+    g = p.add_argument_group(f"distillation (KD preset '{preset}')")
+    flags = _add_config_options(g, _config_fields(KDConfig), names, KDConfig.preset(preset), "kd__")
+    p.set_defaults(_kd_preset=preset, _kd_flags=flags)
+
+
+def _synth_options(p: argparse.ArgumentParser, names: Optional[Sequence[str]] = None,
+                   flags: Optional[dict[str, str]] = None, help_extra: str = "") -> None:
+    """Synthesis options from the registered methods' config fields declared for the CLI (method defaults apply)."""
+    from .synth import SYNTHESIZERS
+
+    fields: dict[str, Any] = {}
+    for m in SYNTHESIZERS.names():
+        for f in dataclasses.fields(SYNTHESIZERS.get(m).config_cls):
+            if f.metadata.get("cli") and f.name not in fields:
+                fields[f.name] = f
+    owners = {n: [m for m in SYNTHESIZERS.names() if n in _config_fields(SYNTHESIZERS.get(m).config_cls)] for n in fields}
+    g = p.add_argument_group("synthesis (defaults: the method's own)")
+    out = {}
+    for n in (names or list(fields)):
+        others = [m for m in SYNTHESIZERS.names() if m not in owners[n]]
+        only = ("" if not others else f" [{', '.join(owners[n])} only]" if len(owners[n]) <= len(others)
+                else f" [all methods but {', '.join(others)}]")
+        out.update(_add_config_options(g, fields, [n], None, "synth__", flags, only + help_extra))
+    p.set_defaults(_synth_flags=out)
