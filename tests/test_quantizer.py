@@ -143,3 +143,35 @@ def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
         assert torch.equal(q(x), q0(x))  # an observing stage changes nothing
     with pytest.raises(df.DatafreeError, match="no quantization stage"):
         with_stage("x", probe, after="nope")
+
+
+def test_quantize_draws_its_calibration_samples_from_any_source(digits_teacher):
+    import datafree as df
+    from datafree.data.source import Batch, Source
+    from datafree.quant import QuantConfig, quantize
+
+    m, _ = digits_teacher
+    real = df.load_dataset("digits:train", m.input_spec)
+
+    class Stream(Source):
+        """A source that is no stored set: consecutive items, as a generator would hand them out."""
+        name = "stream"
+
+        def __init__(self):
+            self.pos, self.calls = 0, 0
+
+        def __len__(self):
+            return len(real)
+
+        def sample(self, batch_size, generator=None):
+            self.calls += 1
+            i = self.pos
+            self.pos += batch_size
+            return Batch(real.x[i:i + batch_size], real.y[i:i + batch_size])
+
+    src = Stream()
+    q = quantize(m, src, QuantConfig(w_bits=4, a_bits=4, num_calib=64))
+    assert src.calls == 1 and src.pos == 64  # it drew exactly the samples it needs
+    ref = quantize(m, df.TensorData(real.x[:64], real.y[:64]), QuantConfig(w_bits=4, a_bits=4, num_calib=64))
+    with torch.no_grad():
+        assert torch.equal(q(real.x[:32]), ref(real.x[:32]))

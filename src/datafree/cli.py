@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from .cliopts import _kd_config, _kd_options, _synth_config, _synth_options  # noqa: F401
+from .cliopts import _configured, _kd_config, _kd_options, _synth_config, _synth_options  # noqa: F401
 from .errors import DatafreeError, first_line
 
 EXIT_USAGE = 2
@@ -141,6 +141,10 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     return 0
 
 
+QUANT_FLAGS = {"w_bits": "--w-bits", "a_bits": "--a-bits", "first_last_bits": "--first-last-bits",
+               "weight_method": "--weight-clip", "act_method": "--act-range", "num_calib": "--num-calib"}
+
+
 def cmd_quantize(a: argparse.Namespace) -> int:
     from .artifact import save_artifact
     from .data.real import load_dataset
@@ -148,9 +152,10 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     from .quant import QuantConfig, quantize
     from .sources import load_source
 
-    cfg = QuantConfig(w_bits=a.w_bits, a_bits=a.a_bits, quantize_first_last=a.quantize_first_last,
-                      first_last_bits=a.first_last_bits, weight_method=a.weight_clip, act_method=a.act_range,
-                      bn_reestimate=a.bn_reestimate, num_calib=a.num_calib, seed=a.seed)
+    cfg = _configured(QUANT_FLAGS, lambda: QuantConfig(
+        w_bits=a.w_bits, a_bits=a.a_bits, quantize_first_last=a.quantize_first_last, first_last_bits=a.first_last_bits,
+        weight_method=a.weight_clip, act_method=a.act_range, bn_reestimate=a.bn_reestimate, num_calib=a.num_calib,
+        seed=a.seed))
     model = _load_model(a)
     calib = load_source(a.calib, model, num=a.num_calib, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
     bn_data = load_source(a.bn_data, model, num=a.num_calib, seed=a.seed, data_root=a.data_root) if a.bn_data else None
@@ -264,7 +269,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
     ckpt = a.checkpoint_dir or a.out + ".ckpt"
     every = a.checkpoint_every
     if a.method is not None:
-        rounds = RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round)
+        rounds = _configured({"rounds": "--rounds", "per_round": "--per-round", "steps_per_round": "--steps-per-round"},
+                             lambda: RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round))
         scfg = _synth_config(a, a.method, seed=a.seed, batch_size=a.per_round)
         data: Any = PoolSource(a.method, scfg, rounds, seed=a.seed * 7919, progress=not a.no_progress)
         steps = rounds.total_steps
@@ -385,9 +391,9 @@ def cmd_extend(a: argparse.Namespace) -> int:
                                progress=not a.no_progress)
     t0 = time.time()
     kd = _kd_config(a, a.steps)
-    model = extend_classes(old, new, total, ContinualConfig(method=a.method, kd_weight=a.kd_weight,
-                                                            temperature=kd.temperature),
-                           kd=kd, synthetic=inverted, progress=not a.no_progress)
+    ccfg = _configured({"kd_weight": "--kd-weight"}, lambda: ContinualConfig(method=a.method, kd_weight=a.kd_weight,
+                                                                             temperature=kd.temperature))
+    model = extend_classes(old, new, total, ccfg, kd=kd, synthetic=inverted, progress=not a.no_progress)
     save_artifact(model, a.out, teacher=old)
     info: dict[str, Any] = {"out": a.out, "method": a.method, "num_classes": total, "new_samples": len(new),
                             "inverted_samples": 0 if inverted is None else len(inverted), "seconds": round(time.time() - t0, 2)}

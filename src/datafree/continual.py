@@ -31,7 +31,7 @@ class ContinualConfig(Config):
 
     def validate(self) -> None:
         check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        check(self.kd_weight >= 0, f"kd_weight must be >= 0, got {self.kd_weight}")
+        check(self.kd_weight >= 0, f"kd_weight must be >= 0, got {self.kd_weight}", "kd_weight")
 
 
 def expand_head(model: nn.Module, num_classes: int) -> nn.Module:

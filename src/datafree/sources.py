@@ -54,9 +54,9 @@ class RoundsConfig(Config):
     steps_per_round: int = 200
 
     def validate(self) -> None:
-        check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
-        check(self.per_round >= 1, f"per_round must be >= 1, got {self.per_round}")
-        check(self.steps_per_round >= 0, f"steps_per_round must be >= 0, got {self.steps_per_round}")
+        check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}", "rounds")
+        check(self.per_round >= 1, f"per_round must be >= 1, got {self.per_round}", "per_round")
+        check(self.steps_per_round >= 0, f"steps_per_round must be >= 0, got {self.steps_per_round}", "steps_per_round")
 
     @property
     def total_steps(self) -> int:

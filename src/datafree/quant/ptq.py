@@ -45,13 +45,14 @@ class QuantConfig(Config):
     def validate(self) -> None:
         for k in ("w_bits", "a_bits", "first_last_bits"):
             v = getattr(self, k)
-            check(_bits_ok(v), f"{k.replace('_', '-')} must be between 2 and 8 (or 32 for float), got {v}")
-        check(self.weight_method in ("mse", "minmax"), f"weight method must be mse or minmax, got {self.weight_method!r}")
+            check(_bits_ok(v), f"{k} must be between 2 and 8 (or 32 for float), got {v}", k)
+        check(self.weight_method in ("mse", "minmax"), f"weight_method must be mse or minmax, got {self.weight_method!r}",
+              "weight_method")
         check(self.act_method in ("mse", "percentile", "minmax"),
               f"activation range method must be mse, percentile or minmax, got {self.act_method!r}")
-        check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}")
-        check(self.num_calib >= 1, f"num-calib must be >= 1, got {self.num_calib}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}", "percentile")
+        check(self.num_calib >= 1, f"num_calib must be >= 1, got {self.num_calib}", "num_calib")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
 
 
 def make_plan(model: nn.Module, cfg: QuantConfig) -> list[dict]:
