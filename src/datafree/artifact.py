@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,10 +17,10 @@ from . import continual, prune, student  # noqa: F401  (register their compresso
 from . import quant  # noqa: F401
 from ._version import __version__
 from .compress import COMPRESSORS, transforms_of
-from .errors import DatafreeError, first_line
+from .errors import DatafreeError
 from .models.loading import create_model, fingerprint, load_state_dict_
 from .models.spec import InputSpec
-from .utils import save_atomic
+from .utils import load_tensors, save_atomic
 
 FORMAT = "datafree-artifact-v1"
 LEGACY_QUANTIZED = "datafree-quantized-v1"  # written by datafree 0.1 `quantize`; still loads
@@ -109,10 +107,7 @@ def load_artifact(path: str | os.PathLike, model_file: Optional[str] = None) -> 
     p = Path(path)
     if not p.is_file():
         raise DatafreeError(f"model file {str(p)!r} not found; check the path")
-    try:
-        raw = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise DatafreeError(f"{str(p)!r} is corrupt or not a datafree artifact ({first_line(e, 120)}); re-create it") from None
+    raw = load_tensors(p, "is corrupt or not a datafree artifact", "re-create it")
     obj = read_artifact(p) if isinstance(raw, dict) else None
     if obj is None:
         raise DatafreeError(f"{str(p)!r} is not a datafree artifact (a plain state dict loads with MODEL --weights FILE)")

@@ -2,33 +2,26 @@
 from __future__ import annotations
 
 import math
-import pickle
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import torch.nn as nn
 
 from .data.base import TensorData
 from .data.source import SourceLike, as_source
 from .compress import no_rebuild, record_transform, register_compressor
 from .distill import Distiller, KDConfig
-from .errors import DatafreeError, first_line
+from .errors import DatafreeError
 from .models.loading import fingerprint
-from .utils import save_atomic
+from .utils import load_tensors, save_atomic
 
 STATE = "state.pt"
 CHECKPOINT_VERSION = 2  # 2: one state.pt holding the data source's state (pools included); loaded with weights_only
 
 
 def _load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise DatafreeError(f"checkpoint {path} is unreadable or not a datafree checkpoint ({first_line(e, 120)}); "
-                            "delete it or pass --overwrite") from None
+    return load_tensors(path, "is an unreadable checkpoint or not a datafree one", "delete it or pass --overwrite")
 
 
 class RunCheckpoint:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import zipfile
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
@@ -10,7 +12,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from .errors import DatafreeError
+from .errors import DatafreeError, first_line
+
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError)
 
 if TYPE_CHECKING:  # annotations only: utils imports nothing of the package above errors
     from .data.base import TensorData
@@ -89,3 +93,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save through `atomic_write`."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_tensors(path: str | os.PathLike, problem: str, fix: str) -> Any:
+    """torch.load with weights_only=True (a file never runs code); an unreadable file is one DatafreeError:
+    '<path> <problem> (<why>); <fix>'."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as e:
+        raise DatafreeError(f"{str(path)!r} {problem} ({first_line(e, 120)}); {fix}") from None

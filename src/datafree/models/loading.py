@@ -6,8 +6,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +14,7 @@ import torch.nn as nn
 
 from ..errors import DatafreeError, first_line
 from .resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
+from ..utils import load_tensors
 from .spec import InputSpec
 from .zoo import MODELS
 
@@ -99,11 +98,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise DatafreeError(f"weights file {str(p)!r} not found; check the --weights path")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = first_line(e)
-        raise DatafreeError(f"weights file {str(p)!r} is corrupt or not a torch state dict ({first}); re-download or re-save it with torch.save(model.state_dict(), path)") from None
+    obj = load_tensors(p, "is corrupt or not a torch state dict (weights file)",
+                       "re-download or re-save it with torch.save(model.state_dict(), path)")
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):
