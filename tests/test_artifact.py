@@ -147,3 +147,18 @@ def test_no_file_runs_code(digits_teacher, tmp_path, capsys):
         with pytest.raises(df.DatafreeError):
             load()
         assert not marker.exists()
+
+
+def test_compressors_chain_through_files(digits_teacher, digits_test, tmp_path, capsys):
+    """prune -> file -> quantize the file -> file: both transforms are recorded and the result reloads exactly."""
+    _, w = digits_teacher
+    p, q = tmp_path / "p.pt", tmp_path / "q.pt"
+    assert main(["prune", "small_cnn", "--weights", w, "--structured", "--sparsity", "0.5", "--out", str(p)]) == 0
+    assert main(["quantize", str(p), "--calib", "digits:train", "--w-bits", "4", "--a-bits", "4", "--out", str(q),
+                 "--eval", "digits:test", "--json"]) == 0
+    capsys.readouterr()
+    back = load_artifact(q)
+    assert [t["compressor"] for t in back.transforms] == ["prune", "quantize"]
+    assert main(["evaluate", str(q), "--data", "digits:test", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["top1"] == df.evaluate(back, digits_test)["top1"] and r["size_bits"] < df.model_size_bits(load_artifact(p)) / 4

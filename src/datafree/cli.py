@@ -22,6 +22,7 @@ def _model_args(p: argparse.ArgumentParser, positional: str = "model", help_extr
     p.add_argument("--input-shape", help="for user models: C,H,W (e.g. 3,32,32)")
     p.add_argument("--mean", help="for user models: per-channel normalization mean, comma-separated")
     p.add_argument("--std", help="for user models: per-channel normalization std, comma-separated")
+    _model_file_arg(p)
 
 
 def _model_file_arg(p: argparse.ArgumentParser) -> None:
@@ -63,6 +64,16 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
             raise DatafreeError(f"bad input spec: {e}") from None
     if name is None:
         name, weights, num_classes = a.model, a.weights, a.num_classes
+        if os.path.isfile(name):  # a file written by datafree: compress it further (transforms chain)
+            from .artifact import build_artifact, read_artifact
+
+            obj = read_artifact(name)
+            if obj is None:
+                raise DatafreeError(f"{name} is not a model file written by datafree; give a zoo name or file.py:factory "
+                                    "with --weights")
+            if weights:
+                raise DatafreeError(f"{name} is a datafree artifact and holds its own weights; drop --weights")
+            return build_artifact(obj, name, getattr(a, "model_file", None)).to(torch.device(a.device))
     model = load_model(name, weights, num_classes=num_classes, input_spec=spec)
     return model.to(torch.device(a.device))
 
@@ -71,14 +82,10 @@ def _artifact_or_model(a: argparse.Namespace):
     """The model a file written by datafree describes (quantize, prune, distill, extend), else MODEL [--weights]."""
     from .artifact import build_artifact, read_artifact
 
-    obj = read_artifact(a.model) if a.model.endswith((".pt", ".pth", ".th")) or os.path.isfile(a.model) else None
-    if obj is None:
-        if getattr(a, "model_file", None):
-            raise DatafreeError(f"--model-file is for files written by datafree; {a.model} is not one")
-        return _load_model(a)
-    if a.weights:
-        raise DatafreeError(f"{a.model} is a datafree artifact and holds its own weights; drop --weights")
-    return build_artifact(obj, a.model, getattr(a, "model_file", None))
+    obj = read_artifact(a.model) if os.path.isfile(a.model) else None
+    if obj is None and getattr(a, "model_file", None):
+        raise DatafreeError(f"--model-file is for files written by datafree; {a.model} is not one")
+    return _load_model(a)
 
 
 def _setup(a: argparse.Namespace) -> None:
@@ -293,7 +300,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     save_artifact(student, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
     human = (f"saved student {a.student} distilled from {source} ({r['samples']} samples, {r['steps']} steps, "
-             f"{r['seconds']:.0f} s) to {a.out}; load it with `datafree evaluate {a.student} --weights {a.out}`")
+             f"{r['seconds']:.0f} s) to {a.out}; evaluate it with `datafree evaluate {a.out} --data ...`")
     if a.eval:
         ev = evaluate(student, load_dataset(a.eval, spec, a.data_root), teacher=teacher)
         info.update(top1=ev["top1"], teacher_top1=ev["teacher_top1"], n=ev["n"])
@@ -346,7 +353,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     human = (f"{what}; FLOPs {before['flops'] / 1e6:.1f}M -> {after['flops'] / 1e6:.1f}M "
              f"({100 * (1 - after['flops'] / before['flops']):.1f}% removed), params {before['params'] / 1e3:.1f}k -> "
              f"{after['nonzero_params'] / 1e3:.1f}k nonzero; fine-tuned {steps} steps on {a.data or '-'}; saved to {a.out} "
-             f"(load with `datafree evaluate {a.model} --weights {a.out}`)")
+             f"(evaluate it with `datafree evaluate {a.out} --data ...`)")
     if not a.structured:
         human += "\nnote: unstructured zeros shrink the model only in sparse storage; FLOPs are counted dense"
     if a.eval:
@@ -399,7 +406,7 @@ def cmd_extend(a: argparse.Namespace) -> int:
                             "inverted_samples": 0 if inverted is None else len(inverted), "seconds": round(time.time() - t0, 2)}
     human = (f"saved a {total}-class model ({a.method}, {len(new)} new-class images"
              + (f", {len(inverted)} inverted old-class samples" if inverted is not None else "")
-             + f") to {a.out}; load it with `datafree evaluate {a.model} --num-classes {total} --weights {a.out}`")
+             + f") to {a.out}; evaluate it with `datafree evaluate {a.out} --data ...`")
     if a.eval:
         test = load_dataset(a.eval, input_spec_of(model), a.data_root).only_classes(range(total))
         info.update(split_accuracy(model, test, spec.num_classes))
@@ -490,7 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Top-1 accuracy on a real dataset, model size in bits and, with --teacher-weights, "
                                    "agreement of a quantized model with its FP32 teacher.")
     _model_args(s, "model", help_extra=", or a file written by `datafree quantize/prune/distill/extend`")
-    _model_file_arg(s)
     s.add_argument("--data", required=True, metavar="DATASET_SPEC", help=f"one of: {specs}")
     s.add_argument("--teacher-weights", help="for a quantized file: FP32 weights, to report agreement")
     s.add_argument("--json", action="store_true", help="print one JSON object (keys: top1 in percent, n, size_bits, ...)")
@@ -514,7 +520,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "graph with int8 weights that onnxruntime runs; a plain model is exported in FP32. "
                                    "Needs onnx and onnxruntime (pip install 'datafree[export]').")
     _model_args(s, "model", help_extra=", or a file written by `datafree quantize/prune/distill/extend`")
-    _model_file_arg(s)
     s.add_argument("--out", required=True, help="output .onnx file")
     s.add_argument("--opset", type=int, default=13, help="ONNX opset (>= 13 for per-channel Q/DQ)")
     s.add_argument("--check", metavar="DATASET_SPEC", help="compare onnxruntime and PyTorch top-1 on this real dataset")

@@ -15,7 +15,7 @@ from ..compress import record_transform, register_compressor
 from ..distill import KDConfig
 from ..errors import DatafreeError
 from ..models.loading import input_spec_of
-from ..utils import model_device
+from ..utils import model_device, set_module
 from .layers import FLOAT_BITS, quant_layers
 from .prepare import trace_layers, wrap_layers_
 from .quantizer import RangeObserver
@@ -236,6 +236,11 @@ def _apply(model: nn.Module, data: Optional[SourceLike], config: QuantConfig, **
 def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
     """Wrap the planned layers (BN folded away) and restore which inputs are quantized; values come from the state dict."""
     model = copy.deepcopy(model)
+    for e in t["plan"]:  # values come from the state dict; only shapes matter (a pruned base has fewer channels)
+        if e.get("bn"):
+            bn, n = model.get_submodule(e["bn"]), model.get_submodule(e["name"]).weight.shape[0]
+            if bn.num_features != n:
+                set_module(model, e["bn"], type(bn)(n, eps=bn.eps).to(bn.running_mean.device))
     layers = wrap_layers_(model, t["plan"])
     for q, on in zip(layers, t["act_quant"]):
         q.act_quant = bool(on)
