@@ -120,6 +120,11 @@ def cmd_list(a: argparse.Namespace) -> int:
     print("synthesis methods:")
     for n in SYNTHESIZERS.names():
         print(f"  {n:20s} {(SYNTHESIZERS.get(n).__doc__ or '').strip().splitlines()[0]}")
+    from .artifact import COMPRESSORS
+
+    print("compressors (each writes one artifact format that evaluate/export read):")
+    for n in COMPRESSORS.names():
+        print(f"  {n:20s} {COMPRESSORS.get(n).summary}")
     print("dataset specs:")
     for k, v in DATASET_SPECS.items():
         print(f"  {k:20s} {v}")
