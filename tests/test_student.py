@@ -92,8 +92,8 @@ def test_pieces_visit_exactly_what_one_run_visits(digits_teacher):
     assert seen["one"] == seen["pieces"]
     ids = [i for batch in seen["one"] for i in batch]
     assert len(ids) == 1000 and sorted(ids) == list(range(1000))  # 250 steps of 4 = one epoch, every item once
-    for v, v2 in zip(a.state_dict().values(), b.state_dict().values()):
-        assert torch.equal(v, v2)
+    for v, v2 in zip(a.state_dict().values(), b.state_dict().values()):  # same batches, same updates (CPU kernels may
+        assert torch.allclose(v.float(), v2.float(), rtol=1e-5, atol=1e-6)  # reorder float sums: no bit-equality asked)
 
 
 def test_cli_distill_fixed_data_and_corrupt_checkpoint(digits_teacher, tmp_path, capsys):

@@ -197,10 +197,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     teacher = None
     model = _artifact_or_model(a)
     src = getattr(model, "source", {})
-    if a.teacher_weights:
-        if "artifact" not in src:
-            raise DatafreeError("--teacher-weights is for a compressed file (quantize/prune/extend output); "
-                                "for a plain model compare with `datafree evaluate` on each")
+    if a.teacher_weights:  # the FP32 model to report agreement with: the file's base model (or MODEL) at these weights
         from .models import load_model
 
         ref = src.get("model_file") or src["model"]
