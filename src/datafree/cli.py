@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from .cliopts import _configured, _kd_config, _kd_options, _synth_config, _synth_options  # noqa: F401
+from .cliopts import _configured, _kd_config, _kd_options, _quant_config, _quant_options, _synth_config, _synth_options  # noqa: F401
 from .errors import DatafreeError, first_line
 
 EXIT_USAGE = 2
@@ -80,7 +80,7 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
 
 def _artifact_or_model(a: argparse.Namespace):
     """The model a file written by datafree describes (quantize, prune, distill, extend), else MODEL [--weights]."""
-    from .artifact import build_artifact, read_artifact
+    from .artifact import read_artifact
 
     obj = read_artifact(a.model) if os.path.isfile(a.model) else None
     if obj is None and getattr(a, "model_file", None):
@@ -153,24 +153,17 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     return 0
 
 
-QUANT_FLAGS = {"w_bits": "--w-bits", "a_bits": "--a-bits", "first_last_bits": "--first-last-bits",
-               "weight_method": "--weight-clip", "act_method": "--act-range", "num_calib": "--num-calib"}
-
-
 def cmd_quantize(a: argparse.Namespace) -> int:
     from .artifact import save_artifact
     from .data.real import load_dataset
     from .metrics import evaluate
-    from .quant import QuantConfig, quantize
+    from .quant import quantize
     from .sources import load_source
 
-    cfg = _configured(QUANT_FLAGS, lambda: QuantConfig(
-        w_bits=a.w_bits, a_bits=a.a_bits, quantize_first_last=a.quantize_first_last, first_last_bits=a.first_last_bits,
-        weight_method=a.weight_clip, act_method=a.act_range, bn_reestimate=a.bn_reestimate, num_calib=a.num_calib,
-        seed=a.seed))
+    cfg = _quant_config(a, seed=a.seed)
     model = _load_model(a)
-    calib = load_source(a.calib, model, num=a.num_calib, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
-    bn_data = load_source(a.bn_data, model, num=a.num_calib, seed=a.seed, data_root=a.data_root) if a.bn_data else None
+    calib = load_source(a.calib, model, num=cfg.num_calib, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
+    bn_data = load_source(a.bn_data, model, num=cfg.num_calib, seed=a.seed, data_root=a.data_root) if a.bn_data else None
     t0 = time.time()
     kd, val = None, None
     if a.finetune_epochs or a.finetune_steps:
@@ -180,8 +173,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     qm = quantize(model, calib, cfg, bn_data=bn_data, kd=kd, val=val, progress=not a.no_progress)
     seconds = round(time.time() - t0, 2)
     save_artifact(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
-    info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": a.w_bits, "a_bits": a.a_bits, "seconds": seconds}
-    human = f"saved W{a.w_bits}A{a.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
+    info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "seconds": seconds}
+    human = f"saved W{cfg.w_bits}A{cfg.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
     if a.eval:
         r = evaluate(qm, load_dataset(a.eval, model.input_spec, a.data_root), teacher=model)
         info.update(r)
@@ -474,14 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("--calib", required=True, metavar="SOURCE",
                    help=f"SyntheticSet directory, a method ({', '.join(SYNTHESIZERS.names())}) run on the fly, or a dataset spec ({specs})")
-    s.add_argument("--num-calib", type=int, default=512, help="calibration samples used")
-    s.add_argument("--w-bits", type=int, default=8, help="weight bits (2-8, 32 = float)")
-    s.add_argument("--a-bits", type=int, default=8, help="activation bits (2-8, 32 = float)")
-    s.add_argument("--quantize-first-last", action="store_true", help="quantize first and last layer to --w-bits/--a-bits too")
-    s.add_argument("--first-last-bits", type=int, default=8, help="bits of first and last layer when kept apart")
-    s.add_argument("--act-range", choices=["mse", "percentile", "minmax"], default="mse", help="activation range calibration")
-    s.add_argument("--weight-clip", choices=["mse", "minmax"], default="mse", help="per-channel weight clipping")
-    s.add_argument("--bn-reestimate", action="store_true", help="re-estimate BN statistics of the quantized model on the data")
+    _quant_options(s)
     s.add_argument("--bn-data", metavar="SOURCE", help="data for BN re-estimation (default: --calib)")
     s.add_argument("--finetune-epochs", type=int, default=0,
                    help="quantization-aware KD fine-tuning: passes over the calibration data (0 = calibration only)")

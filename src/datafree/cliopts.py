@@ -93,3 +93,21 @@ def _synth_options(p: argparse.ArgumentParser, names: Optional[Sequence[str]] = 
                 else f" [all methods but {', '.join(others)}]")
         out.update(_add_config_options(g, fields, [n], None, "synth__", flags, only + help_extra))
     p.set_defaults(_synth_flags=out)
+
+
+def _quant_options(p: argparse.ArgumentParser) -> None:
+    """The quantization option group: QuantConfig's fields declared for the CLI, defaults from the config."""
+    from .quant import QuantConfig
+
+    fields = _config_fields(QuantConfig)
+    g = p.add_argument_group("quantization")
+    names = [n for n, f in fields.items() if f.metadata.get("cli")]
+    p.set_defaults(_quant_flags=_add_config_options(g, fields, names, QuantConfig(), "q__"))
+
+
+def _quant_config(a: argparse.Namespace, **fixed: Any):
+    """QuantConfig from the quantization options given."""
+    from .quant import QuantConfig
+
+    kw = {n: getattr(a, "q__" + n) for n in a._quant_flags}
+    return _configured(a._quant_flags, lambda: QuantConfig(**{**kw, **fixed}))

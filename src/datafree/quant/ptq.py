@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from ..config import Config, check
+from ..config import Config, check, opt
 from ..data.base import TensorData
 from ..data.source import SourceLike, draw
 from ..compress import record_transform, register_compressor
@@ -29,18 +29,20 @@ def _bits_ok(b: int) -> bool:
 class QuantConfig(Config):
     """Simulated PTQ settings."""
 
-    w_bits: int = 8
-    a_bits: int = 8
-    quantize_first_last: bool = False  # False keeps the first and last layer at `first_last_bits`
-    first_last_bits: int = 8
-    weight_method: str = "mse"  # per-channel clipping: mse | minmax
-    act_method: str = "mse"  # input range: mse | percentile | minmax
-    percentile: float = 99.99
-    bn_reestimate: bool = False
-    fold_bn: bool = True
-    num_calib: int = 512
-    batch_size: int = 128
-    seed: int = 0
+    w_bits: int = opt(8, "weight bits (2-8, 32 = float)", cli=True)
+    a_bits: int = opt(8, "activation bits (2-8, 32 = float)", cli=True)
+    quantize_first_last: bool = opt(False, "quantize first and last layer to --w-bits/--a-bits too (otherwise they stay at "
+                                           "--first-last-bits)", cli=True)
+    first_last_bits: int = opt(8, "bits of first and last layer when kept apart", cli=True)
+    weight_method: str = opt("mse", "per-channel weight clipping", flag="--weight-clip", cli=True, choices=("mse", "minmax"))
+    act_method: str = opt("mse", "activation range calibration", flag="--act-range", cli=True,
+                          choices=("mse", "percentile", "minmax"))
+    percentile: float = opt(99.99, "percentile of the activation range (--act-range percentile)")
+    bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
+    fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
+    num_calib: int = opt(512, "calibration samples used", cli=True)
+    batch_size: int = opt(128, "calibration batch size")
+    seed: int = opt(0, "seed for sample selection")
 
     def validate(self) -> None:
         for k in ("w_bits", "a_bits", "first_last_bits"):
