@@ -78,6 +78,11 @@ def read_artifact(path: str | os.PathLike) -> Optional[dict]:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception:
         return None
+    return _as_artifact(obj)
+
+
+def _as_artifact(obj: Any) -> Optional[dict]:
+    """A loaded object as an artifact dict (legacy quantized files converted), or None when it is none."""
     if not isinstance(obj, dict):
         return None
     if obj.get("format") == LEGACY_QUANTIZED:
@@ -107,8 +112,7 @@ def load_artifact(path: str | os.PathLike, model_file: Optional[str] = None) -> 
     p = Path(path)
     if not p.is_file():
         raise DatafreeError(f"model file {str(p)!r} not found; check the path")
-    raw = load_tensors(p, "is corrupt or not a datafree artifact", "re-create it")
-    obj = read_artifact(p) if isinstance(raw, dict) else None
+    obj = _as_artifact(load_tensors(p, "is corrupt or not a datafree artifact", "re-create it"))
     if obj is None:
         raise DatafreeError(f"{str(p)!r} is not a datafree artifact (a plain state dict loads with MODEL --weights FILE)")
     return build_artifact(obj, str(p), model_file)

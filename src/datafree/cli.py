@@ -64,6 +64,8 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
             raise DatafreeError(f"bad input spec: {e}") from None
     if name is None:
         name, weights, num_classes = a.model, a.weights, a.num_classes
+        if getattr(a, "model_file", None) and not os.path.isfile(name):
+            raise DatafreeError(f"--model-file is for files written by datafree; {name} is not one")
         if os.path.isfile(name):  # a file written by datafree: compress it further (transforms chain)
             from .artifact import build_artifact, read_artifact
 
@@ -76,16 +78,6 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
             return build_artifact(obj, name, getattr(a, "model_file", None)).to(torch.device(a.device))
     model = load_model(name, weights, num_classes=num_classes, input_spec=spec)
     return model.to(torch.device(a.device))
-
-
-def _artifact_or_model(a: argparse.Namespace):
-    """The model a file written by datafree describes (quantize, prune, distill, extend), else MODEL [--weights]."""
-    from .artifact import read_artifact
-
-    obj = read_artifact(a.model) if os.path.isfile(a.model) else None
-    if obj is None and getattr(a, "model_file", None):
-        raise DatafreeError(f"--model-file is for files written by datafree; {a.model} is not one")
-    return _load_model(a)
 
 
 def _setup(a: argparse.Namespace) -> None:
@@ -188,7 +180,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .metrics import evaluate
 
     teacher = None
-    model = _artifact_or_model(a)
+    model = _load_model(a)
     src = getattr(model, "source", {})
     if a.teacher_weights:  # the FP32 model to report agreement with: the file's base model (or MODEL) at these weights
         from .models import load_model
@@ -227,7 +219,7 @@ def cmd_similarity(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from .quant.export import export_onnx, ort_predict, ort_session
 
-    model = _artifact_or_model(a)
+    model = _load_model(a)
     path = export_onnx(model, a.out, opset=a.opset)
     info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size}
     human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)"
@@ -258,7 +250,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .models import input_spec_of
     from .sources import PoolSource, RoundsConfig, load_source
     from .artifact import save_artifact
-    from .student import distill_student_
+    from .student import distill_student_, record_distill
 
     if (a.method is None) == (a.data is None):
         raise DatafreeError("give --method (synthesize in rounds with the student in the loop) or --data "
@@ -288,10 +280,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     kd = _kd_config(a, steps)
     r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
                          overwrite=a.overwrite, checkpoint_every=every)
-    from .compress import record_transform
-    from .models import fingerprint
-
-    record_transform(student, "distill", kd, teacher=fingerprint(teacher), data=source)
+    record_distill(student, teacher, kd, data=source)
     save_artifact(student, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
     human = (f"saved student {a.student} distilled from {source} ({r['samples']} samples, {r['steps']} steps, "

@@ -166,7 +166,7 @@ class PruneConfig(Config):
     structured: bool = True
 
     def validate(self) -> None:
-        check(0.0 <= self.sparsity < 1.0, f"sparsity must be in [0, 1), got {self.sparsity}", option="sparsity")
+        _check_sparsity(self.sparsity)
 
 
 def prune_(model: nn.Module, config: PruneConfig) -> list[dict]:
@@ -208,5 +208,4 @@ register_compressor("prune", PruneConfig, _apply, _rebuild,
 
 
 def _check_sparsity(s: float) -> None:
-    if not 0.0 <= s < 1.0:
-        raise DatafreeError(f"sparsity must be in [0, 1), got {s}")
+    check(0.0 <= s < 1.0, f"sparsity must be in [0, 1), got {s}", "sparsity")

@@ -80,7 +80,6 @@ class PoolSource(Source):
         self.pool: list[TensorData] = []
         self.synth_seconds = 0.0
         self._inner: Optional[TensorSource] = None
-        self._inner_state: Optional[dict] = None
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.pool)
@@ -88,9 +87,12 @@ class PoolSource(Source):
     def identity(self) -> dict[str, Any]:
         return {"method": self.method, "synth": self.synth_config.to_dict(), "rounds": self.rounds.to_dict()}
 
+    def _over_pool(self) -> TensorSource:
+        return TensorSource(concat_data(self.pool, "pool"), seed=self.seed)
+
     def _rebuild(self) -> None:
         epoch = self._inner.epoch + 1 if self._inner is not None else 0  # a grown pool starts a fresh epoch
-        self._inner = TensorSource(concat_data(self.pool, "pool"), seed=self.seed)
+        self._inner = self._over_pool()
         self._inner.epoch = epoch
 
     def update(self, teacher: nn.Module, student: nn.Module, step: int) -> dict:
@@ -122,6 +124,6 @@ class PoolSource(Source):
         self.synth_seconds = float(state["synth_seconds"])
         self._inner = None
         if self.pool:
-            self._inner = TensorSource(concat_data(self.pool, "pool"), seed=self.seed)
+            self._inner = self._over_pool()
             if state["inner"] is not None:
                 self._inner.load_state_dict(state["inner"])

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from .data.base import TensorData
-from .data.source import SourceLike, as_source
+from .data.source import SourceLike
 from .compress import no_rebuild, record_transform, register_compressor
 from .distill import Distiller, KDConfig
 from .errors import DatafreeError
@@ -64,10 +64,11 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
     """Train `student` in place from any data source for kd.steps steps; checkpointed every `checkpoint_every` steps and
     after every source update (e.g. a synthesized round), resumable; returns a summary."""
     t0 = time.time()
-    source = as_source(data, kd.seed * 7919)
+    dist = Distiller(student, teacher, kd, source=data)
+    source = dist.source
+    assert source is not None
     ident = getattr(source, "identity", lambda: {"name": source.name})()
     ck = RunCheckpoint(checkpoint_dir, {"teacher": fingerprint(teacher), "kd": kd.to_dict(), "source": ident}, overwrite)
-    dist = Distiller(student, teacher, kd, source=source)
     seconds_before = 0.0
     if ck.state is not None:
         student.load_state_dict(ck.state["student"])
@@ -106,7 +107,12 @@ def _apply(teacher: nn.Module, data: Optional[SourceLike], config: KDConfig, stu
     if data is None:
         raise DatafreeError("distill needs data (a synthetic set, method or dataset spec)")
     distill_student_(student, teacher, config, data, progress=progress, **kw)
-    return record_transform(student, "distill", config, teacher=fingerprint(teacher))
+    return record_distill(student, teacher, config)
+
+
+def record_distill(student: nn.Module, teacher: nn.Module, kd: KDConfig, **extra: Any) -> nn.Module:
+    """Record the `distill` transform (its KD config and the teacher's fingerprint) on the student."""
+    return record_transform(student, "distill", kd, teacher=fingerprint(teacher), **extra)
 
 
 register_compressor("distill", KDConfig, _apply, no_rebuild,
