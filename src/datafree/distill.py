@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config, check, opt
+from .data.augment import augment_batch, mix_batch  # noqa: F401  (re-exported)
 from .data.base import TensorData
 from .data.source import DataSource, SourceLike, as_source
 from .errors import DatafreeError
@@ -37,6 +38,10 @@ class KDConfig(Config):
     freeze_bn: bool = opt(True, "keep the student's BN statistics fixed (for a pretrained student; needed with Gaussian "
                                 "samples)", flag="--freeze-bn")
     val_every: int = opt(100, "steps between validations", flag="--val-every")
+    bf16: bool = opt(False, "run the teacher's forward under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX; "
+                            "the student trains in float32)", flag="--kd-bf16")
+    channels_last: bool = opt(False, "channels-last memory format for teacher and student (faster on some CPUs)",
+                              flag="--channels-last")
     seed: int = opt(0, "random seed")
 
     def validate(self) -> None:
@@ -76,33 +81,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
                     reduction="batchmean", log_target=True) * (t * t)
-
-
-def mix_batch(x: torch.Tensor, gen: torch.Generator, alpha: float) -> torch.Tensor:
-    """Convex combination of each input with a random partner, weight ~ Beta(alpha, alpha) per sample (KD only: no labels)."""
-    n = x.shape[0]
-    conc = torch.full((n,), float(alpha))
-    a, b = torch._standard_gamma(conc, generator=gen), torch._standard_gamma(conc, generator=gen)  # Beta via two Gammas, seeded
-    lam = (a / (a + b)).to(x.device).view(n, *([1] * (x.dim() - 1)))
-    perm = torch.randperm(n, generator=gen).to(x.device)
-    return lam * x + (1 - lam) * x[perm]
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop after zero padding (1/8 of the side, 4 px at 32) and random per-sample horizontal flip."""
-    n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    i = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    j = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (i[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
-    cols = (j[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
-    out = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-             rows[:, None, :, None], cols[:, None, None, :]]
-    if flip:
-        f = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-        out = torch.where(f[:, None, None, None], out.flip(3), out)
-    return out
 
 
 class _InputTap:
@@ -151,6 +129,12 @@ class Distiller:
         self.cfg = cfg = config or KDConfig()
         cfg.validate()
         self.student, self.teacher = student, teacher
+        self._teacher_run = teacher  # the forward used for KD targets (a channels-last working copy if asked)
+        if cfg.channels_last and any(p.dim() == 4 for p in teacher.parameters()):
+            import copy
+
+            self._teacher_run = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
+            student.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn  # (student_logits, teacher_logits, labels or None) -> loss; default: kd_loss at T
         self.evaluator = evaluator
         self.device = model_device(student)
@@ -189,10 +173,15 @@ class Distiller:
         if state["source"] is not None and self.source is not None:
             self.source.load_state_dict(state["source"])
 
-    def _loss(self, xb: torch.Tensor, yb: Optional[torch.Tensor], taps) -> torch.Tensor:
+    def teacher_logits(self, xb: torch.Tensor) -> torch.Tensor:
+        """The teacher's float32 logits on a batch (bf16 autocast and channels-last as configured)."""
+        with torch.no_grad(), torch.autocast(device_type=xb.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            return self._teacher_run(xb).float()
+
+    def _loss(self, xb: torch.Tensor, yb: Optional[torch.Tensor], taps, t_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         cfg = self.cfg
-        with torch.no_grad():
-            t_logits = self.teacher(xb)
+        if t_logits is None:
+            t_logits = self.teacher_logits(xb)
         s_logits = self.student(xb)
         if self.loss_fn is not None:
             loss = self.loss_fn(s_logits, t_logits, yb)
@@ -229,7 +218,7 @@ class Distiller:
         taps = None
         if cfg.feature_weight > 0:
             names = list(cfg.feature_layers) or [head_of(self.teacher)]
-            taps = (_InputTap(student, names), _InputTap(self.teacher, names))
+            taps = (_InputTap(student, names), _InputTap(self._teacher_run, names))
         try:
             with frozen_eval(self.teacher):
                 while self.step < stop:
@@ -243,11 +232,16 @@ class Distiller:
                     batch = src.sample(cfg.batch_size, self.gen)
                     xb = batch.x.to(self.device)
                     yb = None if batch.y is None else batch.y.to(self.device)
+                    # the teacher's logits come with the batch when the source computed them on these very inputs
+                    reuse = getattr(src, "teacher_logits", False) and batch.logits is not None and taps is None
+                    t_logits = batch.logits.to(self.device) if reuse else None
                     if cfg.augment:
-                        xb = augment_batch(xb, self.gen, cfg.flip)
+                        xb, t_logits = augment_batch(xb, self.gen, cfg.flip), None
                     if cfg.mixup > 0:
-                        xb = mix_batch(xb, self.gen, cfg.mixup)
-                    loss = self._loss(xb, yb, taps)
+                        xb, t_logits = mix_batch(xb, self.gen, cfg.mixup), None
+                    if cfg.channels_last and xb.dim() == 4:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    loss = self._loss(xb, yb, taps, t_logits)
                     if not torch.isfinite(loss):
                         raise DatafreeError(f"distillation loss became {loss.item()} at step {self.step}; "
                                             f"lower the lr (now {cfg.lr})")

@@ -18,7 +18,9 @@ from .data.real import DATASET_SPECS, is_dataset_spec, load_dataset
 from .data.synthetic import SyntheticSet
 from .errors import DatafreeError
 from .models.loading import fingerprint, input_spec_of
-from .synth.base import SYNTHESIZERS, SynthConfig, make_config, synthesize
+from .synth.base import SYNTHESIZERS, StepCallback, SynthConfig, make_config, synthesize
+from .synth.generative import GenerativeSynthesizer, TrainedGenerator
+from .utils import frozen_eval
 
 
 def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: int = 0,
@@ -76,6 +78,7 @@ class PoolSource(Source):
         cfg = synth_config or SYNTHESIZERS.get(method).config_cls()
         self.synth_config = cfg.replace(num=self.rounds.per_round)
         self.name = f"pool:{method}"
+        self.teacher_logits = True  # rounds are labelled by the teacher that update() receives: the loop's own
         self.seed, self.progress = int(seed), progress
         self.pool: list[TensorData] = []
         self.synth_seconds = 0.0
@@ -95,19 +98,23 @@ class PoolSource(Source):
         self._inner = self._over_pool()
         self._inner.epoch = epoch
 
+    def _round(self, teacher: nn.Module, student: nn.Module, r: int) -> tuple[TensorData, dict[str, Any]]:
+        """Synthesize round r's samples with the current student; returns them and what to log."""
+        cfg = self.synth_config.replace(seed=self.synth_config.seed * 1000 + r)
+        return synthesize(teacher, self.method, cfg, progress=self.progress, student=student), {}
+
     def update(self, teacher: nn.Module, student: nn.Module, step: int) -> dict:
         r = len(self.pool)
         spr = max(1, self.rounds.steps_per_round)
         if r >= self.rounds.rounds or step < r * spr:
             return {}
         t0 = time.time()
-        cfg = self.synth_config.replace(seed=self.synth_config.seed * 1000 + r)
-        new = synthesize(teacher, self.method, cfg, progress=self.progress, student=student)
+        new, parts = self._round(teacher, student, r)
         self.synth_seconds += time.time() - t0
         self.pool.append(TensorData(new.x.cpu(), new.y.cpu() if new.y is not None else None,
                                     new.logits.cpu() if new.logits is not None else None, name=f"round{r}"))
         self._rebuild()
-        return {"round": r + 1, "pool": len(self), "synth_seconds": round(time.time() - t0, 2)}
+        return {"round": r + 1, "pool": len(self), "synth_seconds": round(time.time() - t0, 2), **parts}
 
     def sample(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Batch:
         if self._inner is None:
@@ -127,3 +134,108 @@ class PoolSource(Source):
             self._inner = self._over_pool()
             if state["inner"] is not None:
                 self._inner.load_state_dict(state["inner"])
+
+
+class GeneratorSource(PoolSource):
+    """A generator method as a stream. `dafl`/`rdskd`: the generator is trained against the teacher before the first
+    batch, then every batch is a fresh forward pass. `cmi`/`fast`: before KD steps 0, s, 2s, ... one round fits
+    `per_round` samples (the current student in the adversarial term) and adds them to a pool that batches are drawn
+    from. The generator, its optimizers, banks, counters and the pool are state (a resumed run continues exactly)."""
+
+    def __init__(self, method: str, synth_config: Optional[SynthConfig] = None, rounds: Optional[RoundsConfig] = None,
+                 seed: int = 0, progress: bool = True) -> None:
+        cls = SYNTHESIZERS.get(method)
+        if not issubclass(cls, GenerativeSynthesizer):
+            raise DatafreeError(f"{method!r} is not a generator method; generator methods: "
+                                f"{', '.join(n for n in SYNTHESIZERS.names() if issubclass(SYNTHESIZERS.get(n), GenerativeSynthesizer))}")
+        super().__init__(method, synth_config, rounds, seed, progress)
+        self.synth_config = self.synth_config.replace(batch_size=self.rounds.per_round)
+        self.name = f"generator:{method}"
+        self.fresh = cls.fresh_samples
+        self.engine: Optional[GenerativeSynthesizer] = None
+        self._pending: Optional[dict] = None
+        self.generated = 0  # fresh samples drawn so far
+
+    def __len__(self) -> int:
+        return self.generated if self.fresh else super().__len__()
+
+    def _engine(self, teacher: nn.Module, student: nn.Module) -> GenerativeSynthesizer:
+        if self.engine is None:
+            cls = SYNTHESIZERS.get(self.method)
+            if cls.needs_bn:
+                from .synth.bn_hooks import require_bn
+
+                require_bn(teacher, self.method)
+            self.engine = cls(teacher, self.synth_config, student)  # type: ignore[assignment]
+            if self._pending is not None:
+                self.engine.load_state_dict(self._pending)  # type: ignore[union-attr]
+                self._pending = None
+        self.engine.student = student  # type: ignore[union-attr]
+        return self.engine  # type: ignore[return-value]
+
+    def _bar(self, total: int, desc: str) -> StepCallback:
+        bar = None
+        if self.progress and total > 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc=desc, unit="it", leave=False, dynamic_ncols=True, disable=None)
+        return StepCallback(bar)
+
+    def update(self, teacher: nn.Module, student: nn.Module, step: int) -> dict:
+        if not self.fresh:
+            return super().update(teacher, student, step)
+        eng = self._engine(teacher, student)
+        assert isinstance(eng, TrainedGenerator)
+        if eng.trained:
+            return {}
+        t0 = time.time()
+        cb = self._bar(eng.work_units(0), f"train {self.method} generator")
+        try:
+            with frozen_eval(teacher):
+                parts = eng.train(cb)
+        finally:
+            if cb.bar is not None:
+                cb.bar.close()
+        self.synth_seconds += time.time() - t0
+        return {"generator_steps": eng.steps_done, "synth_seconds": round(time.time() - t0, 2),
+                **{k: round(v, 4) for k, v in parts.items()}}
+
+    def _round(self, teacher: nn.Module, student: nn.Module, r: int) -> tuple[TensorData, dict[str, Any]]:
+        eng = self._engine(teacher, student)
+        n = self.rounds.per_round
+        gen = torch.Generator().manual_seed(self.synth_config.seed * 1_000_003 + r)
+        y = eng.labels(r * n, n)
+        cb = StepCallback()
+        with frozen_eval(teacher), frozen_eval(student):
+            x = eng.make_batch(y, gen, cb)
+            with torch.no_grad():
+                logits = teacher(x)
+        return TensorData(x, y, logits, name=f"round{r}"), {k: round(v, 4) for k, v in cb.last.items()}
+
+    def sample(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Batch:
+        if not self.fresh:
+            return super().sample(batch_size, generator)
+        if self.engine is None:
+            raise RuntimeError("the generator is not trained: update() trains it before the first batch")
+        self.generated += batch_size
+        return Batch(self.engine.generate(batch_size, generator or torch.Generator()))
+
+    def state_dict(self) -> dict:
+        eng = self.engine.state_dict() if self.engine is not None else self._pending
+        return dict(super().state_dict(), engine=eng, generated=self.generated)
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generated = int(state.get("generated", 0))
+        if self.engine is not None and state["engine"] is not None:
+            self.engine.load_state_dict(state["engine"])
+        else:
+            self._pending = state["engine"]
+
+
+def stream_source(method: str, synth_config: Optional[SynthConfig] = None, rounds: Optional[RoundsConfig] = None,
+                  seed: int = 0, progress: bool = True) -> PoolSource:
+    """The streaming source of a method: a GeneratorSource for generator methods, a growing PoolSource otherwise."""
+    if issubclass(SYNTHESIZERS.get(method), GenerativeSynthesizer):
+        return GeneratorSource(method, synth_config, rounds, seed, progress)
+    return PoolSource(method, synth_config, rounds, seed, progress)

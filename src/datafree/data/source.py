@@ -50,6 +50,7 @@ class Source:
 
     name: str = "source"
     input_spec: Optional[InputSpec] = None
+    teacher_logits: bool = False  # batches carry logits of the loop's own teacher on exactly these inputs (reusable)
 
     def update(self, teacher: nn.Module, student: nn.Module, step: int) -> dict:
         return {}

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import time
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -20,10 +21,11 @@ from ..errors import DatafreeError
 from ..models.loading import fingerprint, input_spec_of
 from ..models.spec import InputSpec
 from ..registry import Registry
-from ..utils import frozen_eval, model_device
+from ..utils import frozen_eval, load_tensors, model_device, save_atomic
 from .priors import jitter_flip
 
 SYNTHESIZERS: Registry[type["Synthesizer"]] = Registry("synthesis method")
+SYNTH_STATE = "synth_state.pt"  # a stateful synthesizer's state beside the shards (resume)
 
 
 def register_synthesizer(name: str):
@@ -120,6 +122,17 @@ class Synthesizer:
     def close(self) -> None:
         """Release hooks or other resources held on the teacher."""
 
+    def work_units(self, n_batches: int) -> int:
+        """Progress units that making `n_batches` batches takes (iterations for iterative methods)."""
+        return n_batches * max(1, getattr(self.cfg, "iterations", 0) if self.iterative else 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs beyond the finished shards (a generator's weights; empty for pixel methods)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
+
     # -- shared pixel optimization -------------------------------------------------------------
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Objective of pixel-optimizing methods (override)."""
@@ -212,12 +225,16 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
             writer = SyntheticSetWriter(out, manifest, overwrite=overwrite, config_defaults=cls.config_cls().to_dict())
             done = writer.done_shards()
         todo = [i for i in range(n_shards) if i not in done]
+        state_file = Path(out) / SYNTH_STATE if out is not None else None
+        if state_file is not None and done and state_file.exists():
+            synth.load_state_dict(load_tensors(state_file, "is an unreadable synthesizer state",
+                                               "delete the directory or pass --overwrite"))
         per_batch = getattr(cfg, "iterations", 0) if cls.iterative else 1
         bar = None
         if progress and todo:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(todo) * max(1, per_batch), desc=f"synthesize {method}", unit="it",
+            bar = tqdm(total=synth.work_units(len(todo)), desc=f"synthesize {method}", unit="it",
                        dynamic_ncols=True, leave=False, disable=None)
         step = StepCallback(bar)
         xs, ys, ls = [], [], []
@@ -233,6 +250,9 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
                 if not cls.class_conditional:
                     y = logits.argmax(1)
                 if writer is not None:
+                    state = synth.state_dict()
+                    if state and state_file is not None:  # before the shard: a shard on disk implies its state
+                        save_atomic(state, state_file)
                     writer.write_shard(i, x, y, logits, extra=dict(step.last, seconds=round(time.time() - ts, 3)))
                 else:
                     xs.append(x.cpu()), ys.append(y.cpu()), ls.append(logits.cpu())

@@ -28,17 +28,26 @@ def require_bn(model: nn.Module, method: str) -> None:
 class BNStatHooks:
     """Collects, per BN layer, the mean and biased variance of its input on each forward pass."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, instance_means: bool = False) -> None:
         self.layers = bn_layers(model)
         self.means: list[torch.Tensor | None] = [None] * len(self.layers)
         self.vars: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.instance_means = instance_means  # also keep each sample's channel means (CMI's contrastive features)
+        self.inst: list[torch.Tensor | None] = [None] * len(self.layers)
         self._handles = [m.register_forward_hook(self._hook(i)) for i, (_, m) in enumerate(self.layers)]
 
     def _hook(self, i: int) -> Callable:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             self.means[i], self.vars[i] = batch_moments(inputs[0])
+            if self.instance_means:
+                x = inputs[0].float()
+                self.inst[i] = x.mean(dim=list(range(2, x.dim()))) if x.dim() > 2 else x
 
         return hook
+
+    def features(self) -> torch.Tensor:
+        """Per-sample channel means of every hooked BN input, concatenated (needs instance_means=True)."""
+        return torch.cat([f for f in self.inst if f is not None], 1)
 
     def running(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
         """Stored (running_mean, running_var, eps) per layer."""
