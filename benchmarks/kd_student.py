@@ -15,18 +15,22 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from datafree import evaluate, load_dataset
 from datafree.distill import Distiller, KDConfig
 from datafree.models import create_model
-from datafree.sources import PoolSource, RoundsConfig
+from datafree.sources import GeneratorSource, PoolSource, RoundsConfig
 from datafree.student import distill_student_
-from datafree.synth import make_config
+from datafree.synth import SYNTHESIZERS, make_config
+from datafree.synth.base import StepCallback
 from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
+GEN_METHODS = ("dafl", "rdskd", "cmi", "fast")  # generator methods: the budget is split by probes measured in this run
+REAL_FULL = "cifar10:train-jpeg"  # all 50k (JPEG copies): the equal-budget real-data reference of the 1-hour run
 ADI_OVERHEAD = 1.35  # synthesis cost of ADI relative to DI (the student's forward/backward), used to plan its KD steps
 
 TEACHER = "resnet56"  # the shared checkpoint; also the cache key of its synthetic chunks
@@ -47,9 +51,36 @@ def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 8, repeats: int = 3
     return min(times)
 
 
+def probe_generator(teacher, method: str, cfg, kd_step_s: float, reps: int = 2) -> dict:
+    """Seconds per generator step (train-first methods) or per round (round methods), and per fresh-batch KD step,
+    measured now with the same teacher and a fresh student."""
+    from datafree.utils import frozen_eval
+
+    s = create_model("resnet20").eval()
+    eng = SYNTHESIZERS.get(method)(teacher, cfg.replace(iterations=reps if SYNTHESIZERS.get(method).fresh_samples
+                                                        else cfg.iterations), s)
+    gen = torch.Generator().manual_seed(0)
+    with frozen_eval(teacher), frozen_eval(s):
+        if eng.fresh_samples:
+            eng.train()  # warm-up and timing in one: reps steps
+            t0 = time.time()
+            eng.cfg = eng.cfg.replace(iterations=2 * reps)
+            eng.train()
+            g_s = (time.time() - t0) / reps
+            t0 = time.time()
+            for _ in range(reps):
+                eng.generate(128, gen)
+            return {"gen_step_s": g_s, "kd_step_s": kd_step_s + (time.time() - t0) / reps}
+        y = eng.labels(0, cfg.batch_size)
+        eng.make_batch(y, gen, StepCallback())  # warm-up round (no adversarial term yet)
+        t0 = time.time()
+        eng.make_batch(y, gen, StepCallback())
+        return {"round_s": time.time() - t0, "kd_step_s": kd_step_s}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS + GEN_METHODS) + [REAL_FULL])
     p.add_argument("--budget", type=float, default=900.0, help="seconds per method, synthesis included")
     p.add_argument("--num", type=int, default=256, help="synthetic samples of the synthesis methods")
     p.add_argument("--chunk", type=int, default=256, help="synthetic sets are stored (and reused) in chunks of this size")
@@ -63,6 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action="store_true", help="synthesize under bfloat16 autocast (faster on CPUs with bf16 units)")
     p.add_argument("--bn-weight", type=float, help="DeepInversion α_f (default: the library's); non-default values "
                    "get their own stored sets")
+    p.add_argument("--gen-share", type=float, default=0.3, help="dafl/rdskd: budget share of generator training")
+    p.add_argument("--steps-per-round", type=int, default=20, help="cmi/fast: KD steps per synthesized batch")
+    p.add_argument("--g-steps", type=int, help="cmi/fast: generator steps per round (default: the method's)")
+    p.add_argument("--width", type=int, help="generator width (default: the library's)")
+    p.add_argument("--kd-fast", action="store_true", help="KD with the teacher under bf16 autocast and channels-last "
+                   "(generator methods and the full real-data reference)")
+    p.add_argument("--curve-every", type=int, default=200, help="generator methods: KD steps between test-exact points of "
+                   "the accuracy-vs-time curve")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="main", help="row tag (e.g. long for the long run)")
     p.add_argument("--out", default="benchmarks/results/kd_resnet56_resnet20.json")
@@ -73,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
             "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
             "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
-    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight", "iterations"))
+    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight", "iterations",
+                                                 "gen_share", "steps_per_round", "g_steps", "width", "kd_fast", "curve_every"))
     teacher = pretrained(TEACHER)
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
     store.run({"method": "teacher", "tag": "reference"}, lambda: {f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()})
@@ -81,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                   mixup=a.mixup, seed=a.seed, val_every=10 ** 9)
     real = load_dataset("cifar10:train-exact", teacher.input_spec, root)
     step_s = probe_step_seconds(teacher, kd, real)
-    print(f"KD step: {step_s:.3f} s", flush=True)
+    fast_step_s = probe_step_seconds(teacher, kd.replace(bf16=True, channels_last=True), real) if a.kd_fast else step_s
+    print(f"KD step: {step_s:.3f} s (bf16 teacher + channels-last: {fast_step_s:.3f} s)", flush=True)
 
     di_kw = {"bf16": a.bf16, "bn_weight": a.bn_weight}
     bn_weight = di_bn_weight(a.bn_weight)
@@ -92,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
             student = create_model("resnet20")
             af = f"_af{bn_weight}" if "deepinversion" in method else ""
             ck = str(Path(a.cache) / "kd_ckpt" / f"{method.replace(':', '_')}_{a.tag}_b{int(a.budget)}{af}")
+            extra: dict = {}
+            if method in GEN_METHODS or method == REAL_FULL:
+                return run_stream(method, student, ck, t0)
             if method == "adaptive-deepinversion":
                 _, di_s = chunked_set(teacher, TEACHER, "deepinversion", min(a.num, a.chunk), a.chunk, a.iterations, a.seed, a.cache,
                                       **di_kw)
@@ -118,8 +162,43 @@ def main(argv: list[str] | None = None) -> None:
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
             return dict(acc, command=cmd, seconds=round(total, 1), synth_seconds=round(synth_s, 1), kd_seconds=round(total - synth_s, 1),
                         steps=r["steps"], samples=r["samples"], budget_s=a.budget, final_kd_loss=round(r["final_loss"], 4),
-                        wall_this_run=round(time.time() - t0, 1),
+                        wall_this_run=round(time.time() - t0, 1), **extra,
                         **({"bn_weight": bn_weight} if "deepinversion" in method else {}))
+
+        def run_stream(method: str, student, ck: str, t0: float) -> dict:
+            """A generator method (or the full real set) within the budget: steps planned from probes of this run."""
+            kdm = kd.replace(bf16=a.kd_fast, channels_last=a.kd_fast, mixup=0.0 if method in GEN_METHODS else kd.mixup,
+                             val_every=a.curve_every)
+            ks = fast_step_s if a.kd_fast else step_s
+            plan: dict = {}
+            if method == REAL_FULL:
+                data: Any = load_dataset(REAL_FULL, teacher.input_spec, root)
+                steps = max(1, int(a.budget / ks))
+            else:
+                over = {k: v for k, v in {"width": a.width, "bf16": a.bf16}.items() if v}
+                if method in ("cmi", "fast") and a.g_steps:
+                    over["iterations"] = a.g_steps
+                cfg = make_config(method, seed=a.seed, batch_size=a.batch_size, **over)
+                plan = probe_generator(teacher, method, cfg, ks)
+                if SYNTHESIZERS.get(method).fresh_samples:
+                    cfg = cfg.replace(iterations=max(1, int(a.budget * a.gen_share / plan["gen_step_s"])))
+                    steps = max(1, int(a.budget * (1 - a.gen_share) / plan["kd_step_s"]))
+                    rounds = RoundsConfig(rounds=1, per_round=a.batch_size, steps_per_round=steps)
+                else:
+                    spr = a.steps_per_round
+                    n_rounds = max(1, int(a.budget / (plan["round_s"] + spr * ks)))
+                    rounds = RoundsConfig(rounds=n_rounds, per_round=a.batch_size, steps_per_round=spr)
+                    steps = n_rounds * spr
+                plan = {k: round(v, 3) for k, v in plan.items()}
+                plan["generator"] = {k: v for k, v in cfg.to_dict().items() if k not in ("config_version",)}
+                data = GeneratorSource(method, cfg, rounds, seed=a.seed * 7919, progress=False)
+            r = distill_student_(student, teacher, kdm.replace(steps=steps), data, checkpoint_dir=ck, checkpoint_every=250,
+                                 val=tests["exact"])
+            acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
+            return dict(acc, command=cmd, seconds=round(r["seconds"], 1), synth_seconds=round(r["synth_seconds"], 1),
+                        kd_seconds=round(r["seconds"] - r["synth_seconds"], 1), steps=r["steps"], samples=r["samples"],
+                        budget_s=a.budget, final_kd_loss=round(r["final_loss"], 4), wall_this_run=round(time.time() - t0, 1),
+                        plan=plan, kd_fast=a.kd_fast, curve=[[c.get("seconds", 0.0), c["val_top1"]] for c in r["curve"]])
 
         row = store.run({"method": method, "tag": a.tag}, run)
         print(f"{method:24s} exact {row['top1_exact']:.2f} jpeg {row['top1_jpeg']:.2f} ({row['seconds']:.0f} s, "

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .cliopts import _configured, _kd_config, _kd_options, _quant_config, _quant_options, _synth_config, _synth_options  # noqa: F401
@@ -244,11 +245,23 @@ def _kd_steps(steps: int, epochs: int, n: int, batch_size: int) -> int:
     return steps or epochs * max(1, n // batch_size)
 
 
+def _write_curve(curve: list[dict], out: str, title: str) -> str:
+    """Validation curve beside the output: OUT.curve.json and OUT.curve.png (top-1 against wall-clock seconds)."""
+    from .metrics import plot_curves
+    from .utils import atomic_write
+
+    stem = str(Path(out).with_suffix(""))
+    atomic_write(stem + ".curve.json", lambda f: f.write(json.dumps({"title": title, "points": curve}, indent=1).encode()))
+    pts = [(c.get("seconds", c["step"]), c["val_top1"]) for c in curve]
+    plot_curves({"student": pts}, stem + ".curve.png", xlabel="seconds" if "seconds" in curve[0] else "step", title=title)
+    return stem + ".curve.png"
+
+
 def cmd_distill(a: argparse.Namespace) -> int:
     from .data.real import load_dataset
     from .metrics import evaluate
     from .models import input_spec_of
-    from .sources import PoolSource, RoundsConfig, load_source
+    from .sources import RoundsConfig, load_source, stream_source
     from .artifact import save_artifact
     from .student import distill_student_, record_distill
 
@@ -266,8 +279,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         rounds = _configured({"rounds": "--rounds", "per_round": "--per-round", "steps_per_round": "--steps-per-round"},
                              lambda: RoundsConfig(rounds=a.rounds, per_round=a.per_round, steps_per_round=a.steps_per_round))
         scfg = _synth_config(a, a.method, seed=a.seed, batch_size=a.per_round)
-        data: Any = PoolSource(a.method, scfg, rounds, seed=a.seed * 7919, progress=not a.no_progress)
-        steps = rounds.total_steps
+        data: Any = stream_source(a.method, scfg, rounds, seed=a.seed * 7919, progress=not a.no_progress)
+        steps = a.steps or rounds.total_steps
         every = min(every, max(1, a.steps_per_round))
         source = a.method
     else:
@@ -280,9 +293,12 @@ def cmd_distill(a: argparse.Namespace) -> int:
     kd = _kd_config(a, steps)
     r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
                          overwrite=a.overwrite, checkpoint_every=every)
+    curve = r.pop("curve")
     record_distill(student, teacher, kd, data=source)
     save_artifact(student, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
+    if curve:
+        info["curve"] = _write_curve(curve, a.out, f"{a.student} from {source}, validated on {a.val}")
     human = (f"saved student {a.student} distilled from {source} ({r['samples']} samples, {r['steps']} steps, "
              f"{r['seconds']:.0f} s) to {a.out}; evaluate it with `datafree evaluate {a.out} --data ...`")
     if a.eval:
@@ -516,18 +532,24 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s, "teacher")
     s.add_argument("--student", required=True, help="student: zoo model name or path/to/file.py:factory")
     s.add_argument("--student-weights", help="start the student from these weights (default: from scratch)")
-    s.add_argument("--method", choices=SYNTHESIZERS.names(), help="synthesis method, run in rounds")
+    s.add_argument("--method", choices=SYNTHESIZERS.names(), help="synthesis method as a stream: pixel methods and "
+                   "cmi/fast synthesize in rounds into a growing pool; dafl/rdskd train a generator first, then every "
+                   "batch is fresh")
     s.add_argument("--data", metavar="SOURCE", help=f"fixed data instead: synthetic-set directory or dataset spec ({specs})")
     s.add_argument("--num", type=int, help="with --data: use at most this many samples")
     s.add_argument("--rounds", type=int, default=4, help="with --method: synthesize-then-distill rounds")
-    s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round")
+    s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round (generator "
+                   "methods: the generator batch)")
     s.add_argument("--steps-per-round", type=int, default=200, help="with --method: KD steps after each round")
-    _synth_options(s, ["iterations", "lr", "bf16", "bn_weight"], flags={"lr": "--synth-lr"}, help_extra=" (with --method)")
-    s.add_argument("--steps", type=int, default=0, help="with --data: KD steps (overrides --epochs)")
+    _synth_options(s, ["iterations", "lr", "bf16", "bn_weight", "latent_dim", "width", "adv"], flags={"lr": "--synth-lr"},
+                   help_extra=" (with --method)")
+    s.add_argument("--steps", type=int, default=0, help="KD steps (with --data: overrides --epochs; with --method: "
+                   "overrides rounds x steps-per-round)")
     s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
     _kd_options(s, "student", ["lr", "optimizer", "weight_decay", "temperature", "batch_size", "freeze_bn", "augment",
-                               "mixup", "val_every"])
-    s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress bar")
+                               "mixup", "val_every", "bf16", "channels_last"])
+    s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress log; the "
+                   "curve goes to OUT.curve.json and OUT.curve.png")
     s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
     s.add_argument("--checkpoint-every", type=int, default=200, help="with --data: steps between checkpoints")
     s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -150,6 +151,7 @@ class Distiller:
             self.opt = torch.optim.Adam(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, cfg.steps))
         self.step = 0
+        self.elapsed = 0.0  # seconds spent in run() (source updates included), over all pieces of the run
         self.history: list[dict] = []
 
     def _source_seed(self) -> int:
@@ -158,7 +160,7 @@ class Distiller:
     def state_dict(self) -> dict:
         """Optimizer, schedule, RNG, counters and the source's state (the student's weights are saved by the caller)."""
         return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
-                "step": self.step, "history": self.history,
+                "step": self.step, "history": self.history, "elapsed": self.elapsed,
                 "source": self.source.state_dict() if self.source is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
@@ -170,6 +172,7 @@ class Distiller:
         self.sched.load_state_dict(state["sched"])
         self.gen.set_state(state["gen"])
         self.step, self.history = int(state["step"]), list(state["history"])
+        self.elapsed = float(state.get("elapsed", 0.0))
         if state["source"] is not None and self.source is not None:
             self.source.load_state_dict(state["source"])
 
@@ -219,6 +222,7 @@ class Distiller:
         if cfg.feature_weight > 0:
             names = list(cfg.feature_layers) or [head_of(self.teacher)]
             taps = (_InputTap(student, names), _InputTap(self._teacher_run, names))
+        t_run = time.time() - self.elapsed
         try:
             with frozen_eval(self.teacher):
                 while self.step < stop:
@@ -258,6 +262,7 @@ class Distiller:
                         student.eval()
                         last_val = evaluator(student)
                         rec["val_top1"] = last_val
+                        rec["seconds"] = round(time.time() - t_run, 2)
                     new.append(rec)
                     if on_step is not None:
                         on_step(self.step, rec["loss"])
@@ -268,6 +273,7 @@ class Distiller:
                             post["val"] = f"{last_val:.2f}"
                         bar.set_postfix(post, refresh=False)
         finally:
+            self.elapsed = time.time() - t_run
             if bar is not None:
                 bar.close()
             if taps is not None:

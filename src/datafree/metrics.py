@@ -70,3 +70,28 @@ def teacher_view(data: TensorData, class_conditional: bool = True) -> dict[str, 
     balance = float(-(nz * nz.log()).sum() / torch.log(torch.tensor(float(p.shape[1]))))  # entropy, 1 = uniform
     return {"target_agreement": round(float((pred == data.y).float().mean()) * 100, 2) if class_conditional else None,
             "mean_max_prob": round(float(p.max(1).values.mean()), 4), "class_balance": round(balance, 4)}
+
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, xlabel: str = "seconds",
+                ylabel: str = "top-1 (%)", title: str = "") -> None:
+    """Write a PNG line plot of labelled (x, y) series (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for label, pts in curves.items():
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -17,6 +17,8 @@ from .models.loading import fingerprint
 from .utils import load_tensors, save_atomic
 
 STATE = "state.pt"
+SAVE_AFTER_SYNTH_S = 30.0  # checkpoint after source updates once this much synthesis time is unsaved
+PRINT_EVERY_S = 10.0  # at most one progress line per this many seconds for source updates
 CHECKPOINT_VERSION = 2  # 2: one state.pt holding the data source's state (pools included); loaded with weights_only
 
 
@@ -62,7 +64,7 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
                      checkpoint_dir: Optional[str] = None, val: Optional[TensorData] = None, progress: bool = True,
                      overwrite: bool = False, checkpoint_every: int = 200) -> dict:
     """Train `student` in place from any data source for kd.steps steps; checkpointed every `checkpoint_every` steps and
-    after every source update (e.g. a synthesized round), resumable; returns a summary."""
+    after source updates once 30 s of synthesis is unsaved, resumable; returns a summary with the validation curve."""
     t0 = time.time()
     dist = Distiller(student, teacher, kd, source=data)
     source = dist.source
@@ -80,23 +82,32 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
     def elapsed() -> float:
         return round(seconds_before + time.time() - t0, 2)
 
+    unsaved = [0.0, time.time() - 1e9]  # synthesis seconds not yet checkpointed; time of the last printed update
+
     def on_update(info: dict) -> None:
-        ck.save(student, dist, {"seconds": elapsed()})  # a synthesized round is never paid twice
-        if progress:
-            print(f"{source.name}: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+        unsaved[0] += float(info.get("synth_seconds", 0.0))
+        if unsaved[0] >= SAVE_AFTER_SYNTH_S:  # costly synthesis is never paid twice; quick rounds ride on the next save
+            ck.save(student, dist, {"seconds": elapsed()})
+            unsaved[0] = 0.0
+        if progress and time.time() - unsaved[1] >= PRINT_EVERY_S:
+            unsaved[1] = time.time()
+            print(f"step {dist.step}: {source.name}: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
 
     chunk = max(1, checkpoint_every)
     while dist.step < kd.steps:
         hist = dist.run(steps=min(chunk, kd.steps - dist.step), val=val, progress=progress, on_update=on_update)
         ck.save(student, dist, {"seconds": elapsed()})
-        if progress and hist and "val_top1" in hist[-1]:
-            print(f"step {dist.step}/{kd.steps}: loss {hist[-1]['loss']:.4f}, val top-1 {hist[-1]['val_top1']:.2f}%",
-                  flush=True)
+        unsaved[0] = 0.0
+        if progress and hist:
+            v = f", val top-1 {hist[-1]['val_top1']:.2f}%" if "val_top1" in hist[-1] else ""
+            print(f"step {dist.step}/{kd.steps}: student loss {hist[-1]['loss']:.4f}{v} ({elapsed():.0f} s)", flush=True)
     student.eval()
     last_val = next((h["val_top1"] for h in reversed(dist.history) if "val_top1" in h), None)
     synth = float(getattr(source, "synth_seconds", 0.0))
+    curve = [{"step": h["step"], "val_top1": h["val_top1"], "loss": round(h["loss"], 5), **({"seconds": h["seconds"]} if "seconds" in h else {})}
+             for h in dist.history if "val_top1" in h]
     return {"steps": dist.step, "samples": len(source), "seconds": elapsed(), "synth_seconds": round(synth, 2),  # type: ignore[arg-type]
-            "final_loss": dist.history[-1]["loss"] if dist.history else math.nan, "val_top1": last_val}
+            "final_loss": dist.history[-1]["loss"] if dist.history else math.nan, "val_top1": last_val, "curve": curve}
 
 
 def _apply(teacher: nn.Module, data: Optional[SourceLike], config: KDConfig, student: Optional[nn.Module] = None,

@@ -21,13 +21,15 @@ def info_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
     return (p * torch.log(p.clamp_min(1e-12))).sum()
 
 
-def inter_sample_diversity(x: torch.Tensor, logits: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
-    """RDSKD's L_ds over the batch's two halves: ||p₂ − p₁|| / ||x₂ − x₁|| (Frobenius norms, softmax outputs p)."""
-    h = x.shape[0] // 2
+def inter_sample_diversity(z: torch.Tensor, logits: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
+    """RDSKD's L_ds over the batch's two halves, written as the inverse of a ratio: 1 / (||p₂ − p₁|| / ||z₂ − z₁|| + eps)
+    with p the teacher's softmax and z the generator's inputs (Frobenius norms); low when different latents give
+    different predictions (mode seeking)."""
+    h = z.shape[0] // 2
     p = F.softmax(logits.float(), 1)
     dp = torch.linalg.vector_norm(p[h:2 * h] - p[:h])
-    dx = torch.linalg.vector_norm((x[h:2 * h] - x[:h]).float())
-    return dp / (dx + eps)
+    dz = torch.linalg.vector_norm((z[h:2 * h] - z[:h]).float())
+    return 1.0 / (dp / dz + eps)
 
 
 def rdskd_generator_loss(l_oh: torch.Tensor, l_ie: torch.Tensor, l_ds: torch.Tensor, prev_oh: float,

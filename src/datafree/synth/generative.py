@@ -30,9 +30,10 @@ class Generator(nn.Module):
     """latent → linear → (BN, ×2 upsample, conv-BN-LeakyReLU) twice → conv → sigmoid pixels → the model's normalized
     space. Sized from an InputSpec: any (C, H, W), the first feature map is ⌈H/4⌉×⌈W/4⌉ and the output is cropped."""
 
-    def __init__(self, spec: InputSpec, latent_dim: int = 256, width: int = 64) -> None:
+    def __init__(self, spec: InputSpec, latent_dim: int = 256, width: int = 0) -> None:
         super().__init__()
         c, h, w = (int(v) for v in spec.shape)
+        width = width or (16 if c == 1 else 32)
         self.shape, self.latent_dim = (c, h, w), int(latent_dim)
         self.h0, self.w0 = math.ceil(h / 4), math.ceil(w / 4)
         w2 = 2 * width
@@ -69,7 +70,8 @@ class GeneratorConfig(SynthConfig):
                                "batch)", cli=True)
     lr: float = opt(1e-3, "generator Adam learning rate", cli=True)
     latent_dim: int = opt(256, "latent size of the generator", cli=True)
-    width: int = opt(64, "generator width (channels of its last block; 2x before); smaller is faster", cli=True)
+    width: int = opt(0, "generator width (channels of its last block; 2x before); 0 = 16 for one-channel inputs, 32 "
+                        "otherwise (CPU-sized; the papers use 64, about 4x slower per step)", cli=True)
     bf16: bool = opt(False, "run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX)", cli=True)
 
     def validate(self) -> None:
@@ -77,7 +79,7 @@ class GeneratorConfig(SynthConfig):
         check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}", "iterations")
         check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}", "lr")
         check(self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}", "latent_dim")
-        check(self.width >= 1, f"width must be >= 1, got {self.width}", "width")
+        check(self.width >= 0, f"width must be >= 0 (0 = from the input), got {self.width}", "width")
 
 
 class GenerativeSynthesizer(Synthesizer):
@@ -139,8 +141,9 @@ class TrainedGenerator(GenerativeSynthesizer):
     def work_units(self, n_batches: int) -> int:
         return max(0, self.cfg.iterations - self.steps_done) + n_batches  # type: ignore[attr-defined]
 
-    def generator_loss(self, x: torch.Tensor, logits: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The method's generator objective on a batch and the teacher's logits / penultimate features."""
+    def generator_loss(self, z: torch.Tensor, x: torch.Tensor, logits: torch.Tensor,
+                       feats: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's generator objective on latents z, their batch x and the teacher's logits / penultimate features."""
         raise NotImplementedError
 
     def end_epoch(self) -> None:
@@ -157,9 +160,10 @@ class TrainedGenerator(GenerativeSynthesizer):
         try:
             while self.steps_done < cfg.iterations:  # type: ignore[attr-defined]
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 * self.steps_done + 1)  # resumable
-                x = self.G(self.latents(cfg.batch_size, g))
+                z = self.latents(cfg.batch_size, g)
+                x = self.G(z)
                 logits = self._teacher(x)
-                loss, parts = self.generator_loss(x, logits, tap["f"].float().flatten(1))
+                loss, parts = self.generator_loss(z, x, logits, tap["f"].float().flatten(1))
                 self._check(loss)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -204,7 +208,7 @@ class DAFL(TrainedGenerator):
 
     config_cls = DAFLConfig
 
-    def generator_loss(self, x, logits, feats):
+    def generator_loss(self, z, x, logits, feats):
         cfg: DAFLConfig = self.cfg  # type: ignore[assignment]
         l_oh, l_a, l_ie = onehot_loss(logits), activation_loss(feats), info_entropy_loss(logits)
         loss = cfg.onehot * l_oh + cfg.activation * l_a + cfg.entropy * l_ie
@@ -239,9 +243,9 @@ class RDSKD(TrainedGenerator):
         self.prev = [0.0, 0.0]  # L_oh, L_ie at the end of the previous epoch (0 before the first)
         self.last = [0.0, 0.0]
 
-    def generator_loss(self, x, logits, feats):
+    def generator_loss(self, z, x, logits, feats):
         cfg: RDSKDConfig = self.cfg  # type: ignore[assignment]
-        l_oh, l_ie, l_ds = onehot_loss(logits), info_entropy_loss(logits), inter_sample_diversity(x, logits)
+        l_oh, l_ie, l_ds = onehot_loss(logits), info_entropy_loss(logits), inter_sample_diversity(z, logits)
         loss = rdskd_generator_loss(l_oh, l_ie, cfg.diversity * l_ds, self.prev[0], self.prev[1])
         if cfg.activation:
             loss = loss + cfg.activation * activation_loss(feats)
