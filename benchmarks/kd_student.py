@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> None:
                     steps = max(1, int(a.budget * (1 - a.gen_share) / plan["kd_step_s"]))
                     rounds = RoundsConfig(rounds=1, per_round=a.batch_size, steps_per_round=steps)
                 else:
-                    spr = a.steps_per_round
-                    n_rounds = max(1, int(a.budget / (plan["round_s"] + spr * ks)))
+                    n_rounds = max(1, int(a.budget / (plan["round_s"] + a.steps_per_round * ks)))
+                    # KD steps per round: at least --steps-per-round, more when rounds are slow (the budget is filled)
+                    spr = max(a.steps_per_round, int((a.budget - n_rounds * plan["round_s"]) / (n_rounds * ks)))
                     rounds = RoundsConfig(rounds=n_rounds, per_round=a.batch_size, steps_per_round=spr)
                     steps = n_rounds * spr
                 plan = {k: round(v, 3) for k, v in plan.items()}

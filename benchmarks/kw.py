@@ -14,17 +14,19 @@ import time
 from datafree import evaluate, load_dataset, predict, quantize
 from datafree.distill import KDConfig
 from datafree.quant import QuantConfig, finetune_quantized_
+from datafree.synth import make_config
 from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
 
 CELLS = {"r20-w4a4": ("resnet20", 4, 4), "r20-w3a3": ("resnet20", 3, 3), "r20-w8a8": ("resnet20", 8, 8),
          "r56-w4a4": ("resnet56", 4, 4)}
 SOURCES = ("real", "gaussian", "inception", "bn-stats", "bn-stats+inception")
+GEN_SOURCES = ("dafl", "rdskd", "cmi", "fast")  # generator methods (opt-in): a stored set at the method's own iterations
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
-    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES + GEN_SOURCES))
     p.add_argument("--num", type=int, default=512)
     p.add_argument("--iterations", type=int, default=100, help="synthesis iterations (sets shared with the PTQ benchmark)")
     p.add_argument("--steps", type=int, default=500)
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
             if src == "real":
                 data = load_dataset("cifar10:train-exact", model.input_spec, root).subset(a.num, a.seed)
             else:
-                data, _ = cached_set(model, name, src, a.num, a.iterations, a.seed, a.cache)
+                its = make_config(src).iterations if src in GEN_SOURCES else a.iterations
+                data, _ = cached_set(model, name, src, a.num, its, a.seed, a.cache)
             qcfg = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed)
             key = {"model": name, "w_bits": wb, "a_bits": ab, "source": src}
             state = {}
