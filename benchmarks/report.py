@@ -182,7 +182,19 @@ def section_kd_student() -> str:
         "is out of reach at this machine's budgets (the published result took hours of GPU time). "
         "The `main-it200` row asks quantity vs quality at the same budget: 512 DeepInversion samples at 200 iterations "
         "instead of 256 at 400 (its first chunk is an earlier probe set with the same config, whose recorded 306 s "
-        "synthesis was slowed by a concurrent test run, so its KD share is ~50 s conservative).",
+        "synthesis was slowed by a concurrent test run, so its KD share is ~50 s conservative).\n\n"
+        "**Generator methods** (`dafl`, `rdskd`, `cmi`, `fast`; `benchmarks.kd_student --methods fast dafl rdskd cmi "
+        "--kd-fast`): the budget is planned from probes in the same run. `dafl`/`rdskd` train the generator against the "
+        "teacher for 30 % of the budget (`--gen-share`), then every KD step distills on a fresh generator batch (no "
+        "mixup: fresh samples need none). `cmi`/`fast` synthesize one batch of 128 per round into a pool (the current "
+        "student in the adversarial term) and take `--steps-per-round` KD steps from the pool after each round; "
+        "`--kd-fast` picks the fastest KD speed variant probed in the run (on this Xeon: channels-last; bf16 was slower). "
+        "A CMI round (200 generator steps on a re-initialized generator, two views, contrastive head) took 420 s here, "
+        "so CMI made one batch in 15 minutes: it is the slow, high-quality end of the family (the FastDFKD paper times "
+        "it at 19 GPU-hours on CIFAR-10). The `cmi main` row was planned before the planner filled a slow method's "
+        "budget with KD steps (it stopped at 428 s); the `fast main` row's plan (59 rounds × 20 KD steps) is what both "
+        "planners give. Published anchors, as drops from their own teachers (ResNet-34 95.70 -> ResNet-18, GPU): "
+        "FastDFKD-10 -1.65 pt in 0.28 GPU-h, CMI -0.86 pt, DAFL -3.48 pt (92.22).",
         "kd_resnet56_resnet20.json", render) + _kd_plot()
 
 

@@ -113,10 +113,10 @@ def test_dafl_generator_learns_confident_balanced_outputs(digits_teacher):
     assert conf1 > 0.6  # while the one-hot term keeps each sample confident
 
 
-def _run(teacher, method, steps, state=None, split=None):
+def _run(teacher, method, steps, state=None, split=None, **extra):
     torch.manual_seed(0)
     student = df.create_model("small_cnn")
-    cfg = make_config(method, iterations=4, seed=3, batch_size=16)
+    cfg = make_config(method, iterations=4, seed=3, batch_size=16, **extra)
     src = GeneratorSource(method, cfg, RoundsConfig(rounds=3, per_round=16, steps_per_round=2), seed=5, progress=False)
     d = Distiller(student, teacher, KDConfig(steps=steps, batch_size=8, lr=1e-3, freeze_bn=False, seed=2), source=src)
     if split is None:
@@ -127,23 +127,43 @@ def _run(teacher, method, steps, state=None, split=None):
     return student, blob
 
 
-@pytest.mark.parametrize("method", GEN_METHODS)
-def test_stream_resumes_exactly(method, digits_teacher, tmp_path):
+@pytest.mark.parametrize("method,extra", [(m, {}) for m in GEN_METHODS] + [("dafl", {"joint": True})])
+def test_stream_resumes_exactly(method, extra, digits_teacher, tmp_path):
     teacher, _ = digits_teacher
-    full, _ = _run(teacher, method, 7)
-    _, blob = _run(teacher, method, 7, split=3)
+    full, _ = _run(teacher, method, 7, **extra)
+    _, blob = _run(teacher, method, 7, split=3, **extra)
     torch.save(blob, tmp_path / "ck.pt")
     blob = torch.load(tmp_path / "ck.pt", weights_only=True)  # the checkpoint is plain tensors
     torch.manual_seed(123)  # a resumed process has a different global RNG state
     student = df.create_model("small_cnn")
     student.load_state_dict(blob["student"])
-    cfg = make_config(method, iterations=4, seed=3, batch_size=16)
+    cfg = make_config(method, iterations=4, seed=3, batch_size=16, **extra)
     src = GeneratorSource(method, cfg, RoundsConfig(rounds=3, per_round=16, steps_per_round=2), seed=5, progress=False)
     d = Distiller(student, teacher, KDConfig(steps=7, batch_size=8, lr=1e-3, freeze_bn=False, seed=2), source=src)
     d.load_state_dict(blob["dist"])
     d.run(progress=False)
     for (k, a), b in zip(full.state_dict().items(), student.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_joint_mode_steps_the_generator_once_per_student_batch(digits_teacher):
+    teacher, _ = digits_teacher
+    teacher.eval()
+    student = df.create_model("small_cnn")
+    src = GeneratorSource("dafl", make_config("dafl", iterations=2, batch_size=8, joint=True),
+                          RoundsConfig(rounds=1, per_round=8, steps_per_round=5), progress=False)
+    calls = []
+    h = teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    Distiller(student, teacher, KDConfig(steps=5, batch_size=8, freeze_bn=False, augment=False, mixup=0.0),
+              source=src).run(progress=False)
+    h.remove()
+    assert src.engine.steps_done == 2 + 5  # warm-up steps, then one per student batch
+    assert len(calls) == 2 + 5  # the loop reused the logits of each generator step: no second teacher forward
+    g0 = {k: v.clone() for k, v in src.engine.G.state_dict().items()}
+    b = src.sample(6)
+    with torch.no_grad():
+        assert torch.allclose(b.logits, teacher(b.x), atol=1e-5)  # the logits belong to exactly this batch
+    assert any(not torch.equal(g0[k], v) for k, v in src.engine.G.state_dict().items())  # and the generator moved
 
 
 def test_round_methods_grow_a_pool_and_fresh_methods_do_not(digits_teacher):

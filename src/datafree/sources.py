@@ -218,6 +218,12 @@ class GeneratorSource(PoolSource):
         if self.engine is None:
             raise RuntimeError("the generator is not trained: update() trains it before the first batch")
         self.generated += batch_size
+        if getattr(self.engine.cfg, "joint", False):
+            t0 = time.time()
+            with frozen_eval(self.engine.teacher):
+                x, logits, _ = self.engine.joint_batch(batch_size)  # type: ignore[union-attr]
+            self.synth_seconds += time.time() - t0
+            return Batch(x, logits=logits)
         return Batch(self.engine.generate(batch_size, generator or torch.Generator()))
 
     def state_dict(self) -> dict:

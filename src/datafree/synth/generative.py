@@ -149,33 +149,53 @@ class TrainedGenerator(GenerativeSynthesizer):
     def end_epoch(self) -> None:
         """Called every `epoch_iters` steps (RDSKD refreshes its reference losses)."""
 
-    def train(self, step: Optional[StepCallback] = None) -> dict[str, float]:
-        """Run the remaining generator steps; returns the last loss parts."""
+    def _g_step(self, n: int, tap: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """One generator step on n latents (seeded by the step count, so a resumed run repeats it); returns the batch
+        and the teacher's logits on it (before the step, detached) and the loss parts."""
         cfg = self.cfg
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 * self.steps_done + 1)
+        z = self.latents(n, g)
+        x = self.G(z)
+        logits = self._teacher(x)
+        loss, parts = self.generator_loss(z, x, logits, tap["f"].float().flatten(1))
+        self._check(loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.steps_done += 1
+        if self.steps_done % max(1, getattr(cfg, "epoch_iters", 10 ** 9)) == 0:
+            self.end_epoch()
+        return x.detach(), logits.detach().float(), parts
+
+    def _tapped(self):
+        """A hook that keeps the teacher head's input (the penultimate features) of the last forward."""
         head = dict(self.teacher.named_modules())[head_of(self.teacher)]
         tap: dict[str, torch.Tensor] = {}
-        handle = head.register_forward_pre_hook(lambda m, inp: tap.__setitem__("f", inp[0]))
+        return tap, head.register_forward_pre_hook(lambda m, inp: tap.__setitem__("f", inp[0]))
+
+    def train(self, step: Optional[StepCallback] = None) -> dict[str, float]:
+        """Run the remaining generator steps; returns the last loss parts."""
+        tap, handle = self._tapped()
         parts: dict[str, float] = {}
         self.G.train()
         try:
-            while self.steps_done < cfg.iterations:  # type: ignore[attr-defined]
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 * self.steps_done + 1)  # resumable
-                z = self.latents(cfg.batch_size, g)
-                x = self.G(z)
-                logits = self._teacher(x)
-                loss, parts = self.generator_loss(z, x, logits, tap["f"].float().flatten(1))
-                self._check(loss)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-                self.steps_done += 1
-                if self.steps_done % max(1, getattr(cfg, "epoch_iters", 10 ** 9)) == 0:
-                    self.end_epoch()
+            while self.steps_done < self.cfg.iterations:  # type: ignore[attr-defined]
+                _, _, parts = self._g_step(self.cfg.batch_size, tap)
                 if step is not None:
                     step(1, parts)
         finally:
             handle.remove()
         return parts
+
+    def joint_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Joint mode: one more generator step on n latents; its batch (and the teacher's logits on it) is the
+        student's next batch, so the student sees the generator's whole trajectory."""
+        tap, handle = self._tapped()
+        self.G.train()
+        try:
+            return self._g_step(n, tap)
+        finally:
+            handle.remove()
 
     @torch.no_grad()
     def generate(self, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -190,7 +210,15 @@ class TrainedGenerator(GenerativeSynthesizer):
 
 
 @dataclasses.dataclass
-class DAFLConfig(GeneratorConfig):
+class FreshConfig(GeneratorConfig):
+    """Options of the methods that train one generator against the teacher (dafl, rdskd)."""
+
+    joint: bool = opt(False, "keep training the generator during distillation, one step per student batch (that "
+                             "batch is the student's, as in DAFL's code); --iterations become warm-up steps", cli=True)
+
+
+@dataclasses.dataclass
+class DAFLConfig(FreshConfig):
     """DAFL (Chen et al. 2019): L_oh + α·L_a + β·L_ie against the teacher alone."""
 
     batch_size: int = 256
@@ -216,7 +244,7 @@ class DAFL(TrainedGenerator):
 
 
 @dataclasses.dataclass
-class RDSKDConfig(GeneratorConfig):
+class RDSKDConfig(FreshConfig):
     """RDSKD (Han et al. 2021): exponentially penalized increments of L_oh and L_ie, plus inter-sample diversity."""
 
     batch_size: int = 256
@@ -224,7 +252,7 @@ class RDSKDConfig(GeneratorConfig):
     lr: float = 1e-3
     latent_dim: int = 100
     epoch_iters: int = opt(120, "generator steps per epoch (the reference losses refresh once per epoch)", cli=True)
-    diversity: float = opt(1.0, "weight of the inter-sample diversity loss", cli=True)
+    diversity: float = opt(0.1, "weight of the inter-sample diversity loss (on latents its scale is ~10x the others: 1.0 gave 82.8 %, 0.1 90.8 % on MNIST)", cli=True)
     activation: float = opt(0.0, "weight of DAFL's activation loss (0 in RDSKD)", cli=True)
 
     def validate(self) -> None:
