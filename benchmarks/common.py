@@ -51,8 +51,12 @@ class RowStore:
             def proto(c: dict) -> dict:
                 return {k: v for k, v in (c or {}).items() if k not in selection}
 
-            if proto(old.get("meta", {}).get("config")) == proto(meta.get("config")):
-                self.rows = old["rows"]
+            a, b = proto(old.get("meta", {}).get("config")), proto(meta.get("config"))
+            if a != b:  # never drop finished rows silently: the user chooses another --out or deletes the file
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                raise SystemExit(f"{self.path} holds rows of a different protocol (differs in: {', '.join(diff)}); "
+                                 f"pass another --out, or delete the file to start over")
+            self.rows = old["rows"]
 
     def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
         """The stored row whose fields include `key`, if any."""

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"benchmark": "kd_resnet56_resnet20", "config": vars(a), "seed": a.seed, "commit": git_commit(),
             "machine": machine(), "command": cmd, "teacher": "resnet56 (shared checkpoint)", "student": "resnet20 from scratch",
             "protocol": "same wall-clock budget per method (synthesis + KD), KD steps planned from a step-time probe"}
-    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight", "iterations",
+    store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight", "iterations", "bf16",
                                                  "gen_share", "steps_per_round", "g_steps", "width", "kd_fast", "curve_every"))
     teacher = pretrained(TEACHER)
     tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     root = data_root()
     cmd = command_line("benchmarks.rdskd_mnist", a)
-    meta = {"benchmark": "rdskd_mnist", "config": vars(a), "commit": git_commit(), "machine": machine(), "command": cmd,
+    meta = {"benchmark": "rdskd_mnist", "config": vars(a), "seed": a.seeds, "commit": git_commit(), "machine": machine(), "command": cmd,
             "pair": "lenet5 (trained on mnist:train) -> lenet5_half from scratch", "test": "mnist:test (10k)"}
     store = RowStore(a.out, meta, selection=("methods", "seeds", "sweep"))
     teacher = teacher_model(a.cache, 0, a.teacher_epochs, root)

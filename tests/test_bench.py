@@ -1,5 +1,7 @@
 import argparse
 
+import pytest
+
 from benchmarks.common import cached_set_dir, command_line
 
 
@@ -54,5 +56,7 @@ def test_rowstore_keeps_rows_when_only_selection_keys_change(tmp_path):
     b.run({"method": "x", "steps": 4000}, lambda: calls.append(1) or {"top1": 2.0})
     b.run({"method": "x", "steps": 1500}, lambda: calls.append(1) or {"top1": 9.0})  # stored: not recomputed
     assert calls == [1] and [r["top1"] for r in b.rows] == [1.0, 2.0]
-    c = RowStore(f, {"config": {"steps": 4000, "lr": 5e-4}}, selection=("steps",))  # protocol changed: start over
-    assert c.rows == []
+    before = f.read_text()
+    with pytest.raises(SystemExit, match="differs in: lr"):  # protocol changed: refused, finished rows never dropped
+        RowStore(f, {"config": {"steps": 4000, "lr": 5e-4}}, selection=("steps",))
+    assert f.read_text() == before
