@@ -207,7 +207,11 @@ def section_kd_student() -> str:
         "it at 19 GPU-hours on CIFAR-10). The `cmi main` row was planned before the planner filled a slow method's "
         "budget with KD steps (it stopped at 428 s); the `fast main` row's plan (59 rounds × 20 KD steps) is what both "
         "planners give. Published anchors, as drops from their own teachers (ResNet-34 95.70 -> ResNet-18, GPU): "
-        "FastDFKD-10 -1.65 pt in 0.28 GPU-h, CMI -0.86 pt, DAFL -3.48 pt (92.22).",
+        "FastDFKD-10 -1.65 pt in 0.28 GPU-h, CMI -0.86 pt, DAFL -3.48 pt (92.22). Machines: the generator rows ran "
+        "on a 2-core Intel Xeon, the earlier rows on a 2-core AMD EPYC (fastest KD step 0.34 vs 0.30 s, "
+        "`perf_kd` section); equal budgets are equal wall-clock seconds on the machine each row ran on. At 15 "
+        "minutes `fast` (37.8) is above DeepInversion after an hour (33.6): the amortized generator is the "
+        "cheaper source of samples on a CPU.",
         "kd_resnet56_resnet20.json", render) + _kd_plot()
 
 
