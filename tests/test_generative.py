@@ -234,3 +234,7 @@ def test_cli_distill_with_a_generator_writes_the_curve(digits_teacher, tmp_path,
     curve = json.loads((tmp_path / "s.curve.json").read_text())["points"]
     assert [c["step"] for c in curve] == [20, 40] and all(0 <= c["val_top1"] <= 100 for c in curve)
     assert (tmp_path / "s.curve.png").stat().st_size > 1000
+    rc = cli_main(["distill", "small_cnn", "--weights", path, "--student", "small_cnn", "--method", "dafl", "--joint",
+                   "--iterations", "2", "--per-round", "16", "--steps", "3", "--out", str(tmp_path / "j.pt"), "--json",
+                   "--no-progress"])
+    assert rc == 0  # --joint reaches the generator config from the command line

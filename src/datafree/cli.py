@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round (generator "
                    "methods: the generator batch)")
     s.add_argument("--steps-per-round", type=int, default=200, help="with --method: KD steps after each round")
-    _synth_options(s, ["iterations", "lr", "bf16", "bn_weight", "latent_dim", "width", "adv"], flags={"lr": "--synth-lr"},
+    _synth_options(s, ["iterations", "lr", "bf16", "bn_weight", "latent_dim", "width", "adv", "joint"], flags={"lr": "--synth-lr"},
                    help_extra=" (with --method)")
     s.add_argument("--steps", type=int, default=0, help="KD steps (with --data: overrides --epochs; with --method: "
                    "overrides rounds x steps-per-round)")
