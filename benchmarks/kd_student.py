@@ -260,31 +260,20 @@ def plot(path: str = "benchmarks/results/kd_resnet56_resnet20.json", png: str = 
     """Top-1 (test-exact) against wall-clock seconds: a curve per streamed row, a marker per fixed-budget row."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from datafree.metrics import plot_curves
 
     rows = json.loads(Path(path).read_text())["rows"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    curves, points, hlines = {}, {}, {}
     for r in rows:
         if r["method"] == "teacher":
-            ax.axhline(r["top1_exact"], color="k", ls=":", lw=1, label=f"teacher {r['top1_exact']:.1f}")
-            continue
-        label = f"{row_label(r)} [{r['tag']}]"
-        if r.get("curve"):
-            xs, ys = zip(*r["curve"])
-            ax.plot([0, *xs], [10.0, *ys], marker=".", ms=3, lw=1.2, label=label)
+            hlines[f"teacher {r['top1_exact']:.1f}"] = r["top1_exact"]
+        elif r.get("curve"):
+            curves[f"{row_label(r)} [{r['tag']}]"] = [(0.0, 10.0), *map(tuple, r["curve"])]
         else:
-            ax.plot([r["seconds"]], [r["top1_exact"]], marker="o", ls="none", label=label)
-    ax.set_xlabel("wall-clock seconds (synthesis + distillation, this machine)")
-    ax.set_ylabel("student top-1 on test-exact (%)")
-    ax.set_title("ResNet-56 -> ResNet-20 from scratch, data-free vs real")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+            points[f"{row_label(r)} [{r['tag']}]"] = (r["seconds"], r["top1_exact"])
+    plot_curves(curves, png, xlabel="wall-clock seconds (synthesis + distillation, this machine)",
+                ylabel="student top-1 on test-exact (%)", title="ResNet-56 -> ResNet-20 from scratch, data-free vs real",
+                points=points, hlines=hlines, figsize=(7.5, 4.5), legend_cols=2)
     return png
 
 

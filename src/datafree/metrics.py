@@ -73,25 +73,31 @@ def teacher_view(data: TensorData, class_conditional: bool = True) -> dict[str, 
 
 
 def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, xlabel: str = "seconds",
-                ylabel: str = "top-1 (%)", title: str = "") -> None:
-    """Write a PNG line plot of labelled (x, y) series (matplotlib, headless)."""
+                ylabel: str = "top-1 (%)", title: str = "", points: Optional[dict[str, tuple[float, float]]] = None,
+                hlines: Optional[dict[str, float]] = None, figsize: tuple[float, float] = (6.4, 4.0),
+                legend_cols: int = 1) -> None:
+    """Write a PNG line plot of labelled (x, y) series, single points and horizontal reference lines (headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=figsize, dpi=120)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="k", ls=":", lw=1, label=label)
     for label, pts in curves.items():
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            ax.plot(xs, ys, marker="o", markersize=3, lw=1.2, label=label)
+    for label, (x, y) in (points or {}).items():
+        ax.plot([x], [y], marker="o", ls="none", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend(fontsize=8)
+    if len(curves) + len(points or {}) + len(hlines or {}) > 1:
+        ax.legend(fontsize=8 if legend_cols == 1 else 6, ncol=legend_cols, loc="best" if legend_cols == 1 else "upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

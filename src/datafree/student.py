@@ -82,22 +82,22 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
     def elapsed() -> float:
         return round(seconds_before + time.time() - t0, 2)
 
-    unsaved = [0.0, time.time() - 1e9]  # synthesis seconds not yet checkpointed; time of the last printed update
+    pending = {"synth_s": 0.0, "printed_at": -math.inf}  # synthesis seconds not yet checkpointed; last progress line
 
     def on_update(info: dict) -> None:
-        unsaved[0] += float(info.get("synth_seconds", 0.0))
-        if unsaved[0] >= SAVE_AFTER_SYNTH_S:  # costly synthesis is never paid twice; quick rounds ride on the next save
+        pending["synth_s"] += float(info.get("synth_seconds", 0.0))
+        if pending["synth_s"] >= SAVE_AFTER_SYNTH_S:  # costly synthesis is never paid twice; quick rounds ride on the next save
             ck.save(student, dist, {"seconds": elapsed()})
-            unsaved[0] = 0.0
-        if progress and time.time() - unsaved[1] >= PRINT_EVERY_S:
-            unsaved[1] = time.time()
+            pending["synth_s"] = 0.0
+        if progress and time.time() - pending["printed_at"] >= PRINT_EVERY_S:
+            pending["printed_at"] = time.time()
             print(f"step {dist.step}: {source.name}: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
 
     chunk = max(1, checkpoint_every)
     while dist.step < kd.steps:
         hist = dist.run(steps=min(chunk, kd.steps - dist.step), val=val, progress=progress, on_update=on_update)
         ck.save(student, dist, {"seconds": elapsed()})
-        unsaved[0] = 0.0
+        pending["synth_s"] = 0.0
         if progress and hist:
             v = f", val top-1 {hist[-1]['val_top1']:.2f}%" if "val_top1" in hist[-1] else ""
             print(f"step {dist.step}/{kd.steps}: student loss {hist[-1]['loss']:.4f}{v} ({elapsed():.0f} s)", flush=True)

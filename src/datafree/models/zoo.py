@@ -1,4 +1,4 @@
-"""Model zoo: CIFAR ResNets (option-A shortcuts), wide ResNets, LeNet-5 and a small BN-CNN."""
+"""Model zoo: CIFAR ResNets (option-A shortcuts), wide ResNets, a MobileNetV2-style net, LeNet-5 and a small BN-CNN."""
 from __future__ import annotations
 
 from typing import Callable
@@ -184,6 +184,63 @@ def lenet5(num_classes: int = 10) -> nn.Module:
 def lenet5_half(num_classes: int = 10) -> nn.Module:
     """LeNet-5 with half the channels and units, 1x28x28 input."""
     return _attach(LeNet5(num_classes, half=True), MNIST_SPEC)
+
+
+# --- MobileNetV2-style (Sandler et al. 2018) for small inputs: inverted residuals with depthwise convolutions
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expansion (ReLU6), 3x3 depthwise (ReLU6), 1x1 linear projection; residual add when shapes match."""
+
+    def __init__(self, inp: int, out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hid = inp * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(inp, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6()]
+        layers += [nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+                   nn.Conv2d(hid, out, 1, bias=False), nn.BatchNorm2d(out)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and inp == out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 for small inputs: stem stride 1, stages (expansion, channels, blocks, stride), width multiplier."""
+
+    head_name = "fc"
+    STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 3, 2), (6, 96, 2, 1), (6, 160, 2, 2))
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 0.5,
+                 stages: tuple = STAGES, last: int = 640) -> None:
+        super().__init__()
+
+        def ch(c: int) -> int:
+            return max(8, int(round(c * width / 8)) * 8)
+
+        c = ch(32)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6()]
+        for t, cout, n, s in stages:
+            for i in range(n):
+                layers.append(InvertedResidual(c, ch(cout), s if i == 0 else 1, t))
+                c = ch(cout)
+        layers += [nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(last, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+@MODELS.register("mobilenetv2_cifar")
+def mobilenetv2_cifar(num_classes: int = 10) -> nn.Module:
+    """MobileNetV2-style net (width 0.5, 13 inverted residual blocks with depthwise convs), 3x32x32 input."""
+    return _attach(MobileNetV2(num_classes), CIFAR10_SPEC)
 
 
 # --- Small BN-CNN (the demo model on scikit-learn digits, 1x8x8)

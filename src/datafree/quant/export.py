@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..data.base import TensorData
 from ..errors import DatafreeError
+from .graph import tensor_quants
 from .layers import FLOAT_BITS
 from .ptq import quant_layers
 
@@ -20,10 +21,14 @@ def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
     """QuantLayer forward built from ops the ONNX exporter maps to Q/DQ pairs (same numbers as the simulation)."""
     import torch.nn.functional as F
 
-    if self.act_quant and self.a_bits < FLOAT_BITS:
+    if self.act_quant and self.a_bits < FLOAT_BITS and not (self.input_shared and self.a_bits == 8):
         s, z = float(self.a_scale), int(round(float(self.a_zero)))
-        if self.a_bits < 8:  # narrower grid: clip to its range, then the uint8 grid with the same step is exact.
-            # Max/Min rather than Clip: onnxruntime's Clip+QuantizeLinear fusion would drop a Clip before Q/DQ.
+        if self.a_bits < 8:
+            # narrower grid = the uint8 grid of the same step, clipped to the b-bit codes: quantize (so the producer's
+            # DQ -> op -> Q fuses), clip, quantize again (so this layer's DQ -> Conv fuses). Max/Min rather than Clip:
+            # onnxruntime's Clip+QuantizeLinear fusion would drop a Clip before Q/DQ.
+            if not self.input_shared:
+                x = torch.fake_quantize_per_tensor_affine(x, s, z, 0, 255)
             x = torch.minimum(torch.maximum(x, torch.tensor((0 - z) * s)), torch.tensor((2 ** self.a_bits - 1 - z) * s))
         x = torch.fake_quantize_per_tensor_affine(x, s, z, 0, 255)
     w = self.weight
@@ -31,7 +36,16 @@ def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
         wq = self._export_wq  # constant, already on the b-bit grid, which the int8 grid contains
         w = torch.fake_quantize_per_channel_affine(wq, self._export_scale,
                                                    torch.zeros_like(self.w_scale, dtype=torch.int32), 0, -128, 127)
-    return F.conv2d(x, w, self.bias, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, self.bias)
+    b = self._export_bias  # on the int32 grid when int_bias is on; the file stores it as int32 (see _int32_biases)
+    return F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
+
+
+def _export_tensor_quant(self, x: torch.Tensor) -> torch.Tensor:
+    """TensorQuant forward as one QuantizeLinear/DequantizeLinear pair on the uint8 grid."""
+    p = self.params()
+    if p is None:
+        return x
+    return torch.fake_quantize_per_tensor_affine(x, float(p[0]), int(round(float(p[1]))), 0, 255)
 
 
 def _int8_weight_initializers(path: Path) -> None:
@@ -83,6 +97,65 @@ def _int8_weight_initializers(path: Path) -> None:
     onnx.save(m, str(path))
 
 
+def _int32_biases(path: Path) -> int:
+    """Store each Conv/Gemm bias that follows a DequantizeLinear input and int8 weight as int32 with scale
+    s_input · s_weight behind a DequantizeLinear (the layout onnxruntime fuses into integer kernels); returns how many."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+
+    def const(name: str) -> Optional[np.ndarray]:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        return numpy_helper.to_array(consts[name].attribute[0].t) if name in consts else None
+
+    done, new_nodes = 0, []
+    for node in g.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or const(node.input[2]) is None:
+            continue
+        dx, dw = producer.get(node.input[0]), producer.get(node.input[1])
+        if dx is None or dw is None or dx.op_type != "DequantizeLinear" or dw.op_type != "DequantizeLinear":
+            continue
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
+            continue
+        sx, sw, b = const(dx.input[1]), const(dw.input[1]), const(node.input[2])
+        if sx is None or sw is None or sx.size != 1:
+            continue
+        scale = (np.float32(sx.reshape(())) * sw.astype(np.float32)).astype(np.float32).reshape(-1)
+        if scale.size == 1:
+            scale = np.full(b.shape, scale[0], dtype=np.float32)
+        q = np.round(b.astype(np.float32) / scale).astype(np.int64)
+        if np.abs(q).max(initial=0) >= 2 ** 31:
+            continue  # out of int32 range: keep the float bias
+        base = node.input[2]
+        base = base.replace("/", "_").strip("_") if base in consts else base
+        g.initializer.extend([numpy_helper.from_array(q.astype(np.int32), base + "_int32"),
+                              numpy_helper.from_array(scale, base + "_int32_scale"),
+                              numpy_helper.from_array(np.zeros(b.shape, np.int32), base + "_int32_zero")])
+        out = base + "_dq"
+        new_nodes.append(helper.make_node("DequantizeLinear", [base + "_int32", base + "_int32_scale", base + "_int32_zero"],
+                                          [out], name=base + "_DequantizeLinear", axis=0))
+        node.input[2] = out
+        done += 1
+    if not done:
+        return 0
+    nodes = new_nodes + list(g.node)  # constants first: the graph stays topologically sorted
+    used = {i for n in nodes for i in n.input} | {o.name for o in g.output}
+    del g.node[:]
+    g.node.extend(n for n in nodes if n.op_type != "Constant" or n.output[0] in used)  # the float biases go
+    for i in [i for i in g.initializer if i.name not in used]:
+        g.initializer.remove(i)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return done
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 13) -> Path:
     """Write `model` (quantized -> Q/DQ int8 graph; plain -> FP32 graph) as one ONNX file with a dynamic batch."""
     try:
@@ -98,7 +171,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 13) -> P
         with torch.no_grad():
             q._export_wq = q.quant_weight().detach().clone()
             q._export_scale = q.w_scale.detach().float().clone()
+            q._export_bias = q.quant_bias().detach().clone()
         q.forward = _export_forward.__get__(q)  # export-only copy; the caller's model is untouched
+    for t in tensor_quants(m):
+        t.forward = _export_tensor_quant.__get__(t)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, *spec.shape)
@@ -108,6 +184,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 13) -> P
                           do_constant_folding=True)
     if layers:
         _int8_weight_initializers(p)
+        if any(q.int_bias for q in layers):
+            _int32_biases(p)
     return p
 
 

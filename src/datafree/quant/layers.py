@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..errors import DatafreeError
 from ..utils import batch_moments
-from .quantizer import RangeObserver, WeightRounding, fake_quant, signed_range, unsigned_range, weight_scales
+from .quantizer import RangeObserver, WeightRounding, fake_quant, round_ste, signed_range, unsigned_range, weight_scales
 
 FLOAT_BITS = 32
 
@@ -52,6 +52,8 @@ class QuantLayer(nn.Module):
         self.register_buffer("a_zero", torch.zeros((), device=w.device))
         self.rounding: WeightRounding = WeightRounding()  # swappable (e.g. learned rounding); stateless by default
         self.act_quant = False  # on once the input range is calibrated
+        self.int_bias = False  # bias on the int32 grid of step a_scale·w_scale (the fused integer layout)
+        self.input_shared = False  # the input arrives already quantized with this layer's own (scale, zero)
         self.observer: Optional[RangeObserver] = None
         self._reest: Optional[list] = None  # [sum_mean, sum_var, count] while re-estimating BN
         self.set_weight_scales()
@@ -86,6 +88,24 @@ class QuantLayer(nn.Module):
         s = self.w_scale.view(-1, *[1] * (self.weight.dim() - 1))
         return torch.clamp(self.rounding(self.weight / s), qmin, qmax) * s
 
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input on this layer's b-bit grid (identity before calibration or at float bits)."""
+        if self.act_quant and self.a_bits < FLOAT_BITS:
+            qmin, qmax = unsigned_range(self.a_bits)
+            return fake_quant(x, self.a_scale, self.a_zero, qmin, qmax)
+        return x
+
+    def bias_scale(self) -> Optional[torch.Tensor]:
+        """Per-channel step of the int32 bias (input scale · weight scale), or None where the bias stays float."""
+        if self.int_bias and self.act_quant and self.a_bits < FLOAT_BITS and self.w_bits < FLOAT_BITS:
+            return self.a_scale * self.w_scale
+        return None
+
+    def quant_bias(self) -> torch.Tensor:
+        """The bias as the integer kernel adds it: on the int32 grid of bias_scale() when int_bias is on."""
+        s = self.bias_scale()
+        return self.bias if s is None else round_ste(self.bias / s) * s
+
     def set_rounding(self, rounding: WeightRounding) -> None:
         """Swap the weight rounding (the seam where learned rounding plugs in)."""
         if not isinstance(rounding, WeightRounding):
@@ -95,11 +115,9 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer.update(x)
-        if self.act_quant and self.a_bits < FLOAT_BITS:
-            qmin, qmax = unsigned_range(self.a_bits)
-            x = fake_quant(x, self.a_scale, self.a_zero, qmin, qmax)
-        w = self.quant_weight()
-        y = F.conv2d(x, w, self.bias, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, self.bias)
+        x = self.quantize_input(x)
+        w, b = self.quant_weight(), self.quant_bias()
+        y = F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
         if self._reest is not None and self.folded_bn:
             m, v = batch_moments(y)
             n = y.shape[0]

@@ -16,6 +16,7 @@ from ..distill import KDConfig
 from ..errors import DatafreeError
 from ..models.loading import input_spec_of
 from ..utils import model_device, set_module
+from .graph import LAYOUTS, act_quantizers, apply_layout, layout_of, tensor_quants
 from .layers import FLOAT_BITS, quant_layers
 from .prepare import trace_layers, wrap_layers_
 from .quantizer import RangeObserver
@@ -43,6 +44,10 @@ class QuantConfig(Config):
     num_calib: int = opt(512, "calibration samples used", cli=True)
     batch_size: int = opt(128, "calibration batch size")
     seed: int = opt(0, "seed for sample selection")
+    layout: str = opt("fused", "activation layout: fused = one quantizer per tensor, residual adds and int32 biases "
+                               "included, as onnxruntime's integer kernels run it; inputs = each layer quantizes its "
+                               "own input only (datafree <= 0.3; the shortcut stays float)", cli=True,
+                      choices=("fused", "inputs"))
 
     def validate(self) -> None:
         for k in ("w_bits", "a_bits", "first_last_bits"):
@@ -55,6 +60,7 @@ class QuantConfig(Config):
         check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}", "percentile")
         check(self.num_calib >= 1, f"num_calib must be >= 1, got {self.num_calib}", "num_calib")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
+        check(self.layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}", "layout")
 
 
 def make_plan(model: nn.Module, cfg: QuantConfig) -> list[dict]:
@@ -78,8 +84,8 @@ def _run(model: nn.Module, data: TensorData, batch_size: int) -> None:
 
 
 def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig) -> None:
-    """Observe every QuantLayer's input on `data` (earlier inputs already quantized if calibrated) and set ranges."""
-    layers = quant_layers(model)
+    """Observe every activation quantizer's input on `data` (all unquantized while observing) and set ranges."""
+    layers = act_quantizers(model)
     was = [q.act_quant for q in layers]
     for q in layers:
         q.act_quant = False
@@ -157,7 +163,7 @@ def stage_fold(st: QuantRun) -> None:
     wrap_layers_(qm, plan)
     qm.quant_plan = plan  # type: ignore[attr-defined]
     qm.quant_config = st.config  # type: ignore[attr-defined]
-    st.qmodel = qm
+    st.qmodel = apply_layout(qm, st.config.layout)
 
 
 def stage_weight_scales(st: QuantRun) -> None:
@@ -223,7 +229,8 @@ def quantize(model: nn.Module, calib: SourceLike, config: Optional[QuantConfig] 
         fn(st)
     qm = _q(st)
     record_transform(qm, "quantize", st.config, plan=qm.quant_plan,  # type: ignore[attr-defined]
-                     act_quant=[q.act_quant for q in quant_layers(qm)],
+                     act_quant=[q.act_quant for q in quant_layers(qm)], layout=layout_of(qm),
+                     tensor_quant=[q.act_quant for q in tensor_quants(qm, own_only=True)],
                      stages=[n for n, _ in (STAGES if stages is None else stages)],
                      kd=st.kd.to_dict() if st.kd is not None else None)
     return qm.eval()
@@ -243,11 +250,14 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
             bn, n = model.get_submodule(e["bn"]), model.get_submodule(e["name"]).weight.shape[0]
             if bn.num_features != n:
                 set_module(model, e["bn"], type(bn)(n, eps=bn.eps).to(bn.running_mean.device))
-    layers = wrap_layers_(model, t["plan"])
-    for q, on in zip(layers, t["act_quant"]):
-        q.act_quant = bool(on)
+    wrap_layers_(model, t["plan"])
     model.quant_plan = t["plan"]  # type: ignore[attr-defined]
     model.quant_config = QuantConfig.from_dict(t["config"])  # type: ignore[attr-defined]
+    model = apply_layout(model, t.get("layout", "inputs"))  # files before the fused layout: inputs only
+    for q, on in zip(quant_layers(model), t["act_quant"]):
+        q.act_quant = bool(on)
+    for q, on in zip(tensor_quants(model, own_only=True), t.get("tensor_quant", [])):
+        q.act_quant = bool(on)
     return model
 
 

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ..data.base import TensorData
 from ..distill import KDConfig, distill_
+from .graph import act_quantizers, tensor_quants
 from .layers import FLOAT_BITS, quant_layers
 
 
@@ -29,6 +30,10 @@ def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:
         if q.a_bits < FLOAT_BITS and q.act_quant:
             _to_param(q, "a_scale")
             out.append(q.a_scale)
+    for t in tensor_quants(qmodel, own_only=True):
+        if t.act_quant:
+            _to_param(t, "a_scale")
+            out.append(t.a_scale)
     return out
 
 
@@ -43,5 +48,6 @@ def finetune_quantized_(qmodel: nn.Module, teacher: nn.Module, data: TensorData,
     with torch.no_grad():
         for q in quant_layers(qmodel):
             q.w_scale.clamp_(min=1e-8)
+        for q in act_quantizers(qmodel):
             q.a_scale.clamp_(min=1e-8)
     return hist

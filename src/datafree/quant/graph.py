@@ -1,0 +1,247 @@
+"""The fused integer layout: one quantizer per activation tensor, as onnxruntime's integer kernels need it.
+
+A QuantLayer quantizes its own input. That is enough for a chain of convolutions, but a residual add reads tensors
+that no QuantLayer quantizes (a conv output, the shortcut), and its output is read by several consumers. onnxruntime
+turns DequantizeLinear → Conv/Add → QuantizeLinear into integer kernels only when every such tensor is quantized once.
+`apply_layout(model, "fused")` traces the model with torch.fx and inserts TensorQuant nodes so that:
+
+- a tensor read by a QuantLayer and by anything else is quantized once, with that QuantLayer's (scale, zero), and all
+  its readers see the quantized tensor (so the shortcut sees what the convolution sees);
+- every operand of an add is quantized: with the parameters of a quantized tensor it was sliced or padded from
+  (exact), else with its own calibrated 8-bit range;
+- the output of an add (after its ReLU) is quantized: by the QuantLayer that reads it, else with its own 8-bit range;
+- a tensor flattened into a QuantLayer is quantized before the flatten too, and an average pooling feeding a
+  quantized tensor has its input quantized (pooling on integers);
+- biases are rounded to the int32 grid of step input scale · weight scale.
+
+Tensors shared with a sub-8-bit QuantLayer carry its step on the full uint8 range; the QuantLayer clips to its b-bit
+range itself. The simulation is then the integer graph, up to float rounding.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import DatafreeError
+from .layers import FLOAT_BITS, QuantLayer
+from .quantizer import act_qparams, fake_quant, unsigned_range
+
+LAYOUTS = ("fused", "inputs")
+_ADDS = {operator.add, operator.iadd, torch.add}
+_RELUS = {F.relu, torch.relu}
+# ops that move or pad values without changing them: a quantized tensor stays on its grid through them
+_MOVES = {operator.getitem, F.pad, torch.flatten, torch.reshape, F.max_pool2d}
+_POOLS = {F.adaptive_avg_pool2d, F.avg_pool2d}
+_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+_MOVE_METHODS = {"flatten", "view", "reshape", "contiguous", "permute", "transpose"}
+
+
+class TensorQuant(nn.Module):
+    """Fake-quantizes one activation tensor on the uint8 grid: with a QuantLayer's (or another TensorQuant's)
+    parameters when `owner` is given, else with its own calibrated range at `bits`."""
+
+    def __init__(self, owner: Optional[nn.Module] = None, bits: int = 8) -> None:
+        super().__init__()
+        object.__setattr__(self, "owner", owner)  # not a submodule: its parameters stay where they are
+        self.a_bits = int(bits)
+        self.act_quant = False
+        self.observer = None
+        if owner is None:
+            self.register_buffer("a_scale", torch.ones(()))
+            self.register_buffer("a_zero", torch.zeros(()))
+
+    def params(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(scale, zero point) in use, or None while this tensor passes through unquantized."""
+        src = self.owner if self.owner is not None else self
+        if isinstance(src, TensorQuant) and src is not self:
+            return src.params()
+        if not src.act_quant or src.a_bits >= FLOAT_BITS:
+            return None
+        return src.a_scale, src.a_zero
+
+    @torch.no_grad()
+    def set_act_range(self, lo: float, hi: float) -> None:
+        """Fix this tensor's own range (owned TensorQuants only) and enable quantization."""
+        if self.owner is not None:
+            raise RuntimeError("a shared TensorQuant takes its range from its owner")
+        s, z = act_qparams(lo, hi, self.a_bits)
+        self.a_scale.fill_(s)
+        self.a_zero.fill_(z)
+        self.act_quant = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+        p = self.params()
+        if p is None:
+            return x
+        return fake_quant(x, p[0], p[1], *unsigned_range(8))
+
+    def extra_repr(self) -> str:
+        return "shared" if self.owner is not None else f"own range, bits={self.a_bits}"
+
+
+def tensor_quants(model: nn.Module, own_only: bool = False) -> list[TensorQuant]:
+    """The TensorQuants of a model in module order (`own_only`: those with their own range)."""
+    return [m for m in model.modules() if isinstance(m, TensorQuant) and (m.owner is None or not own_only)]
+
+
+def act_quantizers(model: nn.Module) -> list[nn.Module]:
+    """Everything with a calibrated activation range: QuantLayers and the TensorQuants with their own range."""
+    return [m for m in model.modules() if isinstance(m, QuantLayer) or (isinstance(m, TensorQuant) and m.owner is None)]
+
+
+def layout_of(model: nn.Module) -> str:
+    """'fused' when the model carries TensorQuants, else 'inputs'."""
+    return "fused" if tensor_quants(model) else "inputs"
+
+
+class _Tracer:
+    """torch.fx tracer that keeps QuantLayers and TensorQuants as leaves."""
+
+    @staticmethod
+    def trace(model: nn.Module):
+        import torch.fx as fx
+
+        class T(fx.Tracer):
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                return isinstance(m, (QuantLayer, TensorQuant)) or super().is_leaf_module(m, qualname)
+
+        return T().trace(model)
+
+
+def _carried(src: nn.Module, dst: nn.Module) -> dict[str, Any]:
+    """The model's own attributes (input spec, head name, transforms, plan) that the traced module lacks."""
+    out = {k: v for k, v in vars(src).items() if not k.startswith("_") and k != "training" and not hasattr(dst, k)}
+    for k in ("head_name", "HEAD"):
+        if not hasattr(dst, k) and hasattr(src, k):
+            out[k] = getattr(src, k)
+    return out
+
+
+def _graph_module(root: nn.Module, graph: Any, class_name: str) -> nn.Module:
+    """A GraphModule that keeps root's own attributes, also through copy.deepcopy (plain GraphModules drop them)."""
+    import copy
+
+    import torch.fx as fx
+
+    class QuantGraphModule(fx.GraphModule):
+        def __deepcopy__(self, memo: dict) -> "QuantGraphModule":
+            res = super().__deepcopy__(memo)
+            for k, v in _carried(self, res).items():
+                setattr(res, k, copy.deepcopy(v, memo))
+            return res
+
+    gm = QuantGraphModule(root, graph, class_name=class_name)
+    for k, v in _carried(root, gm).items():
+        setattr(gm, k, v)
+    return gm
+
+
+def apply_layout(model: nn.Module, layout: str) -> nn.Module:
+    """The model with the given activation layout: 'inputs' returns it as it is; 'fused' returns a torch.fx
+    GraphModule (same submodules and state-dict names, plus TensorQuants) — see the module docstring."""
+    if layout not in LAYOUTS:
+        raise DatafreeError(f"unknown quantization layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if layout == "inputs" or tensor_quants(model):
+        return model
+    try:
+        graph = _Tracer.trace(model)
+    except Exception as e:  # user models with data-dependent control flow
+        raise DatafreeError(f"the model cannot be traced by torch.fx for the fused layout ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); use --layout inputs") from None
+    import torch.fx as fx
+
+    mods = dict(model.named_modules())
+    counter = [0]
+
+    def mod(n: Any) -> Optional[nn.Module]:
+        return mods.get(n.target) if isinstance(n, fx.Node) and n.op == "call_module" else None
+
+    def is_ql(n: Any) -> bool:
+        return isinstance(mod(n), QuantLayer)
+
+    def is_add(n: fx.Node) -> bool:
+        return ((n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))) \
+            and sum(isinstance(a, fx.Node) for a in n.args[:2]) == 2
+
+    def is_relu(n: fx.Node) -> bool:
+        return (n.op == "call_function" and n.target in _RELUS) or (n.op == "call_method" and n.target == "relu") \
+            or isinstance(mod(n), nn.ReLU)
+
+    def tq_of(n: Any) -> Optional[TensorQuant]:
+        m = mod(n)
+        return m if isinstance(m, TensorQuant) else None
+
+    def insert_after(n: fx.Node, tq: TensorQuant, users: Optional[list] = None) -> fx.Node:
+        name = f"_tq{counter[0]}"
+        counter[0] += 1
+        model.add_module(name, tq)
+        mods[name] = tq
+        with graph.inserting_after(n):
+            q = graph.call_module(name, (n,))
+        for u in (list(n.users) if users is None else users):
+            if u is not q:
+                u.replace_input_with(n, q)
+        return q
+
+    original = list(graph.nodes)
+    # 0. a QuantLayer reading a reshaped tensor (flatten after pooling): quantized before the reshape as well, with the
+    #    QuantLayer's parameters (exact), so the pooling runs on integers too
+    for n in original:
+        r = n.args[0] if is_ql(n) and n.args else None
+        reshape = isinstance(r, fx.Node) and ((r.op == "call_function" and r.target in (torch.flatten, torch.reshape)) or
+                                              (r.op == "call_method" and r.target in ("flatten", "view", "reshape")))
+        if reshape and len(r.users) == 1 and isinstance(r.args[0], fx.Node) and len(r.args[0].users) == 1:
+            insert_after(r.args[0], TensorQuant(mod(n)))
+    # 1. a tensor read by a QuantLayer and by anything else: quantized once, with that QuantLayer's parameters
+    for n in original:
+        qls = [u for u in n.users if is_ql(u)]
+        if qls and len(n.users) > 1:
+            owner = mod(qls[0])
+            owner.input_shared = True  # type: ignore[union-attr]
+            insert_after(n, TensorQuant(owner))
+
+    def upstream_quant(n: fx.Node) -> Optional[TensorQuant]:
+        """The TensorQuant a tensor was only moved or padded from, if any."""
+        while True:
+            if tq_of(n) is not None:
+                return tq_of(n)
+            moving = (n.op == "call_function" and n.target in _MOVES) or \
+                     (n.op == "call_method" and n.target in _MOVE_METHODS) or isinstance(mod(n), nn.Identity) or \
+                     (isinstance(mod(n), nn.Sequential) and len(mod(n)) == 0)
+            if not moving or not n.args or not isinstance(n.args[0], fx.Node):
+                return None
+            n = n.args[0]
+
+    # 2. adds: both operands and the output (after its ReLU) quantized
+    for a in [n for n in graph.nodes if is_add(n)]:
+        for x in a.args[:2]:
+            if tq_of(x) is not None:
+                continue
+            up = upstream_quant(x)
+            insert_after(x, TensorQuant(up) if up is not None else TensorQuant(None, 8))
+        out = a
+        if len(a.users) == 1 and is_relu(next(iter(a.users))):
+            out = next(iter(a.users))
+        if all(is_ql(u) for u in out.users) or any(tq_of(u) is not None for u in out.users):
+            continue  # read only by QuantLayers (they quantize it), or already quantized in step 1
+        insert_after(out, TensorQuant(None, 8))
+    # 3. a pooling whose output is quantized runs on integers when its input is quantized too
+    for n in list(graph.nodes):
+        pool = (n.op == "call_function" and n.target in _POOLS) or isinstance(mod(n), _POOL_MODULES)
+        if not pool or not n.args or not isinstance(n.args[0], fx.Node) or tq_of(n.args[0]) is not None:
+            continue
+        reads_quantized = all(tq_of(u) is not None or is_ql(u) for u in n.users) or any(
+            tq_of(v) is not None for u in n.users for v in u.users)  # pool -> flatten -> quantized
+        if reads_quantized:
+            up = upstream_quant(n.args[0])
+            insert_after(n.args[0], TensorQuant(up) if up is not None else TensorQuant(None, 8))
+    for q in [mods[n.target] for n in graph.nodes if is_ql(n)]:
+        q.int_bias = True  # type: ignore[union-attr]
+    graph.lint()
+    return _graph_module(model, graph, type(model).__name__)
