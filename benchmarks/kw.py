@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/kw_table.json")
     p.add_argument("--cache", default="benchmarks/cache")
+    p.add_argument("--layout", default="fused", choices=["fused", "inputs"],
+                   help="activation layout of the simulation (inputs: the per-layer-input layout of tables made before the fused one)")
     a = p.parse_args(argv)
     root = data_root()
     t_start = time.time()
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 its = make_config(src).iterations if src in GEN_SOURCES else a.iterations
                 data, _ = cached_set(model, name, src, a.num, its, a.seed, a.cache)
-            qcfg = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed)
+            qcfg = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed, layout=a.layout)
             key = {"model": name, "w_bits": wb, "a_bits": ab, "source": src}
             state = {}
 

@@ -35,11 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=64, help="batch for the latency measurement")
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--out", default="benchmarks/results/onnx_export.json")
+    p.add_argument("--layout", default="fused", choices=["fused", "inputs"],
+                   help="activation layout of the simulation (inputs: the per-layer-input layout of tables made before the fused one)")
     a = p.parse_args(argv)
     t_start = time.time()
     model = pretrained(a.model)
     data, _ = cached_set(model, a.model, a.calib, 512, 100, 0)
-    q = quantize(model, data, QuantConfig(w_bits=8, a_bits=8))
+    q = quantize(model, data, QuantConfig(w_bits=8, a_bits=8, layout=a.layout))
     test = load_dataset("cifar10:test-exact", model.input_spec, data_root())
     with tempfile.TemporaryDirectory() as d:
         f_int8 = export_onnx(q, Path(d) / "int8.onnx")

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/ptq_cifar.json")
     p.add_argument("--cache", default="benchmarks/cache")
+    p.add_argument("--layout", default="fused", choices=["fused", "inputs"],
+                   help="activation layout of the simulation (inputs: the per-layer-input layout of tables made before the fused one)")
     a = p.parse_args(argv)
     root = data_root()
     t_start = time.time()
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             for src, data in sources.items():
                 def cell():
                     t0 = time.time()
-                    qm = quantize(model, data, QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=all_layers,
+                    qm = quantize(model, data, QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=all_layers, layout=a.layout,
                                                            num_calib=a.num, seed=a.seed))
                     tq = time.time() - t0
                     r = {"calib_seconds": round(tq, 2)}

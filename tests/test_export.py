@@ -67,3 +67,45 @@ def test_cli_export_check(digits_teacher, tmp_path, capsys):
 
     r = json.loads(capsys.readouterr().out)
     assert abs(r["top1_ort"] - r["top1_sim"]) <= 0.3 and r["prediction_agreement"] >= 99.5
+
+
+def test_cli_export_check_reports_latency_size_and_integer_kernels(digits_teacher, tmp_path, capsys):
+    _, w = digits_teacher
+    q = tmp_path / "q.pt"
+    assert main(["quantize", "small_cnn", "--weights", w, "--calib", "digits:train", "--out", str(q)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(q), "--out", str(tmp_path / "q.onnx"), "--check", "digits:test", "--reps", "3",
+                 "--latency-batch", "16", "--json"]) == 0
+    import json
+
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["latency"]) == {"b1_t1", "b16_t2"}
+    for v in r["latency"].values():
+        assert v["ms"] > 0 and v["fp32_ms"] > 0 and abs(v["ratio"] - v["ms"] / v["fp32_ms"]) < 0.01
+    assert r["bytes"] == (tmp_path / "q.onnx").stat().st_size and r["size_ratio"] < 0.4
+    # small_cnn: 3 convs, max-pool, global pooling and the head, all on integer kernels
+    assert r["integer_ops"].get("QLinearConv") == 3 and r["integer_ops"].get("QGemm") == 1, r
+    assert not r["float_ops"].get("Conv") and not r["float_ops"].get("FusedConv"), r
+
+
+def test_cli_export_calibrate_with_onnxruntime(digits_teacher, tmp_path, capsys):
+    _, w = digits_teacher
+    out = tmp_path / "ort.onnx"
+    assert main(["export", "small_cnn", "--weights", w, "--calibrate-with", "onnxruntime", "--calib", "digits:train",
+                 "--num-calib", "64", "--out", str(out), "--check", "digits:test", "--reps", "2", "--json"]) == 0
+    import json
+
+    r = json.loads(capsys.readouterr().out)
+    assert r["calibrate_with"] == "onnxruntime" and r["prediction_agreement"] >= 95.0
+    assert r["integer_ops"].get("QLinearConv", 0) >= 1
+    # a quantized file carries its own numbers: handing it to onnxruntime's quantizer is refused in one line
+    q = tmp_path / "q.pt"
+    assert main(["quantize", "small_cnn", "--weights", w, "--calib", "digits:train", "--out", str(q)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(q), "--calibrate-with", "onnxruntime", "--calib", "digits:train",
+                 "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "FP32 model" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", "small_cnn", "--weights", w, "--calibrate-with", "onnxruntime",
+                 "--out", str(tmp_path / "y.onnx")]) == 2
+    assert "--calib" in capsys.readouterr().err

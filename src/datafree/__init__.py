@@ -8,6 +8,7 @@ from .distill import KDConfig, distill_, kd_loss
 from .quant import QuantConfig, finetune_quantized_, quantize
 from .artifact import is_artifact, load_artifact, load_quantized, save_artifact, save_quantized
 from .compress import compress, list_compressors
+from .hashing import HashConfig, materialize
 from .data.source import Batch, DataSource, TensorSource
 from .synth import list_synthesizers, make_config, synthesize
 
@@ -15,4 +16,4 @@ __all__ = ["__version__", "DATASET_SPECS", "SyntheticSet", "TensorData", "load_d
            "DatafreeError", "evaluate", "model_size_bits", "predict", "similarity", "InputSpec", "create_model", "fingerprint",
            "list_models", "load_model", "KDConfig", "distill_", "kd_loss", "finetune_quantized_", "QuantConfig", "load_quantized", "quantize", "save_quantized",
            "list_synthesizers", "make_config", "synthesize", "is_artifact", "load_artifact", "save_artifact",
-           "compress", "list_compressors", "Batch", "DataSource", "TensorSource"]
+           "compress", "list_compressors", "HashConfig", "materialize", "Batch", "DataSource", "TensorSource"]

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from . import continual, prune, student  # noqa: F401  (register their compressors)
+from . import continual, hashing, prune, student  # noqa: F401  (register their compressors)
 from . import quant  # noqa: F401
 from ._version import __version__
 from .compress import COMPRESSORS, transforms_of

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -76,14 +77,32 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
                                     "with --weights")
             if weights:
                 raise DatafreeError(f"{name} is a datafree artifact and holds its own weights; drop --weights")
-            return build_artifact(obj, name, getattr(a, "model_file", None)).to(torch.device(a.device))
+            m = build_artifact(obj, name, getattr(a, "model_file", None))
+            _check_finite(m, name)
+            return m.to(torch.device(a.device))
     model = load_model(name, weights, num_classes=num_classes, input_spec=spec)
+    _check_finite(model, weights or name)
     return model.to(torch.device(a.device))
+
+
+def _check_finite(model: Any, where: str) -> None:
+    """Refuse weights with NaN or infinite values (they would be quantized, distilled and saved as if fine)."""
+    import torch
+
+    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in model.state_dict().items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        k, n = bad[0]
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise DatafreeError(f"{where} holds NaN or infinite values ({n} in {k}{more}); the model is broken — use the "
+                            "weights from before the training run that diverged")
 
 
 def _setup(a: argparse.Namespace) -> None:
     import torch
 
+    if a.threads is not None and a.threads < 1:
+        raise DatafreeError(f"--threads must be >= 1, got {a.threads}")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.device != "cpu":
@@ -101,6 +120,33 @@ def _emit(a: argparse.Namespace, obj: dict, human: str) -> None:
 
 
 # -- subcommands ---------------------------------------------------------------------------------
+
+def _check_out(a: argparse.Namespace, kind: str = "file", attr: str = "out",
+               inputs: Sequence[str] = ("weights", "model", "student_weights", "calib", "bn_data", "data")) -> None:
+    """Before any work: --out must be writable where the user asked, of the right kind, and no input of the command."""
+    out = getattr(a, attr, None)
+    if not out:
+        return
+    flag = "--" + attr.replace("_", "-")
+    p = Path(out)
+    if kind == "file" and p.is_dir():
+        raise DatafreeError(f"{flag} {out} is a directory; give a file path (e.g. {p / 'model.pt'})")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise DatafreeError(f"{flag} {out} is a file, but this writes a directory; give a directory path")
+    anc = p.parent if kind == "file" or not p.exists() else p
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DatafreeError(f"{flag} {out} lies under {anc}, which is a file, not a directory; choose another path")
+    if not os.access(anc, os.W_OK):
+        raise DatafreeError(f"cannot write {flag} {out}: {anc} is not writable (read-only?); choose another path")
+    if p.exists():
+        for name in inputs:
+            v = getattr(a, name, None)
+            if isinstance(v, str) and os.path.exists(v) and os.path.samefile(v, p):
+                raise DatafreeError(f"{flag} {out} is also the input --{name.replace('_', '-')}; writing there would "
+                                    f"replace it — choose another {flag}")
+
 
 def cmd_list(a: argparse.Namespace) -> int:
     from .data.real import DATASET_SPECS
@@ -125,6 +171,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(a: argparse.Namespace) -> int:
+    _check_out(a, "dir")
     from .data.synthetic import read_manifest
     from .metrics import teacher_view
     from .synth import SYNTHESIZERS, synthesize
@@ -147,6 +194,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
+    _check_out(a, "file")
     from .artifact import save_artifact
     from .data.real import load_dataset
     from .metrics import evaluate
@@ -218,24 +266,56 @@ def cmd_similarity(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .quant.export import export_onnx, ort_predict, ort_session
+    _check_out(a, "file")
+    from .quant.export import check_export, export_onnx, ort_quantize_static
+    from .quant.layers import quant_layers
 
     model = _load_model(a)
-    path = export_onnx(model, a.out, opset=a.opset)
-    info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size}
-    human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)"
+    quantized = bool(quant_layers(model))
+    if a.opset < 13:
+        raise DatafreeError(f"--opset {a.opset} is too old: per-channel QuantizeLinear/DequantizeLinear need opset >= 13")
+    if a.calibrate_with == "onnxruntime":
+        if quantized:
+            raise DatafreeError("--calibrate-with onnxruntime quantizes an FP32 model; give the FP32 model, not a "
+                                "quantized file (or drop --calibrate-with to export the file's own numbers)")
+        if not a.calib:
+            raise DatafreeError("--calibrate-with onnxruntime needs --calib: a synthetic set, a method or a dataset spec")
+        if a.num_calib < 1:
+            raise DatafreeError(f"--num-calib must be >= 1, got {a.num_calib}")
+        from .sources import load_source
+
+        calib = load_source(a.calib, model, num=a.num_calib, seed=a.seed, data_root=a.data_root,
+                            progress=not a.no_progress)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            fp32 = export_onnx(model, Path(d) / "fp32.onnx", opset=a.opset)
+            path = ort_quantize_static(fp32, a.out, calib)
+        kind = f"onnxruntime quantize_static (QDQ, per-channel int8) calibrated on {a.calib} ({len(calib)} samples)"
+    else:
+        path = export_onnx(model, a.out, opset=a.opset)
+        kind = "int8 QDQ graph with this file's own numbers" if quantized else "FP32 graph"
+    info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size, "calibrate_with": a.calibrate_with}
+    human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB): {kind}"
     if a.check:
         from .data.real import load_dataset
-        from .metrics import predict
 
         data = load_dataset(a.check, model.input_spec, a.data_root)  # type: ignore[attr-defined]
-        sim = predict(model, data)
-        ort = ort_predict(ort_session(path), data)
-        info.update(top1_sim=round(100.0 * (sim == data.y).float().mean().item(), 3),
-                    top1_ort=round(100.0 * (ort == data.y).float().mean().item(), 3),
-                    prediction_agreement=round(100.0 * (sim == ort).float().mean().item(), 3), n=len(data))
-        human += (f"\n{a.check}: top-1 PyTorch simulation {info['top1_sim']:.2f}%, onnxruntime {info['top1_ort']:.2f}%, "
-                  f"same prediction on {info['prediction_agreement']:.2f}% of {len(data)} images")
+        for k in ("latency_batch", "ort_threads", "reps"):
+            if getattr(a, k) < 1:
+                raise DatafreeError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
+        r = check_export(path, model, data, batch=a.latency_batch, threads=a.ort_threads, reps=a.reps)
+        info.update(r)
+        ref = "FP32 PyTorch model" if not quantized else "PyTorch simulation"
+        human += (f"\n{a.check}: top-1 {ref} {r['top1_sim']:.2f}%, onnxruntime {r['top1_ort']:.2f}%, "
+                  f"same prediction on {r['prediction_agreement']:.2f}% of {r['n']} images")
+        human += f"\nsize: {r['bytes'] / 1024:.1f} KiB vs FP32 export {r['bytes_fp32'] / 1024:.1f} KiB ({r['size_ratio']:.2f}x)"
+        for v in r["latency"].values():
+            human += (f"\nlatency batch {v['batch']}, {v['threads']} thread(s): {v['ms']:.3f} ms vs FP32 {v['fp32_ms']:.3f} ms "
+                      f"({v['ratio']:.2f}x)")
+        fused = ", ".join(f"{k} {n}" for k, n in r["integer_ops"].items()) or "none"
+        left = ", ".join(f"{k} {n}" for k, n in r["float_ops"].items()) or "none"
+        human += f"\nonnxruntime integer kernels: {fused}; float compute left: {left}"
     _emit(a, info, human)
     return 0
 
@@ -257,23 +337,14 @@ def _write_curve(curve: list[dict], out: str, title: str) -> str:
     return stem + ".curve.png"
 
 
-def cmd_distill(a: argparse.Namespace) -> int:
-    from .data.real import load_dataset
-    from .metrics import evaluate
-    from .models import input_spec_of
+def _kd_data(a: argparse.Namespace, teacher: Any) -> tuple[Any, int, int, str]:
+    """The KD loop's data from --method (rounds or a generator, the student in the loop) or --data (fixed): returns
+    (source, KD steps, steps between checkpoints, its name)."""
     from .sources import RoundsConfig, load_source, stream_source
-    from .artifact import save_artifact
-    from .student import distill_student_, record_distill
 
     if (a.method is None) == (a.data is None):
         raise DatafreeError("give --method (synthesize in rounds with the student in the loop) or --data "
                             "(a fixed synthetic set or dataset spec), exactly one")
-    teacher = _load_model(a)
-    spec = input_spec_of(teacher)
-    student = _load_model(a, name=a.student, weights=a.student_weights, input_spec=spec,
-                          num_classes=spec.num_classes)
-    val = load_dataset(a.val, spec, a.data_root) if a.val else None
-    ckpt = a.checkpoint_dir or a.out + ".ckpt"
     every = a.checkpoint_every
     if a.method is not None:
         rounds = _configured({"rounds": "--rounds", "per_round": "--per-round", "steps_per_round": "--steps-per-round"},
@@ -290,6 +361,24 @@ def cmd_distill(a: argparse.Namespace) -> int:
         data = load_source(a.data, teacher, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
         steps = _kd_steps(a.steps, a.epochs, len(data), a.kd__batch_size)
         source = a.data
+    return data, steps, every, source
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    _check_out(a, "file")
+    from .data.real import load_dataset
+    from .metrics import evaluate
+    from .models import input_spec_of
+    from .artifact import save_artifact
+    from .student import distill_student_, record_distill
+
+    teacher = _load_model(a)
+    spec = input_spec_of(teacher)
+    data, steps, every, source = _kd_data(a, teacher)
+    student = _load_model(a, name=a.student, weights=a.student_weights, input_spec=spec,
+                          num_classes=spec.num_classes)
+    val = load_dataset(a.val, spec, a.data_root) if a.val else None
+    ckpt = a.checkpoint_dir or a.out + ".ckpt"
     kd = _kd_config(a, steps)
     r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
                          overwrite=a.overwrite, checkpoint_every=every)
@@ -309,7 +398,54 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash(a: argparse.Namespace) -> int:
+    _check_out(a, "file")
+    _check_out(a, "file", attr="materialize")
+    from .artifact import save_artifact
+    from .data.real import load_dataset
+    from .hashing import HashConfig, hash_distill, materialize
+    from .metrics import evaluate
+    from .models import input_spec_of
+    from .utils import save_atomic
+
+    cfg = _configured({"fraction": "--fraction", "variables": "--variables", "init": "--init"},
+                      lambda: HashConfig(fraction=a.fraction, variables=a.variables, skip_first_last=a.skip_first_last,
+                                         init=a.init, seed=a.seed))
+    teacher = _load_model(a)
+    spec = input_spec_of(teacher)
+    data, steps, every, source = _kd_data(a, teacher)
+    kd = _kd_config(a, steps)
+    val = load_dataset(a.val, spec, a.data_root) if a.val else None
+    t0 = time.time()
+    student = hash_distill(teacher, data, cfg, kd, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt", val=val,
+                           progress=not a.no_progress, overwrite=a.overwrite, checkpoint_every=every)
+    hi = student.hash_info  # type: ignore[attr-defined]
+    path = save_artifact(student, a.out, teacher=teacher, extra={"data": source, "hash": hi})
+    info: dict[str, Any] = {"out": a.out, "data": source, "steps": steps, "seconds": round(time.time() - t0, 2),
+                            "variables": hi["variables"], "teacher_variables": hi["teacher_variables"],
+                            "fraction": round(hi["variables"] / hi["teacher_variables"], 4), "n": hi["n"], "M": hi["M"],
+                            "bytes": Path(path).stat().st_size}
+    human = (f"hashed {hi['teacher_variables']} variables into {hi['variables']} ({info['fraction']:.1%}: X {hi['n']}x{hi['M']}, "
+             f"Y {hi['M']}x{hi['n']}, per-tensor scales, BN), trained {steps} KD steps on {source}; saved to {a.out} "
+             f"({info['bytes'] / 1024:.0f} KiB)")
+    if a.materialize:
+        plain = materialize(student)
+        save_atomic({k: v.detach().cpu() for k, v in plain.state_dict().items()}, a.materialize)
+        info["materialized"] = a.materialize
+        human += f"; plain state dict in {a.materialize}"
+    curve = getattr(student, "kd_curve", None)
+    if curve:
+        info["curve"] = _write_curve(curve, a.out, f"hashed {a.model} ({info['fraction']:.0%}) from {source}, validated on {a.val}")
+    if a.eval:
+        ev = evaluate(student, load_dataset(a.eval, spec, a.data_root), teacher=teacher)
+        info.update(top1=ev["top1"], teacher_top1=ev["teacher_top1"], n=ev["n"])
+        human += f"\n{a.eval}: hashed top-1 {ev['top1']:.2f}% (original {ev['teacher_top1']:.2f}%)"
+    _emit(a, info, human)
+    return 0
+
+
 def cmd_prune(a: argparse.Namespace) -> int:
+    _check_out(a, "file")
     import copy
 
     from .data.real import load_dataset
@@ -376,6 +512,7 @@ def _class_list(s: str) -> list[int]:
 
 
 def cmd_extend(a: argparse.Namespace) -> int:
+    _check_out(a, "file")
     from .artifact import save_artifact
     from .continual import ContinualConfig, extend_classes, split_accuracy
     from .data.real import load_dataset
@@ -432,6 +569,34 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or isinstance(action, argparse._StoreFalseAction)):
             return h
         return super()._get_help_string(action)
+
+
+def _kd_data_options(s: argparse.ArgumentParser, specs: str) -> None:
+    """Where a KD loop gets its data (--method stream or --data), its length, checkpoints and validation."""
+    from .synth import SYNTHESIZERS
+
+    s.add_argument("--method", choices=SYNTHESIZERS.names(), help="synthesis method as a stream: pixel methods and "
+                   "cmi/fast synthesize in rounds into a growing pool; dafl/rdskd train a generator first, then every "
+                   "batch is fresh")
+    s.add_argument("--data", metavar="SOURCE", help=f"fixed data instead: synthetic-set directory or dataset spec ({specs})")
+    s.add_argument("--num", type=int, help="with --data: use at most this many samples")
+    s.add_argument("--rounds", type=int, default=4, help="with --method: synthesize-then-distill rounds")
+    s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round (generator "
+                   "methods: the generator batch)")
+    s.add_argument("--steps-per-round", type=int, default=200, help="with --method: KD steps after each round")
+    _synth_options(s, ["iterations", "lr", "bf16", "bn_weight", "latent_dim", "width", "adv", "joint"], flags={"lr": "--synth-lr"},
+                   help_extra=" (with --method)")
+    s.add_argument("--steps", type=int, default=0, help="KD steps (with --data: overrides --epochs; with --method: "
+                   "overrides rounds x steps-per-round)")
+    s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
+    _kd_options(s, "student", ["lr", "optimizer", "weight_decay", "temperature", "batch_size", "freeze_bn", "augment",
+                               "mixup", "val_every", "bf16", "channels_last"])
+    s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress log; the "
+                   "curve goes to OUT.curve.json and OUT.curve.png")
+    s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
+    s.add_argument("--checkpoint-every", type=int, default=200, help="with --data: steps between checkpoints")
+    s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -515,7 +680,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s, "model", help_extra=", or a file written by `datafree quantize/prune/distill/extend`")
     s.add_argument("--out", required=True, help="output .onnx file")
     s.add_argument("--opset", type=int, default=13, help="ONNX opset (>= 13 for per-channel Q/DQ)")
-    s.add_argument("--check", metavar="DATASET_SPEC", help="compare onnxruntime and PyTorch top-1 on this real dataset")
+    s.add_argument("--check", metavar="DATASET_SPEC",
+                   help="report what the file gives: onnxruntime vs PyTorch top-1 and prediction agreement on this real "
+                        "dataset, latency against an FP32 export of the same graph (batch 1 / 1 thread and "
+                        "--latency-batch / --ort-threads, median of --reps runs), file sizes, and which nodes onnxruntime "
+                        "turned into integer kernels")
+    s.add_argument("--latency-batch", type=int, default=64, help="the larger batch of the latency check")
+    s.add_argument("--ort-threads", type=int, default=2, help="onnxruntime threads for the larger-batch latency check")
+    s.add_argument("--reps", type=int, default=20, help="timed runs per latency measurement (median)")
+    s.add_argument("--calibrate-with", choices=("datafree", "onnxruntime"), default="datafree",
+                   help="datafree: export the model's own numbers (calibrated / KD fine-tuned / sub-8-bit, from "
+                        "`datafree quantize`); onnxruntime: give an FP32 model and let onnxruntime's quantize_static "
+                        "quantize it with --calib as its calibration reader")
+    s.add_argument("--calib", metavar="SOURCE", help="calibration data for --calibrate-with onnxruntime: a synthetic set "
+                                                     "directory, a synthesis method or a dataset spec")
+    s.add_argument("--num-calib", type=int, default=512, help="calibration samples for --calibrate-with onnxruntime")
+    s.add_argument("--seed", type=int, default=0, help="seed for the calibration subset")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _common(s)
     s.set_defaults(func=cmd_export)
@@ -532,33 +712,41 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s, "teacher")
     s.add_argument("--student", required=True, help="student: zoo model name or path/to/file.py:factory")
     s.add_argument("--student-weights", help="start the student from these weights (default: from scratch)")
-    s.add_argument("--method", choices=SYNTHESIZERS.names(), help="synthesis method as a stream: pixel methods and "
-                   "cmi/fast synthesize in rounds into a growing pool; dafl/rdskd train a generator first, then every "
-                   "batch is fresh")
-    s.add_argument("--data", metavar="SOURCE", help=f"fixed data instead: synthetic-set directory or dataset spec ({specs})")
-    s.add_argument("--num", type=int, help="with --data: use at most this many samples")
-    s.add_argument("--rounds", type=int, default=4, help="with --method: synthesize-then-distill rounds")
-    s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round (generator "
-                   "methods: the generator batch)")
-    s.add_argument("--steps-per-round", type=int, default=200, help="with --method: KD steps after each round")
-    _synth_options(s, ["iterations", "lr", "bf16", "bn_weight", "latent_dim", "width", "adv", "joint"], flags={"lr": "--synth-lr"},
-                   help_extra=" (with --method)")
-    s.add_argument("--steps", type=int, default=0, help="KD steps (with --data: overrides --epochs; with --method: "
-                   "overrides rounds x steps-per-round)")
-    s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
-    _kd_options(s, "student", ["lr", "optimizer", "weight_decay", "temperature", "batch_size", "freeze_bn", "augment",
-                               "mixup", "val_every", "bf16", "channels_last"])
-    s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress log; the "
-                   "curve goes to OUT.curve.json and OUT.curve.png")
-    s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
-    s.add_argument("--checkpoint-every", type=int, default=200, help="with --data: steps between checkpoints")
-    s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
+    _kd_data_options(s, specs)
     s.add_argument("--out", required=True, help="output state dict (.pt)")
     s.add_argument("--eval", metavar="DATASET_SPEC", help="evaluate the student (and teacher) on this real dataset")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _common(s)
     s.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("hash", formatter_class=fmt, help="shrink a model's variables to a budget (Structured Multi-"
+                       "Hashing), trained by KD", description="Structured Multi-Hashing (Eban et al. 2020): every conv/"
+                       "linear weight and bias of MODEL is read from one virtual n x n matrix X·Y (2·M·n variables, M "
+                       "from the budget) times a learnable per-tensor scale; BN stays as it is. The hashed copy learns "
+                       "MODEL's logits by KD on --method (a generator or rounds, the student in the loop) or --data (a "
+                       "fixed synthetic set or dataset spec). The file stores X, Y, scales and BN, so its size follows "
+                       "the budget; `datafree evaluate/export FILE` read it, --materialize writes a plain state dict.")
+    _model_args(s)
+    g = s.add_argument_group("hashing")
+    from .hashing import HashConfig
+
+    p_fields = {f.name: f for f in dataclasses.fields(HashConfig)}
+    for name in ("fraction", "variables", "skip_first_last", "init"):
+        f = p_fields[name]
+        flag = "--" + name.replace("_", "-")
+        if isinstance(f.default, bool):
+            g.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kw = {"choices": list(f.metadata["choices"])} if f.metadata.get("choices") else {"metavar": name.upper()}
+            g.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"], **kw)
+    _kd_data_options(s, specs)
+    s.add_argument("--out", required=True, help="output file (.pt) with X, Y, scales and BN")
+    s.add_argument("--materialize", metavar="FILE", help="also write a plain state dict of the model's architecture "
+                   "(every weight materialized) for deployment: `datafree evaluate MODEL --weights FILE` loads it")
+    s.add_argument("--eval", metavar="DATASET_SPEC", help="evaluate the hashed model (and MODEL) on this real dataset")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(s)
+    s.set_defaults(func=cmd_hash)
 
     s = sub.add_parser("prune", formatter_class=fmt, help="prune a model and recover accuracy by KD on synthetic data",
                        description="Prune MODEL, then fine-tune it by distillation from the unpruned model on --data "
@@ -642,6 +830,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("datafree: interrupted; finished work is kept (synthesis resumes when the same command is re-run)", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, a path that is not what it should be
+        if debug:
+            raise
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"datafree: error: cannot read or write{where}: {e.strerror or e} (free space or choose another path; "
+              "finished shards and checkpoints are kept)", file=sys.stderr)
+        return 1
     except (RuntimeError, ValueError) as e:
         if debug:
             raise

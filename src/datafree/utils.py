@@ -83,9 +83,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:  # name the file the user asked for, not our temporary
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
         raise
     return p
 

@@ -26,6 +26,8 @@ class TensorData:
 
     def subset(self, n: Optional[int], seed: int = 0) -> "TensorData":
         """A random subset of n items (all of them if n is None or >= len)."""
+        if n is not None and n < 1:
+            raise DatafreeError(f"the number of samples to use must be >= 1, got {n} (--num)")
         if n is None or n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values

@@ -89,6 +89,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         man = json.loads(m.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatafreeError(f"{m} is corrupt ({e}); re-run `datafree synthesize` with the same --out to rebuild it") from None
+    if not isinstance(man, dict):
+        raise DatafreeError(f"{m} is not a JSON object, so {str(d)!r} is not a synthetic set; re-run `datafree "
+                            "synthesize` with --overwrite to rebuild it")
     if man.get("format") != FORMAT:
         raise DatafreeError(f"{m} is not a {FORMAT} manifest")
     return man
@@ -104,14 +107,23 @@ class SyntheticSet:
             raise DatafreeError(f"synthetic set {str(self.path)!r} is incomplete (interrupted?); re-run the same `datafree synthesize` command to finish it")
         xs, ys, ls = [], [], []
         shards = sorted(p for p in self.path.iterdir() if _SHARD.match(p.name))
+        num, size = self.manifest.get("num"), self.manifest.get("shard_size")
+        if isinstance(num, int) and isinstance(size, int) and size > 0:
+            have = {int(_SHARD.match(p.name).group(1)) for p in shards}  # type: ignore[union-attr]
+            missing = [i for i in range(-(-num // size)) if i not in have]
+            if missing:
+                names = ", ".join(f"shard_{i:05d}.npz" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+                raise DatafreeError(f"synthetic set {str(self.path)!r} lacks {len(missing)} of its shards ({names}); "
+                                    "re-run the same `datafree synthesize` command to re-make them")
         for p in shards:
             try:
                 with np.load(p) as d:
                     xs.append(torch.from_numpy(d["x"]))
                     ys.append(torch.from_numpy(d["y"]))
                     ls.append(torch.from_numpy(d["logits"]))
-            except (OSError, KeyError, ValueError, EOFError) as e:
-                raise DatafreeError(f"shard {p} is corrupt ({e}); delete it and re-run the same `datafree synthesize` command") from None
+            except Exception as e:  # truncated zip, missing arrays, bad pickle: all the same to the user
+                raise DatafreeError(f"shard {p} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]}); delete it "
+                                    "and re-run the same `datafree synthesize` command") from None
         if not xs:
             raise DatafreeError(f"synthetic set {str(self.path)!r} has no shards")
         name = f"synthetic:{self.manifest.get('method')}"

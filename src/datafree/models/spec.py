@@ -26,6 +26,14 @@ class InputSpec:
         c = self.shape[0]
         if len(self.mean) != c or len(self.std) != c:
             raise DatafreeError(f"mean/std need {c} values for {c} channels, got {self.mean}, {self.std}")
+        import math
+
+        if not all(math.isfinite(float(v)) for v in (*self.mean, *self.std)):
+            raise DatafreeError(f"mean and std must be finite numbers, got mean {self.mean}, std {self.std}")
+        if any(float(v) <= 0 for v in self.std):
+            raise DatafreeError(f"std must be > 0 for every channel (inputs are divided by it), got {self.std}")
+        if int(self.num_classes) < 1:
+            raise DatafreeError(f"num_classes must be >= 1, got {self.num_classes}")
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """Map images in [0, 1] (N, C, H, W) to the model's normalized space."""

@@ -57,22 +57,23 @@ class CifarResNet(nn.Module):
 
     head_name = "linear"  # the classifier layer (KD feature taps, class extension)
 
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, base_width: int = 16) -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise DatafreeError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        w = int(base_width)  # 16 = the standard widths 16/32/64; smaller = the width-multiplier baseline
+        self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        layers, in_planes = [], w
+        for planes, stride in ((w, 1), (2 * w, 2), (4 * w, 2)):
             blocks = []
             for i in range(n):
                 blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
-        self.linear = nn.Linear(64, num_classes)
+        self.linear = nn.Linear(4 * w, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)

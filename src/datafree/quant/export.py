@@ -208,6 +208,128 @@ def ort_predict(session, data: TensorData, batch_size: int = 256) -> torch.Tenso
     return torch.from_numpy(np.concatenate(out))
 
 
+def float_twin(model: nn.Module) -> nn.Module:
+    """A copy of a quantized model with every quantizer off: the same graph in FP32 (the latency baseline)."""
+    m = copy.deepcopy(model).eval().cpu()
+    for q in quant_layers(m):
+        q.w_bits = q.a_bits = FLOAT_BITS
+        q.act_quant = q.int_bias = False
+    for t in tensor_quants(m):
+        t.act_quant = False
+        if t.owner is None:
+            t.a_bits = FLOAT_BITS
+    return m
+
+
+def optimized_ops(path: str | os.PathLike) -> dict[str, int]:
+    """Op counts of the graph onnxruntime actually runs (after its CPU graph optimizations and QDQ fusions)."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        so.log_severity_level = 3  # the "hardware specific optimizations" notice is not for users
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return dict(collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node))
+
+
+INTEGER_OPS = ("QLinearConv", "QLinearAdd", "QGemm", "QLinearMatMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
+               "QLinearMul", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "ConvInteger", "MatMulInteger")
+FLOAT_COMPUTE_OPS = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm", "FusedMatMul", "Add", "GlobalAveragePool",
+                     "AveragePool")
+
+
+def median_latency(session, x: np.ndarray, reps: int = 20) -> float:
+    """Median seconds of one run of `session` on batch x (after one warm-up run)."""
+    import statistics
+    import time
+
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x})
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def check_export(path: str | os.PathLike, model: nn.Module, data: Optional[TensorData] = None,
+                 fp32_path: Optional[str | os.PathLike] = None, batch: int = 64, threads: int = 2,
+                 reps: int = 20) -> dict:
+    """What a user of the exported file gets: top-1 against the PyTorch model on `data`, latency against an FP32 export
+    of the same graph in this process (batch 1 / 1 thread and `batch` / `threads`), file sizes, fused node counts."""
+    import tempfile
+
+    path = Path(path)
+    info: dict = {"bytes": path.stat().st_size}
+    spec = getattr(model, "input_spec", None)
+    with tempfile.TemporaryDirectory() as d:
+        fp = Path(fp32_path) if fp32_path is not None else export_onnx(float_twin(model), Path(d) / "fp32.onnx")
+        info["bytes_fp32"] = fp.stat().st_size
+        info["size_ratio"] = round(info["bytes"] / info["bytes_fp32"], 3)
+        ops = optimized_ops(path)
+        info["integer_ops"] = {k: v for k, v in sorted(ops.items()) if k in INTEGER_OPS}
+        info["float_ops"] = {k: v for k, v in sorted(ops.items()) if k in FLOAT_COMPUTE_OPS}
+        if data is not None:
+            from ..utils import predict
+
+            sim = predict(model, data)
+            ort = ort_predict(ort_session(path), data)
+            info.update(top1_sim=round(100.0 * (sim == data.y).float().mean().item(), 3),
+                        top1_ort=round(100.0 * (ort == data.y).float().mean().item(), 3),
+                        prediction_agreement=round(100.0 * (sim == ort).float().mean().item(), 3), n=len(data))
+        shape = tuple(spec.shape) if spec is not None else tuple(data.x.shape[1:])  # type: ignore[union-attr]
+        rng = np.random.default_rng(0)
+        lat = {}
+        for b, t in ((1, 1), (batch, threads)):
+            x = (data.x[:b].numpy() if data is not None and len(data) >= b else rng.standard_normal((b, *shape))).astype(np.float32)
+            s_q, s_f = ort_session(path, threads=t), ort_session(fp, threads=t)
+            tq, tf = [], []
+            for _ in range(3):  # interleaved: both files see the same machine state
+                tf.append(median_latency(s_f, x, reps))
+                tq.append(median_latency(s_q, x, reps))
+            q_ms, f_ms = 1000 * min(tq), 1000 * min(tf)
+            lat[f"b{b}_t{t}"] = {"batch": b, "threads": t, "ms": round(q_ms, 4), "fp32_ms": round(f_ms, 4),
+                                 "ratio": round(q_ms / f_ms, 3)}
+        info["latency"] = lat
+    return info
+
+
+def ort_quantize_static(fp32_path: str | os.PathLike, out: str | os.PathLike, calib: TensorData,
+                        per_channel: bool = True, batch_size: int = 16) -> Path:
+    """onnxruntime's own static quantizer (QDQ, uint8 activations, int8 per-channel weights) on an FP32 export, with
+    `calib` (synthetic or real samples) as its calibration reader."""
+    import tempfile
+
+    try:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise DatafreeError("onnxruntime's quantizer needs onnxruntime: pip install 'datafree[export]'") from None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        pre = Path(d) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre))  # folds constants, so biases are initializers it can quantize
+        import logging
+
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # its per-node warnings are about its own heuristics
+        try:
+            quantize_static(str(pre), str(out), SyntheticCalibrationReader(calib, batch_size=batch_size),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        finally:
+            logging.getLogger().setLevel(level)
+    return out
+
+
 class SyntheticCalibrationReader:
     """onnxruntime.quantization CalibrationDataReader over a SyntheticSet (or any TensorData)."""
 

@@ -158,7 +158,9 @@ Stage = Callable[[QuantRun], None]
 
 def stage_fold(st: QuantRun) -> None:
     """Deep-copy the model, fold each BN into the conv/linear it follows and wrap those layers as QuantLayers."""
-    qm = copy.deepcopy(st.model).eval()
+    from ..hashing import materialize
+
+    qm = copy.deepcopy(materialize(st.model)).eval()  # a hashed model is quantized through its materialized weights
     plan = make_plan(qm, st.config)
     wrap_layers_(qm, plan)
     qm.quant_plan = plan  # type: ignore[attr-defined]

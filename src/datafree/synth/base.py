@@ -247,6 +247,10 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
                 x = synth.make_batch(y, gen, step)
                 with torch.no_grad():
                     logits = teacher(x)
+                if not (torch.isfinite(x).all() and torch.isfinite(logits).all()):
+                    raise DatafreeError(f"shard {i}: the {'samples' if not torch.isfinite(x).all() else 'model outputs'} "
+                                        "are NaN or infinite, so no set is written; check the model's weights (NaN?) "
+                                        "and the synthesis settings (a lower --lr)")
                 if not cls.class_conditional:
                     y = logits.argmax(1)
                 if writer is not None:
