@@ -190,6 +190,34 @@ def section_smh() -> str:
     return "\n".join(out) + "\n"
 
 
+def section_lowbit() -> str:
+    d = json.loads((RESULTS / "lowbit.json").read_text())
+    rows = d["rows"]
+    out = ["## The low-bit frontier: reconstruction and mixed precision per source\n", _meta_line(d["meta"]),
+           _incomplete(d["meta"]), "Every layer quantized. Stages: " + "; ".join(f"`{k}` {v}" for k, v in
+                                                                            d["meta"].get("stages", {}).items()) + ".\n",
+           "| model | bits | source | calibrate | + AdaRound | + BRECQ | + KD fine-tune | mixed (W3A3 size) |",
+           "|---|---|---|---|---|---|---|---|"]
+    fp = {r["model"]: r for r in rows if r["stage"] == "fp32"}
+    keys = []
+    for r in rows:
+        k = (r["model"], r["w_bits"], r["a_bits"], r["source"])
+        if r["stage"] not in ("fp32", "mixed") and k not in keys:
+            keys.append(k)
+    for k in keys:
+        st = {x["stage"]: x for x in rows if (x["model"], x["w_bits"], x["a_bits"], x["source"]) == k}
+
+        def f(s: str) -> str:
+            x = st.get(s)
+            return f"{x['top1_exact']:.2f} / {x['top1_jpeg']:.2f}" if x else "-"
+
+        out.append(f"| {k[0]} | W{k[1]}A{k[2]} | {k[3]} | {f('calibrate')} | {f('adaround')} | {f('brecq')} | "
+                   f"{f('kd-finetune')} | {f('mixed')} |")
+    out.append("\nFP32: " + "; ".join(f"{m} {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f}" for m, r in fp.items())
+               + ". Cells: top-1 test-exact / test-jpeg.")
+    return "\n".join(out) + "\n"
+
+
 def section_similarity() -> str:
     p = RESULTS / "similarity.json"
     d = json.loads(p.read_text())
@@ -331,7 +359,7 @@ SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw
             ("synthetic_sets.json", section_set_stats),
             ("prune_resnet56.json", section_prune),
             ("continual.json", section_continual), ("deploy_onnx.json", section_deploy_onnx),
-            ("smh_resnet32.json", section_smh)]
+            ("smh_resnet32.json", section_smh), ("lowbit.json", section_lowbit)]
 
 
 def main() -> None:

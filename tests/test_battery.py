@@ -248,3 +248,44 @@ def test_synthesis_of_a_model_with_nan_outputs_writes_no_complete_set(env, tmp_p
     assert rc != 0
     if (out / "manifest.json").exists():
         assert not json.loads((out / "manifest.json").read_text()).get("complete")
+
+
+def _weights(path):
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+REPRO = {
+    "quantize": ["quantize", *M, "--calib", "{set}", "--w-bits", "4", "--a-bits", "4", "--finetune-steps", "3",
+                 "--out", "{o}"],
+    "distill": ["distill", *M, "--student", "small_cnn", "--data", "{set}", "--steps", "3", "--out", "{o}"],
+    "distill-method": ["distill", *M, "--student", "small_cnn", "--method", "dafl", "--iterations", "2",
+                       "--per-round", "8", "--steps", "3", "--out", "{o}"],
+    "prune": ["prune", *M, "--structured", "--sparsity", "0.5", "--data", "{set}", "--finetune-steps", "3", "--out", "{o}"],
+    "hash": ["hash", *M, "--fraction", "0.5", "--data", "{set}", "--steps", "3", "--out", "{o}"],
+    "extend": ["extend", "small_cnn", "--weights", "{w8}", "--num-classes", "8", "--new-data", "digits:train",
+               "--new-classes", "8-9", "--method", "lwf", "--steps", "3", "--out", "{o}"],
+}
+
+
+@pytest.fixture(scope="module")
+def eight_class(env, tmp_path_factory):
+    """An 8-class small_cnn (the old model that `extend` grows)."""
+    m = df.create_model("small_cnn", num_classes=8)
+    p = tmp_path_factory.mktemp("eight") / "w8.pt"
+    torch.save(m.state_dict(), p)
+    return str(p)
+
+
+@pytest.mark.parametrize("cmd", list(REPRO))
+def test_same_seed_same_weights(env, eight_class, tmp_path, capsys, cmd):
+    outs = []
+    for i in range(2):
+        o = tmp_path / f"{i}.pt"
+        argv = [a.format(**env, w8=eight_class, o=str(o)) for a in REPRO[cmd]] + ["--no-progress", "--seed", "3"]
+        assert main(argv) == 0, capsys.readouterr().err
+        outs.append(_weights(o))
+    assert outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k]), f"{cmd}: {k} differs between two runs with the same seed"

@@ -177,6 +177,10 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     from .synth import SYNTHESIZERS, synthesize
 
     model = _load_model(a)
+    if a.teachers:
+        model = _ensemble(a, model)
+    elif a.method == "mixmix":
+        print("note: mixmix with one teacher is data mixing only; add --teachers for feature mixing", file=sys.stderr)
     cfg = _synth_config(a, a.method)
     t0 = time.time()
     data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
@@ -191,6 +195,25 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     _emit(a, info, f"wrote {len(data)} {a.method} samples to {a.out} (grid: {a.out}/grid.png, "
                    f"{man.get('seconds')} s of synthesis{msg})")
     return 0
+
+
+def _ensemble(a: argparse.Namespace, first: Any) -> Any:
+    """MODEL plus the --teachers pool (NAME:WEIGHTS or file.py:factory:WEIGHTS, or one .txt file listing them)."""
+    from .models.ensemble import Ensemble, parse_teacher_ref
+
+    refs = list(a.teachers)
+    if len(refs) == 1 and refs[0].endswith(".txt"):
+        if not os.path.isfile(refs[0]):
+            raise DatafreeError(f"--teachers list {refs[0]} not found")
+        refs = [ln.strip() for ln in Path(refs[0]).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    members = [first]
+    spec = first.input_spec
+    for ref in refs:
+        name, weights = parse_teacher_ref(ref)
+        if weights is None:
+            raise DatafreeError(f"--teachers {ref}: give its weights as NAME:WEIGHTS (e.g. resnet32:resnet32.th)")
+        members.append(_load_model(a, name=name, weights=weights, input_spec=spec, num_classes=spec.num_classes))
+    return Ensemble(members).to(next(first.parameters()).device)
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
@@ -216,6 +239,21 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     save_artifact(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
     info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "seconds": seconds}
     human = f"saved W{cfg.w_bits}A{cfg.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
+    qi = getattr(qm, "quant_info", {})
+    if "mixed" in qi:
+        from .quant.mixed import plan_table
+
+        mx = qi["mixed"]
+        info.update(avg_bits=round(mx["avg_bits"], 3), plan=[{k: e[k] for k in ("name", "w_bits", "a_bits")}
+                                                             for e in qm.quant_plan])  # type: ignore[attr-defined]
+        human = (f"saved mixed-precision model (weights {mx['avg_bits']:.2f} bits on average, activations "
+                 f"{cfg.a_bits} bits) calibrated on {a.calib} ({len(calib)} samples) to {a.out}\n"
+                 + plan_table(qm.quant_plan, mx["sensitivity"], mx["params"]))  # type: ignore[attr-defined]
+    if "reconstruct" in qi:
+        rec = qi["reconstruct"]
+        info["reconstruct"] = rec
+        human += (f"\n{cfg.reconstruct}: {len(rec)} blocks, output MSE {sum(r['mse_before'] for r in rec):.4g} -> "
+                  f"{sum(r['mse_after'] for r in rec):.4g} (summed over blocks)")
     if a.eval:
         r = evaluate(qm, load_dataset(a.eval, model.input_spec, a.data_root), teacher=model)
         info.update(r)
@@ -375,6 +413,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
     teacher = _load_model(a)
     spec = input_spec_of(teacher)
     data, steps, every, source = _kd_data(a, teacher)
+    import torch
+
+    torch.manual_seed(a.seed)  # a student from scratch starts from the same weights for the same --seed
     student = _load_model(a, name=a.student, weights=a.student_weights, input_spec=spec,
                           num_classes=spec.num_classes)
     val = load_dataset(a.val, spec, a.data_root) if a.val else None
@@ -623,6 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("--method", required=True, choices=SYNTHESIZERS.names(), help="synthesis method")
     s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--teachers", nargs="+", metavar="NAME:WEIGHTS",
+                   help="more teachers with MODEL's input spec (zoo name or file.py:factory, colon, weights; or one .txt "
+                        "file listing them): the set is synthesized from the pool at once (mixmix's feature mixing; any "
+                        "BN method works on the pool)")
     _synth_options(s)
     s.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
     s.add_argument("--json", action="store_true", help="print a JSON summary")

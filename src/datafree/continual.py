@@ -34,8 +34,9 @@ class ContinualConfig(Config):
         check(self.kd_weight >= 0, f"kd_weight must be >= 0, got {self.kd_weight}", "kd_weight")
 
 
-def expand_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """A copy of `model` whose linear classifier has `num_classes` outputs; old rows are copied, new rows initialized fresh."""
+def expand_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
+    """A copy of `model` whose linear classifier has `num_classes` outputs; old rows are copied, new rows initialized
+    fresh from `seed` (the same seed gives the same head)."""
     new = copy.deepcopy(model)
     name = head_of(new)
     parent_name, _, attr = name.rpartition(".")
@@ -45,7 +46,9 @@ def expand_head(model: nn.Module, num_classes: int) -> nn.Module:
         raise DatafreeError(f"the classifier head {name!r} is not nn.Linear; expand it by hand")
     if num_classes <= old.out_features:
         raise DatafreeError(f"the model already has {old.out_features} outputs; --num-classes must be larger")
-    head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
     with torch.no_grad():
         head.weight[: old.out_features] = old.weight
         if old.bias is not None:
@@ -66,7 +69,7 @@ def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int,
     kd = kd or KDConfig(steps=1000, batch_size=64, lr=1e-3, freeze_bn=False)
     if new_data.y is None:
         raise DatafreeError("new-class data needs labels")
-    student = expand_head(old_model, num_classes)
+    student = expand_head(old_model, num_classes, seed=kd.seed)
     n_old = old_model.get_submodule(head_of(old_model)).out_features  # expand_head checked it is nn.Linear
     if int(new_data.y.min()) < n_old or int(new_data.y.max()) >= num_classes:
         raise DatafreeError(f"new-class labels must lie in {n_old}..{num_classes - 1} (the old model has {n_old} classes)")

@@ -44,6 +44,18 @@ class QuantConfig(Config):
     num_calib: int = opt(512, "calibration samples used", cli=True)
     batch_size: int = opt(128, "calibration batch size")
     seed: int = opt(0, "seed for sample selection")
+    reconstruct: str = opt("none", "reconstruction PTQ after calibration: adaround = learned up/down rounding per layer "
+                                   "(Nagel et al. 2020), brecq = the same learned per block against the block output "
+                                   "(Li et al. 2021; sketch: plain MSE, activation steps kept)", cli=True,
+                           choices=("none", "adaround", "brecq"))
+    recon_iters: int = opt(500, "reconstruction iterations per layer (adaround) or block (brecq)", cli=True)
+    round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True)
+    block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
+                          cli=True)
+    avg_bits: float = opt(0.0, "mixed precision: average weight bits over all conv/linear weights; each layer's width "
+                                "(2-8) is picked from its sensitivity on the calibration source (ZeroQ's KL, Pareto "
+                                "search); 0 = uniform --w-bits", cli=True)
+    target_size: int = opt(0, "mixed precision: bytes of conv/linear weights to fit (instead of --avg-bits)", cli=True)
     layout: str = opt("fused", "activation layout: fused = one quantizer per tensor, residual adds and int32 biases "
                                "included, as onnxruntime's integer kernels run it; inputs = each layer quantizes its "
                                "own input only (datafree <= 0.3; the shortcut stays float)", cli=True,
@@ -60,6 +72,14 @@ class QuantConfig(Config):
         check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}", "percentile")
         check(self.num_calib >= 1, f"num_calib must be >= 1, got {self.num_calib}", "num_calib")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
+        check(self.reconstruct in ("none", "adaround", "brecq"),
+              f"reconstruct must be none, adaround or brecq, got {self.reconstruct!r}", "reconstruct")
+        check(self.recon_iters >= 1, f"recon_iters must be >= 1, got {self.recon_iters}", "recon_iters")
+        check(self.round_weight >= 0, f"round_weight must be >= 0, got {self.round_weight}", "round_weight")
+        check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}", "block_size")
+        check(self.avg_bits == 0 or 2 <= self.avg_bits <= 8, f"avg_bits must be in [2, 8], got {self.avg_bits}", "avg_bits")
+        check(self.target_size >= 0, f"target_size must be >= 0, got {self.target_size}", "target_size")
+        check(not (self.avg_bits and self.target_size), "give avg_bits or target_size, not both", "avg_bits")
         check(self.layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}", "layout")
 
 
@@ -162,6 +182,10 @@ def stage_fold(st: QuantRun) -> None:
 
     qm = copy.deepcopy(materialize(st.model)).eval()  # a hashed model is quantized through its materialized weights
     plan = make_plan(qm, st.config)
+    if st.config.avg_bits or st.config.target_size:
+        from .mixed import mixed_plan_
+
+        st.info["mixed"] = mixed_plan_(plan, qm, st.calib_subset(), st.config.avg_bits, st.config.target_size)
     wrap_layers_(qm, plan)
     qm.quant_plan = plan  # type: ignore[attr-defined]
     qm.quant_config = st.config  # type: ignore[attr-defined]
@@ -191,6 +215,17 @@ def stage_bn_reestimate(st: QuantRun) -> None:
     stage_calibrate(st)
 
 
+def stage_reconstruct(st: QuantRun) -> None:
+    """With `reconstruct`: learned rounding (AdaRound per layer, BRECQ per block) on the calibration samples."""
+    cfg = st.config
+    if cfg.reconstruct == "none":
+        return
+    from .reconstruct import reconstruct_
+
+    st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), cfg.reconstruct, iters=cfg.recon_iters,
+                                          round_weight=cfg.round_weight, block_size=cfg.block_size, seed=cfg.seed)
+
+
 def stage_finetune(st: QuantRun) -> None:
     """With a KD config: weights, biases and step sizes fine-tuned to the FP32 model's logits on the calibration source."""
     if st.kd is None or st.kd.steps == 0:
@@ -208,7 +243,7 @@ def _q(st: QuantRun) -> nn.Module:
 
 STAGES: list[tuple[str, Stage]] = [("fold", stage_fold), ("weight_scales", stage_weight_scales),
                                    ("calibrate", stage_calibrate), ("bn_reestimate", stage_bn_reestimate),
-                                   ("finetune", stage_finetune)]
+                                   ("reconstruct", stage_reconstruct), ("finetune", stage_finetune)]
 
 
 def with_stage(name: str, fn: Stage, after: str, stages: Optional[list[tuple[str, Stage]]] = None) -> list[tuple[str, Stage]]:
@@ -230,6 +265,7 @@ def quantize(model: nn.Module, calib: SourceLike, config: Optional[QuantConfig] 
     for _, fn in (STAGES if stages is None else stages):
         fn(st)
     qm = _q(st)
+    qm.quant_info = {k: v for k, v in st.info.items() if not k.startswith("_")}  # type: ignore[attr-defined]
     record_transform(qm, "quantize", st.config, plan=qm.quant_plan,  # type: ignore[attr-defined]
                      act_quant=[q.act_quant for q in quant_layers(qm)], layout=layout_of(qm),
                      tensor_quant=[q.act_quant for q in tensor_quants(qm, own_only=True)],

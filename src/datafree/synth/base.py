@@ -138,6 +138,11 @@ class Synthesizer:
         """Objective of pixel-optimizing methods (override)."""
         raise NotImplementedError
 
+    def mix_inputs(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch the teacher sees at one pixel-optimization step and its target (labels, or soft labels when
+        samples are mixed); identity unless a method mixes data."""
+        return x, y
+
     def optimize_pixels(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
         """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels."""
         cfg: PixelConfig = self.cfg  # type: ignore[assignment]
@@ -152,9 +157,10 @@ class Synthesizer:
         for it in range(cfg.iterations):
             opt.zero_grad(set_to_none=True)
             xa = jitter_flip(x, cfg.jitter, cfg.flip, gen)
+            xa, target = self.mix_inputs(xa, y, gen)
             with torch.autocast(device_type=xa.device.type, dtype=torch.bfloat16, enabled=bool(getattr(cfg, "bf16", False))):
                 logits = self.teacher(xa)
-            loss, parts = self.loss(xa, logits.float(), y)
+            loss, parts = self.loss(xa, logits.float(), target)
             if not torch.isfinite(loss):
                 raise DatafreeError(f"{self.name}: loss became {loss.item()} at iteration {it}; lower --lr "
                                     f"(now {cfg.lr}) or check the model for NaN weights (finished shards are kept)")

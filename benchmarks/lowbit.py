@@ -1,0 +1,103 @@
+"""The low-bit frontier: calibration, + AdaRound, + BRECQ, + KD fine-tuning per data source, and one mixed-precision
+row at the size of uniform W3A3. Every layer quantized (first and last too).
+
+Run: python -m benchmarks.lowbit [--models resnet20 resnet56] [--bits w4a4 w3a3 w2a4]
+                                 [--sources cifar10:train-exact bn-stats mixmix] [--recon-iters 500] [--kd-steps 500]
+Writes benchmarks/results/lowbit.json: rows model, w_bits, a_bits, source, stage, top1_exact, top1_jpeg, seconds
+(stage: calibrate | adaround | brecq | kd-finetune | mixed; FP32 rows have w_bits 32). `mixmix` samples come from the
+pool of the four shared ResNets (20, 32, 44, 56) at once; every source has the same sample count. Finished rows are
+kept, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from datafree import evaluate, load_dataset, quantize
+from datafree.distill import KDConfig
+from datafree.models.ensemble import Ensemble
+from datafree.quant import QuantConfig
+from datafree.quant.mixed import uniform_weight_bytes
+from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+
+BITS = {"w4a4": (4, 4), "w3a3": (3, 3), "w2a4": (2, 4)}
+SOURCES = ("cifar10:train-exact", "bn-stats", "mixmix")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    p.add_argument("--bits", nargs="+", default=list(BITS), choices=list(BITS))
+    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    p.add_argument("--num", type=int, default=512)
+    p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations (bn-stats sets shared with ptq/kw)")
+    p.add_argument("--recon-iters", type=int, default=500)
+    p.add_argument("--kd-steps", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/lowbit.json")
+    p.add_argument("--cache", default="benchmarks/cache")
+    a = p.parse_args(argv)
+    root = data_root()
+    t_start = time.time()
+    meta = {"benchmark": "lowbit", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
+            "command": command_line("benchmarks.lowbit", a),
+            "stages": {"calibrate": "PTQ calibration (fused layout)", "adaround": "calibration + AdaRound (per layer)",
+                       "brecq": "calibration + BRECQ (per block; sketch: plain MSE, activation steps kept)",
+                       "kd-finetune": f"calibration + {a.kd_steps} KD fine-tuning steps (LSQ steps, weights, biases)",
+                       "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"}}
+    store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
+    pool = None
+    for name in a.models:
+        model = pretrained(name)
+        tests = {s: load_dataset(f"cifar10:test-{s}", model.input_spec, root) for s in ("exact", "jpeg")}
+
+        def score(qm, tests=tests) -> dict:
+            return {f"top1_{s}": evaluate(qm, d)["top1"] for s, d in tests.items()}
+
+        store.run({"model": name, "w_bits": 32, "a_bits": 32, "source": "none", "stage": "fp32"}, lambda: score(model))
+        for src in a.sources:
+            if src == "cifar10:train-exact":
+                data = load_dataset(src, model.input_spec, root).subset(a.num, a.seed)
+            elif src == "mixmix":
+                if pool is None:
+                    pool = Ensemble([pretrained(n) for n in CHECKPOINTS])
+                data, _ = cached_set(pool, "pool4", "mixmix", a.num, a.iterations, a.seed, a.cache)
+            else:
+                data, _ = cached_set(model, name, src, a.num, a.iterations, a.seed, a.cache)
+            for bits in a.bits:
+                wb, ab = BITS[bits]
+                base = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed)
+                key = {"model": name, "w_bits": wb, "a_bits": ab, "source": src}
+                for stage, cfg, kd in (
+                        ("calibrate", base, None),
+                        ("adaround", base.replace(reconstruct="adaround", recon_iters=a.recon_iters), None),
+                        ("brecq", base.replace(reconstruct="brecq", recon_iters=a.recon_iters), None),
+                        ("kd-finetune", base, KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
+                    def run(cfg=cfg, kd=kd) -> dict:
+                        t0 = time.time()
+                        q = quantize(model, data, cfg, kd=kd)
+                        return dict(score(q), seconds=round(time.time() - t0, 2))
+
+                    r = store.run(dict(key, stage=stage), run)
+                    print(f"{name} W{wb}A{ab} {src:20s} {stage:12s} {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} "
+                          f"({r['seconds']:.0f} s)", flush=True)
+            # mixed precision at the weight bytes of uniform W3A3 (activations at 3 bits, every layer quantized)
+            size = uniform_weight_bytes(model, 3)
+
+            def mixed() -> dict:
+                t0 = time.time()
+                q = quantize(model, data, QuantConfig(a_bits=3, target_size=size, quantize_first_last=True,
+                                                      num_calib=a.num, seed=a.seed))
+                plan = q.quant_plan  # type: ignore[attr-defined]
+                return dict(score(q), seconds=round(time.time() - t0, 2), target_bytes=size,
+                            avg_bits=round(q.quant_info["mixed"]["avg_bits"], 3),  # type: ignore[attr-defined]
+                            plan=[[e["name"], e["w_bits"]] for e in plan])
+
+            r = store.run({"model": name, "w_bits": 3, "a_bits": 3, "source": src, "stage": "mixed"}, mixed)
+            print(f"{name} mixed@W3-size {src:20s} {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f}", flush=True)
+    store.finish(complete=set(a.bits) == set(BITS) and set(a.sources) == set(SOURCES)
+                 and set(a.models) >= {"resnet20", "resnet56"}, wall_seconds_this_run=round(time.time() - t_start, 1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Reconstruction PTQ: AdaRound's rounding, its regularizer, blocks found by tracing, the error it lowers."""
+import copy
+
+import torch
+
+import datafree as df
+from datafree.models.spec import DIGITS_SPEC
+from datafree.models.zoo import CifarResNet
+from datafree.quant.layers import quant_layers
+from datafree.quant.reconstruct import AdaRoundRounding, find_blocks, reconstruct_, rounding_is_valid
+
+
+def test_adaround_starts_at_round_to_nearest_and_its_regularizer_is_the_formula():
+    w = torch.tensor([[-1.7, -0.2, 0.49, 0.51, 2.93, 3.0]])
+    r = AdaRoundRounding(w)
+    r.hard = True
+    assert torch.equal(r(w), torch.round(w).clamp(w.floor(), w.floor() + 1))
+    r.hard = False
+    h = torch.clamp(torch.sigmoid(r.V) * 1.2 - 0.1, 0, 1)
+    assert torch.allclose(r.h(), h)
+    assert torch.allclose(r(w), torch.floor(w) + h)
+    for beta in (20.0, 2.0):
+        assert torch.allclose(r.regularizer(beta), (1 - (2 * h - 1).abs().pow(beta)).sum())
+    assert r.regularizer(2.0) > r.regularizer(20.0)  # a lower beta presses harder toward 0/1
+
+
+def test_adaround_on_a_model_without_residual_blocks(digits_teacher):
+    m, _ = digits_teacher
+    data = df.load_dataset("digits:train", m.input_spec).subset(128)
+    q = df.quantize(m, data, df.QuantConfig(w_bits=4, a_bits=4, quantize_first_last=True, num_calib=128))
+    before = {n: (copy.deepcopy(l.weight.detach()), l.w_scale.detach().clone()) for n, l in q.named_modules()
+              if l in quant_layers(q)}
+    report = reconstruct_(q, data, "adaround", iters=60, round_weight=0.01)
+    assert [r["layers"] for r in report] == [[n] for n in before]  # one layer at a time, every layer
+    for name, layer in q.named_modules():
+        if name in before:
+            w0, s = before[name]
+            assert rounding_is_valid(w0, layer.weight.detach(), s, 4), name  # floor or ceil, on the 4-bit grid
+    assert sum(r["mse_after"] for r in report) < sum(r["mse_before"] for r in report)
+    test = df.load_dataset("digits:test", m.input_spec)
+    assert df.evaluate(q, test)["top1"] > 50.0
+
+
+def test_brecq_blocks_come_from_tracing_and_lower_block_error():
+    torch.manual_seed(0)
+    from datafree.train import train_classifier_
+
+    m = CifarResNet(8, 10, in_channels=1)
+    m.input_spec = DIGITS_SPEC
+    data = df.load_dataset("digits:train", DIGITS_SPEC)
+    train_classifier_(m, data, epochs=3, seed=0)
+    m.eval()
+    calib = data.subset(128)
+    q = df.quantize(m, calib, df.QuantConfig(w_bits=3, a_bits=4, num_calib=128, quantize_first_last=True))
+    blocks = find_blocks(q)
+    assert blocks == [["conv1"], ["layer1.0.conv1", "layer1.0.conv2"], ["layer2.0.conv1", "layer2.0.conv2"],
+                      ["layer3.0.conv1", "layer3.0.conv2"], ["linear"]]
+    report = reconstruct_(q, calib, "brecq", iters=60)
+    assert [r["layers"] for r in report] == blocks
+    assert sum(r["mse_after"] for r in report) < sum(r["mse_before"] for r in report)
+    # as a quantize stage, recorded in the config
+    q2 = df.quantize(m, calib, df.QuantConfig(w_bits=3, a_bits=4, num_calib=128, reconstruct="adaround", recon_iters=20))
+    assert q2.transforms[-1]["config"]["reconstruct"] == "adaround" and "reconstruct" in q2.transforms[-1]["stages"]
+
+
+def test_pareto_search_finds_the_brute_force_optimum():
+    import itertools
+
+    from datafree.quant.mixed import pareto_bits
+
+    g = torch.Generator().manual_seed(0)
+    names = [f"l{i}" for i in range(5)]
+    params = {n: int(torch.randint(10, 500, (1,), generator=g)) for n in names}
+    sens = {n: {b: float(torch.rand(1, generator=g)) * 2.0 ** -b * 10 for b in (2, 3, 4, 8)} for n in names}
+    budget = 4.0 * sum(params.values())
+    got = pareto_bits(sens, params, budget, resolution=10 ** 6)
+    best = min((c for c in itertools.product((2, 3, 4, 8), repeat=5)
+                if sum(params[n] * b for n, b in zip(names, c)) <= budget),
+               key=lambda c: sum(sens[n][b] for n, b in zip(names, c)))
+    assert tuple(got[n] for n in names) == best
+
+
+def test_mixed_precision_plan_meets_the_budget_and_ships(digits_teacher, tmp_path):
+    from datafree.artifact import load_artifact, save_artifact
+    from datafree.quant.mixed import layer_sensitivity
+
+    m, _ = digits_teacher
+    data = df.load_dataset("digits:train", m.input_spec).subset(128)
+    sens = layer_sensitivity(m, data, bits=(2, 4, 8))
+    for per in sens.values():  # fewer bits, larger divergence from the float model
+        assert per[2] >= per[4] >= per[8] >= 0
+    q = df.quantize(m, data, df.QuantConfig(avg_bits=3.0, a_bits=8, num_calib=128))
+    plan = q.quant_plan
+    w = {e["name"]: q.get_submodule(e["name"]).weight.numel() for e in plan}
+    avg = sum(w[e["name"]] * e["w_bits"] for e in plan) / sum(w.values())
+    assert avg <= 3.0 + 1e-9 and len({e["w_bits"] for e in plan}) >= 1
+    assert q.quant_info["mixed"]["avg_bits"] == avg
+    save_artifact(q, tmp_path / "mx.pt")
+    back = load_artifact(tmp_path / "mx.pt")
+    assert [l.w_bits for l in quant_layers(back)] == [e["w_bits"] for e in plan]
