@@ -218,6 +218,28 @@ def section_lowbit() -> str:
     return "\n".join(out) + "\n"
 
 
+def section_audit() -> str:
+    d = json.loads((RESULTS / "audit.json").read_text())
+    out = ["## Privacy audit of synthetic samples\n", _meta_line(d["meta"]), _incomplete(d["meta"]),
+           f"Teacher {d['meta']['config'].get('model')}; training proxy {d['meta'].get('train')}, held-out "
+           f"{d['meta'].get('held_out')}. Distances are RMS pixel differences in [0, 1] (pixel) or L2 in the classifier "
+           "head's input (feature); *ratio* = median distance of a synthetic sample to its nearest training image over "
+           "that of a held-out real image (below 1: closer than unseen real data); *nearer train* = share of samples "
+           "nearer to the training set than to an equal-size held-out set (0.5 = no sign of leaking); membership AUROC "
+           "of the teacher's confidence, training vs held-out images (0.5 = members cannot be told apart). Closest "
+           "pairs: `benchmarks/results/audit_<method>_pairs.png`.\n",
+           "| method | n | pixel median (real baseline) | ratio | closest (real closest) | feature ratio | nearer train pixel / feature |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in d["rows"]:
+        out.append(f"| {r['method']} | {r['n']} | {r['pixel_median']:.4f} ({r['pixel_median_real']:.4f}) | "
+                   f"{r['pixel_median_ratio']:.2f} | {r['pixel_closest']:.4f} ({r['pixel_closest_real']:.4f}) | "
+                   f"{r['feature_median_ratio']:.2f} | {r['nearer_train_pixel']:.2f} / {r['nearer_train_feature']:.2f} |")
+    if d["rows"]:
+        out.append(f"\nTeacher membership AUROC (confidence): {d['rows'][0]['membership_auroc']:.3f}; (loss): "
+                   f"{d['rows'][0].get('membership_auroc_loss')}.")
+    return "\n".join(out) + "\n"
+
+
 def section_similarity() -> str:
     p = RESULTS / "similarity.json"
     d = json.loads(p.read_text())
@@ -359,7 +381,8 @@ SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw
             ("synthetic_sets.json", section_set_stats),
             ("prune_resnet56.json", section_prune),
             ("continual.json", section_continual), ("deploy_onnx.json", section_deploy_onnx),
-            ("smh_resnet32.json", section_smh), ("lowbit.json", section_lowbit)]
+            ("smh_resnet32.json", section_smh), ("lowbit.json", section_lowbit),
+            ("audit.json", section_audit)]
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ ROOMS = [
     ("synthesis", ["synth"]),
     ("sources and the KD loop", ["sources", "distill"]),
     ("compressors", ["quant", "prune", "student", "continual", "compress", "hashing"]),
-    ("evaluation and export", ["metrics", "artifact"]),
+    ("evaluation and export", ["metrics", "artifact", "audit"]),
     ("entry points", ["cli", "cliopts", "demo", "__init__", "__main__"]),
 ]
 

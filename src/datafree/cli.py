@@ -485,6 +485,42 @@ def cmd_hash(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    from .audit import audit, summary_line
+    from .data.real import load_dataset
+    from .data.synthetic import SyntheticSet
+    from .utils import atomic_write
+
+    if a.out:
+        _check_out(a, "dir", inputs=("set",))
+    syn = SyntheticSet(a.set)
+    if a.model:
+        model = _load_model(a)
+    else:
+        src = syn.manifest.get("teacher") or {}
+        if not (isinstance(src, dict) and src.get("model") and src.get("weights") and os.path.isfile(str(src["weights"]))):
+            raise DatafreeError(f"{a.set} does not name a teacher whose weights are here; give it: --model NAME --weights FILE")
+        a.model, a.weights = src["model"], src["weights"]
+        model = _load_model(a)
+    spec = model.input_spec  # type: ignore[attr-defined]
+    train = load_dataset(a.real, spec, a.data_root).subset(a.num_real, a.seed)
+    held = load_dataset(a.held_out, spec, a.data_root).subset(a.num_real, a.seed)
+    data = syn.data.subset(a.num, a.seed) if a.num else syn.data
+    png = str(Path(a.out) / "closest_pairs.png") if a.out else None
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+    r = audit(model, data, train, held, pairs_png=png)
+    r.update(set=a.set, method=syn.manifest.get("method"), real=a.real, held_out=a.held_out)
+    human = f"{a.set} ({r['method']}, {len(data)} samples) against {a.real} ({len(train)}) and {a.held_out} ({len(held)}): " \
+            + summary_line(r)
+    if a.out:
+        js = json.dumps(r, indent=1).encode()
+        atomic_write(Path(a.out) / "audit.json", lambda f: f.write(js))
+        human += f"\nwrote {a.out}/audit.json and {png} (closest synthetic/real pairs, left to right)"
+    _emit(a, r, human)
+    return 0
+
+
 def cmd_prune(a: argparse.Namespace) -> int:
     _check_out(a, "file")
     import copy
@@ -792,6 +828,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _common(s)
     s.set_defaults(func=cmd_hash)
+
+    s = sub.add_parser("audit", formatter_class=fmt, help="privacy audit: how close synthetic samples come to real "
+                       "training images", description="For every sample of SET: its nearest image of --real (the "
+                       "teacher's training data or a proxy) in pixel space and in the teacher's feature space (the "
+                       "classifier head's input), against how close --held-out real images the teacher never saw come "
+                       "to --real; the share of samples nearer to --real than to an equal-size --held-out set (0.5 = no "
+                       "sign of leaking); the closest pairs as a PNG; and a membership-inference score of the teacher "
+                       "itself (AUROC of its confidence on --real vs --held-out; 0.5 = members cannot be told apart). "
+                       "The teacher is the one named in SET's manifest unless --model is given.")
+    s.add_argument("set", metavar="SET", help="synthetic-set directory")
+    s.add_argument("--real", required=True, metavar="DATASET_SPEC", help="training images (or a proxy), e.g. cifar10:train-exact")
+    s.add_argument("--held-out", required=True, metavar="DATASET_SPEC", help="real images the teacher never saw, e.g. "
+                   "cifar10:test-exact")
+    s.add_argument("--model", help="teacher (zoo name or file.py:factory; default: SET's manifest)")
+    s.add_argument("--weights", help="teacher weights")
+    s.add_argument("--num-classes", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--input-shape", help=argparse.SUPPRESS)
+    s.add_argument("--mean", help=argparse.SUPPRESS)
+    s.add_argument("--std", help=argparse.SUPPRESS)
+    s.add_argument("--model-file", help=argparse.SUPPRESS)
+    s.add_argument("--num", type=int, help="audit at most this many synthetic samples")
+    s.add_argument("--num-real", type=int, help="use at most this many images of --real and of --held-out")
+    s.add_argument("--seed", type=int, default=0, help="seed of the subsets")
+    s.add_argument("--out", help="directory for audit.json and closest_pairs.png")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _common(s)
+    s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("prune", formatter_class=fmt, help="prune a model and recover accuracy by KD on synthetic data",
                        description="Prune MODEL, then fine-tune it by distillation from the unpruned model on --data "
