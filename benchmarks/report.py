@@ -240,6 +240,22 @@ def section_audit() -> str:
     return "\n".join(out) + "\n"
 
 
+def section_similarity_auroc() -> str:
+    d = json.loads((RESULTS / "similarity_auroc.json").read_text())
+    sizes = sorted({r["batch_size"] for r in d["rows"]}, reverse=True)
+    out = ["## The similarity score as a detector (AUROC per batch)\n", _meta_line(d["meta"]),
+           f"In-distribution: {d['meta'].get('in_distribution')} batches; each shifted set has 1000 samples. AUROC of the "
+           "per-batch BN-statistics divergence (higher = more unlike the training data); target >= 0.95 at batch 64.\n",
+           "| shift | " + " | ".join(f"AUROC @ batch {b}" for b in sizes) + " | median score ID / shifted (largest batch) |",
+           "|---|" + "---:|" * len(sizes) + "---|"]
+    for ood in dict.fromkeys(r["ood"] for r in d["rows"]):
+        rs = {r["batch_size"]: r for r in d["rows"] if r["ood"] == ood}
+        big = rs[max(rs)]
+        out.append(f"| {ood} | " + " | ".join(f"{rs[b]['auroc']:.3f}" if b in rs else "-" for b in sizes)
+                   + f" | {big['id_median']:.3f} / {big['ood_median']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def section_similarity() -> str:
     p = RESULTS / "similarity.json"
     d = json.loads(p.read_text())
@@ -382,7 +398,7 @@ SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw
             ("prune_resnet56.json", section_prune),
             ("continual.json", section_continual), ("deploy_onnx.json", section_deploy_onnx),
             ("smh_resnet32.json", section_smh), ("lowbit.json", section_lowbit),
-            ("audit.json", section_audit)]
+            ("audit.json", section_audit), ("similarity_auroc.json", section_similarity_auroc)]
 
 
 def main() -> None:

@@ -299,6 +299,17 @@ def cmd_similarity(a: argparse.Namespace) -> int:
     worst = sorted(r["layers"].items(), key=lambda kv: -kv[1])[:3]
     human = (f"BN-statistics divergence of {a.data} (n={r['n']}) through {a.model}: {r['score']:.4f}\n"
              + "largest layers: " + ", ".join(f"{k} {v:.4f}" for k, v in worst))
+    if a.per_batch:
+        import statistics
+
+        from .metrics import similarity_per_batch
+
+        if a.per_batch < 2:
+            raise DatafreeError(f"--per-batch must be >= 2 samples, got {a.per_batch}")
+        scores = similarity_per_batch(model, data, a.per_batch, seed=a.seed)
+        r["per_batch"] = {"batch_size": a.per_batch, "scores": [round(v, 5) for v in scores]}
+        human += (f"\nper batch of {a.per_batch} ({len(scores)} batches): median {statistics.median(scores):.4f}, "
+                  f"min {min(scores):.4f}, max {max(scores):.4f} (a detector score: compare with batches of data you trust)")
     _emit(a, r, human)
     return 0
 
@@ -750,6 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, metavar="SOURCE", help="synthetic-set directory, method name or dataset spec")
     s.add_argument("--num", type=int, help="use at most this many samples (default: all; 512 for on-the-fly methods)")
     s.add_argument("--seed", type=int, default=0, help="seed for the subset and on-the-fly synthesis")
+    s.add_argument("--per-batch", type=int, metavar="B", help="also score every batch of B samples (a detector of "
+                   "inputs unlike the training data: BENCHMARKS.md has its AUROC against shifted data)")
     s.add_argument("--json", action="store_true", help="print one JSON object with `score` and per-layer `layers`")
     _common(s)
     s.set_defaults(func=cmd_similarity)

@@ -59,6 +59,24 @@ def similarity(model: nn.Module, data: TensorData, batch_size: int = 256, form: 
     return {"score": total.item(), "layers": {n: p.item() for n, p in zip(names, per)}, "n": len(data), "data": data.name}
 
 
+def similarity_per_batch(model: nn.Module, data: TensorData, batch_size: int = 64, seed: int = 0,
+                         form: str = "kl") -> list[float]:
+    """The BN-statistics divergence of each batch of `batch_size` samples (shuffled, last partial batch dropped): a
+    detector score, high for batches unlike the training data."""
+    from .synth.bn_hooks import BNStatHooks, bn_loss, require_bn
+
+    require_bn(model, "similarity")
+    if len(data) < batch_size:
+        raise DatafreeError(f"{data.name} has {len(data)} samples, fewer than one batch of {batch_size}")
+    dev = model_device(model)
+    out = []
+    with frozen_eval(model), BNStatHooks(model) as hooks, torch.no_grad():
+        for xb in data.batches(batch_size, shuffle=True, seed=seed, drop_last=True):
+            model(xb.to(dev))
+            out.append(float(bn_loss(hooks, form)[0]))
+    return out
+
+
 def teacher_view(data: TensorData, class_conditional: bool = True) -> dict[str, Optional[float]]:
     """How a synthetic set looks to its teacher (stored logits): target agreement %, mean max probability, class balance."""
     if data.logits is None:
