@@ -3,7 +3,7 @@ thinner ResNet-32 (width multiplier) with the same variable count. Both learn th
 real data, on the best data-free source and on bn-stats samples, with the same wall-clock budget per row.
 
 Run: python -m benchmarks.smh [--fractions 0.5 0.25 0.1] [--data cifar10:train-jpeg fast bn-stats]
-                              [--methods smh width] [--budget 600] [--init svd]
+                              [--methods smh width] [--budget 600] [--init paper]
 Writes benchmarks/results/smh_resnet32.json: rows method, data, fraction, variables, top1_exact, top1_jpeg, seconds,
 bytes (+ steps, init or base_width). Synthetic sets are made once (their time is in meta, not in the rows) and shared;
 each row's KD is checkpointed under --cache, so an interrupted run resumes.
@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", nargs="+", default=list(DATA))
     p.add_argument("--methods", nargs="+", default=["smh", "width"], choices=["smh", "width"])
     p.add_argument("--budget", type=float, default=600.0, help="KD wall-clock seconds per row")
-    p.add_argument("--init", default="svd", choices=["paper", "svd"], help="SMH initialization")
+    p.add_argument("--init", default="paper", choices=["paper", "svd"], help="SMH initialization")
     p.add_argument("--num-synth", type=int, default=2048, help="samples of each synthetic set")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--mixup", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--mixup", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/smh_resnet32.json")
     p.add_argument("--cache", default="benchmarks/cache")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                     else:
                         student, w = width_student(teacher, round(frac * total))
                         extra = {"base_width": w}
-                    kd = KDConfig.preset("student", steps=1, batch_size=a.batch_size, lr=a.lr, mixup=a.mixup,
+                    kd = KDConfig.preset("hash", steps=1, batch_size=a.batch_size, lr=a.lr, mixup=a.mixup,
                                          seed=a.seed, val_every=10 ** 6)
                     steps = max(1, int(a.budget / step_seconds(student, teacher, kd, sources[name])))
                     ck = Path(a.cache) / "smh_ckpt" / f"{method}_{name.replace(':', '-')}_{frac}_b{a.budget:.0f}"

@@ -32,6 +32,10 @@ def _case(name, teacher, real):
         t5.load_state_dict({k: (v[:5] if k.startswith("fc.") else v) for k, v in teacher.state_dict().items()})
         new = real.only_classes(range(5, 10)).subset(64)
         return new, ContinualConfig(method="lwf"), {"num_classes": 10, "kd": kd, "_model": t5}
+    if name == "hash":
+        from datafree.hashing import HashConfig
+
+        return real, HashConfig(fraction=0.3), {"kd": kd, "progress": False}
     raise AssertionError(f"compressor {name!r} has no contract case; add one to tests/test_artifact.py")
 
 
@@ -64,7 +68,9 @@ def test_pruned_artifact_still_loads_as_weights_of_the_zoo_model(digits_teacher,
 
 def test_legacy_quantized_file_still_loads(digits_teacher, digits_test, tmp_path):
     teacher, _ = digits_teacher
-    q = df.quantize(teacher, df.load_dataset("digits:train", teacher.input_spec), QuantConfig(w_bits=4, a_bits=4))
+    # datafree 0.1 files hold the per-layer-input layout (no tensor quantizers, float biases)
+    q = df.quantize(teacher, df.load_dataset("digits:train", teacher.input_spec),
+                    QuantConfig(w_bits=4, a_bits=4, layout="inputs"))
     from datafree.quant import quant_layers
     legacy = {"format": LEGACY_QUANTIZED, "library_version": "0.1.0", "source": {"model": "small_cnn", "num_classes": None},
               "input_spec": q.input_spec.to_dict(), "config": q.quant_config.to_dict(), "plan": q.quant_plan,

@@ -26,7 +26,7 @@ def test_nearest_and_auroc_against_direct_computations():
 
 def test_audit_flags_copies_of_training_images_and_not_noise(digits_teacher, tmp_path):
     m, _ = digits_teacher
-    train = df.load_dataset("digits:train", m.input_spec).subset(400)
+    train = df.load_dataset("digits:train", m.input_spec).subset(200)  # equal sizes: the leak test uses all of both
     held = df.load_dataset("digits:test", m.input_spec).subset(200)
     g = torch.Generator().manual_seed(0)
     copies = TensorData(train.x[:50] + 0.01 * torch.randn(train.x[:50].shape, generator=g), train.y[:50])
@@ -54,3 +54,17 @@ def test_cli_audit(digits_teacher, tmp_path, capsys):
     # the teacher named in the set's manifest is found by itself
     assert main(["audit", str(syn), "--real", "digits:train", "--held-out", "digits:test"]) == 0
     assert "membership AUROC" in capsys.readouterr().out
+
+
+def test_similarity_per_batch_is_the_score_of_each_batch_and_detects_noise(digits_teacher):
+    from datafree.metrics import similarity, similarity_per_batch
+
+    m, _ = digits_teacher
+    test = df.load_dataset("digits:test", m.input_spec)
+    whole = similarity_per_batch(m, test, len(test))
+    assert len(whole) == 1 and abs(whole[0] - similarity(m, test, batch_size=len(test))["score"]) < 1e-4 * max(1, whole[0])
+    ind = similarity_per_batch(m, test, 32)
+    assert len(ind) == len(test) // 32
+    noise = TensorData(torch.randn(320, *test.x.shape[1:], generator=torch.Generator().manual_seed(0)))
+    ood = similarity_per_batch(m, noise, 32)
+    assert auroc(torch.tensor(ood), torch.tensor(ind)) > 0.95

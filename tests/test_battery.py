@@ -27,12 +27,15 @@ def env(tmp_path_factory, digits_teacher):
     sd = {k: v.clone() for k, v in m.state_dict().items()}
     sd["fc.weight"][0, 0] = math.nan
     torch.save(sd, d / "nan.pt")
+    torch.manual_seed(0)
+    torch.save(df.create_model("small_cnn", num_classes=8).state_dict(), d / "w8.pt")
+    f["w8"] = str(d / "w8.pt")
     f.update(text=str(d / "text.pt"), random=str(d / "random.pt"), empty=str(d / "empty.pt"), other=str(d / "other.pt"),
              r20=str(d / "resnet20.pt"), nan=str(d / "nan.pt"), file=str(d / "text.pt"))
     syn = d / "set"
     df.synthesize(m, "gaussian", df.make_config("gaussian", num=24, batch_size=8), out=str(syn), progress=False)
     f["set"] = str(syn)
-    shards = sorted(p for p in syn.iterdir() if p.suffix == ".pt")
+    shards = sorted(p for p in syn.iterdir() if p.suffix == ".npz")
     assert len(shards) >= 3
     for name, broken in (("noshard", "delete"), ("truncshard", "truncate"), ("listmanifest", "manifest-list"),
                          ("badjson", "manifest-json")):
@@ -40,7 +43,7 @@ def env(tmp_path_factory, digits_teacher):
         b.mkdir()
         for p in syn.iterdir():
             (b / p.name).write_bytes(p.read_bytes())
-        bs = sorted(p for p in b.iterdir() if p.suffix == ".pt")
+        bs = sorted(p for p in b.iterdir() if p.suffix == ".npz")
         if broken == "delete":
             bs[1].unlink()
         elif broken == "truncate":
@@ -69,8 +72,8 @@ SY = ["synthesize", *M, "--method", "gaussian", "--num", "8", "--out", "{outdir}
 DI = ["distill", *M, "--student", "small_cnn", "--data", "{set}", "--steps", "2", "--out", "{out}"]
 PR = ["prune", *M, "--structured", "--sparsity", "0.5", "--out", "{out}"]
 HA = ["hash", *M, "--fraction", "0.5", "--data", "{set}", "--steps", "2", "--out", "{out}"]
-EX = ["extend", *M, "--new-data", "digits:train", "--new-classes", "8-9", "--num-classes", "8", "--method",
-      "finetune-new", "--steps", "2", "--out", "{out}"]
+EX = ["extend", "small_cnn", "--weights", "{w8}", "--new-data", "digits:train", "--new-classes", "8-9", "--num-classes",
+      "8", "--method", "finetune-new", "--steps", "2", "--out", "{out}"]
 EV = ["evaluate", *M, "--data", "digits:test"]
 SI = ["similarity", *M, "--data", "{set}"]
 EP = ["export", *M, "--out", "{out}"]
@@ -118,7 +121,7 @@ CASES += [
     ("hash-out-is-dir", _sub(HA, "--out", "{dir}"), r"directory"),
     ("hash-out-is-weights", _sub(HA, "--out", "{w}"), r"--out|overwrite|input"),
     ("extend-out-is-dir", _sub(EX, "--out", "{dir}"), r"directory"),
-    ("extend-out-is-weights", _sub(EX, "--out", "{w}"), r"--out|overwrite|input"),
+    ("extend-out-is-weights", _sub(EX, "--out", "{w8}"), r"--out|overwrite|input"),
     ("export-out-is-dir", _sub(EP, "--out", "{dir}"), r"directory"),
     ("export-out-is-weights", _sub(EP, "--out", "{w}"), r"--out|overwrite|input"),
     ("synthesize-out-is-file", _sub(SY, "--out", "{text}"), r"file|directory"),
@@ -163,8 +166,9 @@ CASES += [
     ("hash-fraction-zero", _sub(HA, "--fraction", "0"), r"fraction"),
     ("hash-fraction-above-one", _sub(HA, "--fraction", "2"), r"fraction"),
     ("hash-budget-too-small", HA + ["--variables", "50"], r"--fraction/--variables"),
-    ("extend-fewer-classes-than-model", _sub(EX, "--num-classes", "12"), r"class"),
+    ("extend-wrong-class-count", _sub(EX, "--num-classes", "12"), r"class|match|shape|size"),
     ("extend-bad-class-range", _sub(EX, "--new-classes", "9-2"), r"class"),
+    ("extend-new-classes-overlap-old", _sub(EX, "--new-classes", "5-9"), r"class|label"),
     ("export-bad-opset", EP + ["--opset", "9"], r"opset"),
     ("export-check-unknown-spec", EP + ["--check", "digits:nope"], r"dataset|spec"),
     ("export-ort-without-calib", EP + ["--calibrate-with", "onnxruntime"], r"--calib"),
@@ -199,7 +203,7 @@ def test_bad_input_is_one_line_and_loses_nothing(env, capsys, name, argv, patter
     import re
 
     argv = _fill(argv, env)
-    inputs = [env[k] for k in ("w", "set", "q", "text", "dir")]
+    inputs = [env[k] for k in ("w", "w8", "set", "q", "text", "dir")]
     before = _digest(inputs)
     rc = main(argv)
     err = capsys.readouterr().err.strip()
@@ -269,21 +273,12 @@ REPRO = {
 }
 
 
-@pytest.fixture(scope="module")
-def eight_class(env, tmp_path_factory):
-    """An 8-class small_cnn (the old model that `extend` grows)."""
-    m = df.create_model("small_cnn", num_classes=8)
-    p = tmp_path_factory.mktemp("eight") / "w8.pt"
-    torch.save(m.state_dict(), p)
-    return str(p)
-
-
 @pytest.mark.parametrize("cmd", list(REPRO))
-def test_same_seed_same_weights(env, eight_class, tmp_path, capsys, cmd):
+def test_same_seed_same_weights(env, tmp_path, capsys, cmd):
     outs = []
     for i in range(2):
         o = tmp_path / f"{i}.pt"
-        argv = [a.format(**env, w8=eight_class, o=str(o)) for a in REPRO[cmd]] + ["--no-progress", "--seed", "3"]
+        argv = [a.format(**env, o=str(o)) for a in REPRO[cmd]] + ["--no-progress", "--seed", "3"]
         assert main(argv) == 0, capsys.readouterr().err
         outs.append(_weights(o))
     assert outs[0].keys() == outs[1].keys()

@@ -69,9 +69,14 @@ def test_svd_init_at_full_rank_is_the_teacher(digits_teacher, digits_test):
     assert h.smh_X.shape[1] == n
     with torch.no_grad():
         assert torch.allclose(h(digits_test.x), m(digits_test.x), atol=1e-3)
-    low = make_hashed(m, HashConfig(fraction=0.25, init="svd")).eval()  # rank-M fit: a head start over random
+    low = make_hashed(m, HashConfig(fraction=0.25, init="svd")).eval()  # the best rank-M fit of the teacher's tensors
     rnd = make_hashed(m, HashConfig(fraction=0.25)).eval()
-    assert df.evaluate(low, digits_test)["top1"] > df.evaluate(rnd, digits_test)["top1"]
+
+    def rel_err(h):
+        num = sum(((getattr(h.get_submodule(a), b) - getattr(m.get_submodule(a), b)) ** 2).sum() for a, b in entries)
+        return float((num / sum((getattr(m.get_submodule(a), b) ** 2).sum() for a, b in entries)) ** 0.5)
+
+    assert rel_err(low) < 0.99 < rel_err(rnd)  # closer than random, yet far: a 25 % rank of mixed layers fits little
 
 
 def test_hashed_tiny_model_trains_by_kd_above_floor_and_round_trips(digits_teacher, digits_test, tmp_path):
@@ -79,10 +84,10 @@ def test_hashed_tiny_model_trains_by_kd_above_floor_and_round_trips(digits_teach
     from datafree.hashing import hash_distill
 
     m, w = digits_teacher
-    kd = df.KDConfig.preset("student", steps=300, batch_size=64, val_every=1000)
+    kd = df.KDConfig.preset("hash", steps=300, batch_size=64, val_every=1000)
     h = hash_distill(m, df.load_dataset("digits:train", m.input_spec), HashConfig(fraction=0.25), kd, progress=False)
     top1 = df.evaluate(h, digits_test)["top1"]
-    assert top1 >= 85.0, top1  # teacher ~97; 25 % of its variables, 300 KD steps on real digits
+    assert top1 >= 92.0, top1  # teacher ~98; 25 % of its variables, 300 KD steps on real digits (measured 97.8)
     save_artifact(h, tmp_path / "h.pt", teacher=m)
     back = load_artifact(tmp_path / "h.pt")
     with torch.no_grad():

@@ -132,7 +132,8 @@ def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
         seen.append([q.act_quant for q in quant_layers(st.qmodel)])
 
     stages = with_stage("probe", probe, after="weight_scales")
-    assert [n for n, _ in stages] == ["fold", "weight_scales", "probe", "calibrate", "bn_reestimate", "finetune"]
+    assert [n for n, _ in stages] == ["fold", "weight_scales", "probe", "calibrate", "bn_reestimate", "reconstruct",
+                                      "finetune"]
     q = quantize(m, data, QuantConfig(w_bits=4, a_bits=4), stages=stages)
     assert seen and not any(seen[0])  # ran before calibration
     assert q.transforms[-1]["stages"] == [n for n, _ in stages]

@@ -593,7 +593,10 @@ def _class_list(s: str) -> list[int]:
         out: list[int] = []
         for part in s.split(","):
             lo, _, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
+            a, b = int(lo), int(hi or lo)
+            if a < 0 or b < a:
+                raise ValueError
+            out.extend(range(a, b + 1))
         return out
     except ValueError:
         raise DatafreeError(f"classes must look like 5-9 or 5,6,7, got {s!r}") from None
@@ -659,7 +662,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _kd_data_options(s: argparse.ArgumentParser, specs: str) -> None:
+def _kd_data_options(s: argparse.ArgumentParser, specs: str, preset: str = "student") -> None:
     """Where a KD loop gets its data (--method stream or --data), its length, checkpoints and validation."""
     from .synth import SYNTHESIZERS
 
@@ -677,8 +680,8 @@ def _kd_data_options(s: argparse.ArgumentParser, specs: str) -> None:
     s.add_argument("--steps", type=int, default=0, help="KD steps (with --data: overrides --epochs; with --method: "
                    "overrides rounds x steps-per-round)")
     s.add_argument("--epochs", type=int, default=20, help="with --data: passes over the data")
-    _kd_options(s, "student", ["lr", "optimizer", "weight_decay", "temperature", "batch_size", "freeze_bn", "augment",
-                               "mixup", "val_every", "bf16", "channels_last"])
+    _kd_options(s, preset, ["lr", "optimizer", "weight_decay", "temperature", "batch_size", "freeze_bn", "augment",
+                            "mixup", "val_every", "bf16", "channels_last"])
     s.add_argument("--val", metavar="DATASET_SPEC", help="real data for validation accuracy in the progress log; the "
                    "curve goes to OUT.curve.json and OUT.curve.png")
     s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
@@ -833,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kw = {"choices": list(f.metadata["choices"])} if f.metadata.get("choices") else {"metavar": name.upper()}
             g.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"], **kw)
-    _kd_data_options(s, specs)
+    _kd_data_options(s, specs, preset="hash")
     s.add_argument("--out", required=True, help="output file (.pt) with X, Y, scales and BN")
     s.add_argument("--materialize", metavar="FILE", help="also write a plain state dict of the model's architecture "
                    "(every weight materialized) for deployment: `datafree evaluate MODEL --weights FILE` loads it")

@@ -72,6 +72,10 @@ KD_PRESETS: dict[str, KDConfig] = {
                         val_every=200),
     # recovering a pruned model
     "prune": KDConfig(lr=5e-4, temperature=4.0, batch_size=64, freeze_bn=False, val_every=200),
+    # Structured Multi-Hashing (`hash`): all weights new, a larger step; no mixup (measured on digits: 25 % of the
+    # variables, 300 steps, paper init: 97.8 % at lr 3e-3 without mixup, 76.7 % at the student preset)
+    "hash": KDConfig(lr=3e-3, weight_decay=0.0, temperature=3.0, batch_size=128, freeze_bn=False, mixup=0.0,
+                     val_every=200),
     # class-incremental learning (`extend`)
     "continual": KDConfig(steps=1000, lr=1e-3, temperature=2.0, batch_size=64, freeze_bn=False),
 }

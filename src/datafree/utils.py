@@ -14,7 +14,10 @@ import torch.nn as nn
 
 from .errors import DatafreeError, first_line
 
-LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError)
+# what torch.load raises on a file that is not a (safe) torch file: text files end in IndexError or KeyError inside
+# the unpickler, random bytes in UnpicklingError or UnicodeDecodeError, truncated zips in RuntimeError or EOFError
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError,
+               KeyError, TypeError, AttributeError)
 
 if TYPE_CHECKING:  # annotations only: utils imports nothing of the package above errors
     from .data.base import TensorData

@@ -84,6 +84,10 @@ class TensorQuant(nn.Module):
     def extra_repr(self) -> str:
         return "shared" if self.owner is not None else f"own range, bits={self.a_bits}"
 
+    def size_bits(self) -> int:
+        """Storage: scale and zero point of an own range (a shared one stores nothing)."""
+        return 0 if self.owner is not None else 64
+
 
 def tensor_quants(model: nn.Module, own_only: bool = False) -> list[TensorQuant]:
     """The TensorQuants of a model in module order (`own_only`: those with their own range)."""
