@@ -92,7 +92,7 @@ def command_line(module: str, args: Any, skip: tuple[str, ...] = ("out", "cache"
     """The command that reproduces a benchmark run: `python -m module --opt value ...` from parsed args."""
     parts = []
     for k, v in vars(args).items():
-        if k in skip or v is None:  # None = the option was not given (its default applies)
+        if k in skip or v is None or (isinstance(v, (list, tuple)) and not v):  # None / empty = not given
             continue
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
