@@ -82,15 +82,10 @@ def test_biases_are_on_the_int32_grid_of_input_times_weight_scale(tiny_resnet):
     assert not tensor_quants(qi) and not any(layer.int_bias for layer in quant_layers(qi))
 
 
-def _fused_ops(path, threads=1):
-    import onnx
-    import onnxruntime as ort
+def _fused_ops(path):
+    from datafree.quant.export import optimized_ops
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.optimized_model_filepath = str(path) + ".opt.onnx"
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    return collections.Counter(optimized_ops(path))
 
 
 @pytest.mark.parametrize("name,bits", [("resnet", 8), ("mobilenet", 8), ("resnet", 4)])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -10,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .cliopts import _configured, _kd_config, _kd_options, _quant_config, _quant_options, _synth_config, _synth_options  # noqa: F401
+from .cliopts import (_configured, _hash_config, _hash_options, _kd_config, _kd_options, _quant_config,  # noqa: F401
+                      _quant_options, _synth_config, _synth_options)
 from .errors import DatafreeError, first_line
 
 EXIT_USAGE = 2
@@ -455,14 +455,12 @@ def cmd_hash(a: argparse.Namespace) -> int:
     _check_out(a, "file", attr="materialize")
     from .artifact import save_artifact
     from .data.real import load_dataset
-    from .hashing import HashConfig, hash_distill, materialize
+    from .hashing import hash_distill, materialize
     from .metrics import evaluate
     from .models import input_spec_of
     from .utils import save_atomic
 
-    cfg = _configured({"fraction": "--fraction", "variables": "--variables", "init": "--init"},
-                      lambda: HashConfig(fraction=a.fraction, variables=a.variables, skip_first_last=a.skip_first_last,
-                                         init=a.init, seed=a.seed))
+    cfg = _hash_config(a, seed=a.seed)
     teacher = _load_model(a)
     spec = input_spec_of(teacher)
     data, steps, every, source = _kd_data(a, teacher)
@@ -824,18 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "fixed synthetic set or dataset spec). The file stores X, Y, scales and BN, so its size follows "
                        "the budget; `datafree evaluate/export FILE` read it, --materialize writes a plain state dict.")
     _model_args(s)
-    g = s.add_argument_group("hashing")
-    from .hashing import HashConfig
-
-    p_fields = {f.name: f for f in dataclasses.fields(HashConfig)}
-    for name in ("fraction", "variables", "skip_first_last", "init"):
-        f = p_fields[name]
-        flag = "--" + name.replace("_", "-")
-        if isinstance(f.default, bool):
-            g.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            kw = {"choices": list(f.metadata["choices"])} if f.metadata.get("choices") else {"metavar": name.upper()}
-            g.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"], **kw)
+    _hash_options(s)
     _kd_data_options(s, specs, preset="hash")
     s.add_argument("--out", required=True, help="output file (.pt) with X, Y, scales and BN")
     s.add_argument("--materialize", metavar="FILE", help="also write a plain state dict of the model's architecture "

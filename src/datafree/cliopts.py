@@ -95,6 +95,24 @@ def _synth_options(p: argparse.ArgumentParser, names: Optional[Sequence[str]] = 
     p.set_defaults(_synth_flags=out)
 
 
+def _hash_options(p: argparse.ArgumentParser) -> None:
+    """The hashing option group: HashConfig's fields declared for the CLI, defaults from the config."""
+    from .hashing import HashConfig
+
+    fields = _config_fields(HashConfig)
+    g = p.add_argument_group("hashing")
+    names = [n for n, f in fields.items() if f.metadata.get("cli")]
+    p.set_defaults(_hash_flags=_add_config_options(g, fields, names, HashConfig(), "hash__"))
+
+
+def _hash_config(a: argparse.Namespace, **fixed: Any):
+    """HashConfig from the hashing options given."""
+    from .hashing import HashConfig
+
+    kw = {n: getattr(a, "hash__" + n) for n in a._hash_flags}
+    return _configured(a._hash_flags, lambda: HashConfig(**{**kw, **fixed}))
+
+
 def _quant_options(p: argparse.ArgumentParser) -> None:
     """The quantization option group: QuantConfig's fields declared for the CLI, defaults from the config."""
     from .quant import QuantConfig

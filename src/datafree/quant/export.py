@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..data.base import TensorData
 from ..errors import DatafreeError
-from .graph import tensor_quants
+from .graph import float_twin, tensor_quants
 from .layers import FLOAT_BITS
 from .ptq import quant_layers
 
@@ -212,19 +212,6 @@ def ort_predict(session, data: TensorData, batch_size: int = 256) -> torch.Tenso
     return torch.from_numpy(np.concatenate(out))
 
 
-def float_twin(model: nn.Module) -> nn.Module:
-    """A copy of a quantized model with every quantizer off: the same graph in FP32 (the latency baseline)."""
-    m = copy.deepcopy(model).eval().cpu()
-    for q in quant_layers(m):
-        q.w_bits = q.a_bits = FLOAT_BITS
-        q.act_quant = q.int_bias = False
-    for t in tensor_quants(m):
-        t.act_quant = False
-        if t.owner is None:
-            t.a_bits = FLOAT_BITS
-    return m
-
-
 def optimized_ops(path: str | os.PathLike) -> dict[str, int]:
     """Op counts of the graph onnxruntime actually runs (after its CPU graph optimizations and QDQ fusions)."""
     import collections
@@ -275,7 +262,7 @@ def check_export(path: str | os.PathLike, model: nn.Module, data: Optional[Tenso
     info: dict = {"bytes": path.stat().st_size}
     spec = getattr(model, "input_spec", None)
     with tempfile.TemporaryDirectory() as d:
-        fp = Path(fp32_path) if fp32_path is not None else export_onnx(float_twin(model), Path(d) / "fp32.onnx")
+        fp = Path(fp32_path) if fp32_path is not None else export_onnx(float_twin(model).eval().cpu(), Path(d) / "fp32.onnx")
         info["bytes_fp32"] = fp.stat().st_size
         info["size_ratio"] = round(info["bytes"] / info["bytes_fp32"], 3)
         ops = optimized_ops(path)

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DatafreeError
-from .layers import FLOAT_BITS, QuantLayer
+from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from .quantizer import act_qparams, fake_quant, unsigned_range
 
 LAYOUTS = ("fused", "inputs")
@@ -97,6 +97,21 @@ def tensor_quants(model: nn.Module, own_only: bool = False) -> list[TensorQuant]
 def act_quantizers(model: nn.Module) -> list[nn.Module]:
     """Everything with a calibrated activation range: QuantLayers and the TensorQuants with their own range."""
     return [m for m in model.modules() if isinstance(m, QuantLayer) or (isinstance(m, TensorQuant) and m.owner is None)]
+
+
+def float_twin(model: nn.Module) -> nn.Module:
+    """A copy of a quantized model with every quantizer off: the same graph in FP32."""
+    import copy
+
+    m = copy.deepcopy(model)
+    for q in quant_layers(m):
+        q.w_bits = q.a_bits = FLOAT_BITS
+        q.act_quant = q.int_bias = False
+    for t in tensor_quants(m):
+        t.act_quant = False
+        if t.owner is None:
+            t.a_bits = FLOAT_BITS
+    return m
 
 
 def layout_of(model: nn.Module) -> str:

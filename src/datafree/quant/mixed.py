@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..data.base import TensorData
 from ..errors import DatafreeError
-from .layers import FLOAT_BITS, quant_layers
+from .layers import FLOAT_BITS
 from .prepare import trace_layers, wrap_layers_
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
@@ -123,4 +123,4 @@ def uniform_weight_bytes(model: nn.Module, bits: int) -> int:
     return int(sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))) * bits // 8)
 
 
-__all__ = ["layer_sensitivity", "pareto_bits", "mixed_plan_", "plan_table", "uniform_weight_bytes", "quant_layers"]
+__all__ = ["layer_sensitivity", "pareto_bits", "mixed_plan_", "plan_table", "uniform_weight_bytes"]

@@ -8,7 +8,6 @@ step sizes kept from calibration (not learned); both are named options to add, n
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Callable, Optional
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from ..data.base import TensorData
 from ..errors import DatafreeError
+from .graph import float_twin
 from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from .quantizer import WeightRounding, signed_range
 
@@ -149,21 +149,6 @@ class _Capture:
         return {k: torch.cat(v) for k, v in self.store.items()}
 
 
-def _float_twin(model: nn.Module) -> nn.Module:
-    """The same graph with every quantizer off (the reconstruction target)."""
-    from .graph import tensor_quants
-
-    m = copy.deepcopy(model)
-    for q in quant_layers(m):
-        q.w_bits = q.a_bits = FLOAT_BITS
-        q.act_quant = q.int_bias = False
-    for t in tensor_quants(m):
-        t.act_quant = False
-        if t.owner is None:
-            t.a_bits = FLOAT_BITS
-    return m
-
-
 def bake_rounding_(q: QuantLayer) -> None:
     """Put the learned rounding into the weights (on the b-bit grid) and return to round-to-nearest."""
     r = q.rounding
@@ -190,7 +175,7 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
     was = qmodel.training
     qmodel.eval()
     gm_q = _tracer_view(qmodel)
-    twin = _float_twin(qmodel).eval()
+    twin = float_twin(qmodel).eval()
     gm_f = _tracer_view(twin)
     blocks = [[n] for b in find_blocks(qmodel, block_size) for n in b] if mode == "adaround" else find_blocks(qmodel, block_size)
     regions_q, regions_f = _regions(gm_q, blocks), _regions(gm_f, blocks)
