@@ -284,6 +284,45 @@ def section_similarity() -> str:
     return "\n".join(out) + "\n"
 
 
+def section_torchrun() -> str:
+    d = json.loads((RESULTS / "torchrun.json").read_text())
+    out = ["## torchrun: 2 processes x 1 thread against 1 process x 2 threads (CPU)\n", _meta_line(d["meta"]),
+           _incomplete(d["meta"]),
+           "The same CLI command, once as one process with 2 torch threads and once as `torchrun --nproc_per_node 2` "
+           "with one thread per rank (gloo), alternated; seconds are the command's own timing of its work (synthesis "
+           "wall time; the KD loop), median of the runs. Ratio < 1: torchrun is faster. Device: CPU (no GPU row: "
+           "no session of this project has had a GPU for this).\n",
+           "| job | layout | seconds (median) | runs | ratio to 1 x 2 |", "|---|---|---:|---|---:|"]
+    for r in d["rows"]:
+        out.append(f"| {r['job']} | {r['layout']} | {r['seconds']:.2f} | {', '.join(f'{t:.1f}' for t in r['runs'])} | "
+                   f"{r['ratio']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def section_demo() -> str:
+    d = json.loads((RESULTS / "demo.json").read_text())
+    rows = d["rows"]
+    fp32 = rows[0]["top1"]
+    out = ["## `make demo` (scikit-learn digits, small_cnn)\n", _meta_line(d["meta"]),
+           f"FP32 {fp32:.2f} % on digits:test (n 360). Every layer at 2-bit weights and 4-bit activations, calibrated on "
+           "512 samples of each source, then 150 KD steps on the same samples. Plot: "
+           "`benchmarks/results/demo_results.png`.\n",
+           "| samples | calibrated | + KD fine-tuning |", "|---|---:|---:|"]
+    for name in dict.fromkeys(r["source"] for r in rows[1:]):
+        c, k = (next(r["top1"] for r in rows if r["source"] == name and r["stage"] == st)
+                for st in ("calibrate", "kd-finetune"))
+        out.append(f"| {name} | {c:.2f} | {k:.2f} |")
+    e = d.get("export")
+    if e:
+        lat = e["latency"]
+        big = next(v for k, v in lat.items() if not k.startswith("b1_"))
+        out.append(f"\nint8 ONNX (W8A8, bn-stats calibration): {e['bytes'] / 1024:.1f} KiB vs FP32 "
+                   f"{e['bytes_fp32'] / 1024:.1f} KiB, latency {big['ratio']:.2f}x FP32 at batch {big['batch']} "
+                   f"({big['ms']:.3f} vs {big['fp32_ms']:.3f} ms), {lat['b1_t1']['ratio']:.2f}x at batch 1, "
+                   f"{e['prediction_agreement']:.1f} % same predictions as the PyTorch simulation.")
+    return "\n".join(out) + "\n"
+
+
 def _incomplete(meta: dict) -> str:
     return ("" if meta.get("complete") else "\n**Incomplete run**: rows below are those finished so far; the same command "
             "resumes it.\n")
@@ -421,7 +460,8 @@ SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw
             ("prune_resnet56.json", section_prune),
             ("continual.json", section_continual), ("deploy_onnx.json", section_deploy_onnx),
             ("smh_resnet32.json", section_smh), ("lowbit.json", section_lowbit),
-            ("audit.json", section_audit), ("similarity_auroc.json", section_similarity_auroc)]
+            ("audit.json", section_audit), ("similarity_auroc.json", section_similarity_auroc),
+            ("torchrun.json", section_torchrun), ("demo.json", section_demo)]
 
 
 def main() -> None:

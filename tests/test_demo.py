@@ -1,13 +1,20 @@
+import json
+
 from datafree.demo import run_demo
 
 
 def test_demo_runs_and_reports_every_source(tmp_path, capsys):
-    rows = run_demo(out=str(tmp_path), progress=False, num=64, iterations=10)
-    assert [r["source"].split(" calibrated on ")[-1] for r in rows[1:]] == ["real digits:train", "gaussian", "inception", "bn-stats"]
+    rows = run_demo(out=str(tmp_path), progress=False, num=64, iterations=10, kd_steps=5)
+    names = ["real digits:train", "gaussian", "inception", "bn-stats"]
+    assert [(r["source"], r["stage"]) for r in rows] == [("FP32", "fp32")] + [(n, s) for n in names
+                                                                              for s in ("calibrate", "kd-finetune")]
     assert rows[0]["top1"] > 90
     assert all(0 <= r["top1"] <= 100 for r in rows)
-    assert (tmp_path / "synthetic_bn-stats" / "grid.png").is_file() and (tmp_path / "demo_results.json").is_file()
+    for f in ("synthetic_bn-stats/grid.png", "demo_results.png", "demo_results.json", "small_cnn_w8a8.onnx"):
+        assert (tmp_path / f).is_file(), f
     out = capsys.readouterr().out
-    assert "W4A4 calibrated on bn-stats" in out
+    assert "W2A4 calibrated" in out and "bn-stats" in out and "int8 ONNX" in out
+    exp = json.loads((tmp_path / "demo_results.json").read_text())["export"]
+    assert exp["prediction_agreement"] >= 95 and exp["integer_ops"].get("QLinearConv", 0) == 3
     # the cached teacher is reused on a second run
     assert (tmp_path / "small_cnn_digits.pt").is_file()

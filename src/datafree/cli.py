@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 from .cliopts import (_configured, _hash_config, _hash_options, _kd_config, _kd_options, _quant_config,  # noqa: F401
                       _quant_options, _synth_config, _synth_options)
+from . import parallel
 from .errors import DatafreeError, first_line
 
 EXIT_USAGE = 2
@@ -105,6 +106,7 @@ def _setup(a: argparse.Namespace) -> None:
         raise DatafreeError(f"--threads must be >= 1, got {a.threads}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    a.device = parallel.init(a.device)  # under torchrun: join the process group; cuda -> cuda:LOCAL_RANK
     if a.device != "cpu":
         try:
             torch.empty(1, device=a.device)
@@ -113,6 +115,8 @@ def _setup(a: argparse.Namespace) -> None:
 
 
 def _emit(a: argparse.Namespace, obj: dict, human: str) -> None:
+    if not parallel.is_main():  # under torchrun, rank 0 reports for the job
+        return
     if getattr(a, "json", False):
         print(json.dumps(obj))
     else:
@@ -180,7 +184,8 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     if a.teachers:
         model = _ensemble(a, model)
     elif a.method == "mixmix":
-        print("note: mixmix with one teacher is data mixing only; add --teachers for feature mixing", file=sys.stderr)
+        if parallel.is_main():
+            print("note: mixmix with one teacher is data mixing only; add --teachers for feature mixing", file=sys.stderr)
     cfg = _synth_config(a, a.method)
     t0 = time.time()
     data = synthesize(model, a.method, cfg, out=a.out, progress=not a.no_progress, overwrite=a.overwrite)
@@ -218,7 +223,6 @@ def _ensemble(a: argparse.Namespace, first: Any) -> Any:
 
 def cmd_quantize(a: argparse.Namespace) -> int:
     _check_out(a, "file")
-    from .artifact import save_artifact
     from .data.real import load_dataset
     from .metrics import evaluate
     from .quant import quantize
@@ -236,7 +240,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         val = load_dataset(a.val, model.input_spec, a.data_root) if a.val else None
     qm = quantize(model, calib, cfg, bn_data=bn_data, kd=kd, val=val, progress=not a.no_progress)
     seconds = round(time.time() - t0, 2)
-    save_artifact(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
+    _save_artifact(qm, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
     info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "seconds": seconds}
     human = f"saved W{cfg.w_bits}A{cfg.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
     qi = getattr(qm, "quant_info", {})
@@ -369,6 +373,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _save_artifact(model: Any, out: str, **kw: Any) -> Path:
+    """save_artifact on rank 0 (the only process without torchrun); the other ranks wait until the file exists."""
+    from .artifact import save_artifact
+
+
+    path = save_artifact(model, out, **kw) if parallel.is_main() else Path(out)
+    parallel.barrier()
+    return path
+
+
 def _kd_steps(steps: int, epochs: int, n: int, batch_size: int) -> int:
     """Explicit steps, else passes over n samples at this batch size."""
     return steps or epochs * max(1, n // batch_size)
@@ -380,6 +394,8 @@ def _write_curve(curve: list[dict], out: str, title: str) -> str:
     from .utils import atomic_write
 
     stem = str(Path(out).with_suffix(""))
+    if not parallel.is_main():
+        return stem + ".curve.png"
     atomic_write(stem + ".curve.json", lambda f: f.write(json.dumps({"title": title, "points": curve}, indent=1).encode()))
     pts = [(c.get("seconds", c["step"]), c["val_top1"]) for c in curve]
     plot_curves({"student": pts}, stem + ".curve.png", xlabel="seconds" if "seconds" in curve[0] else "step", title=title)
@@ -418,7 +434,6 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .data.real import load_dataset
     from .metrics import evaluate
     from .models import input_spec_of
-    from .artifact import save_artifact
     from .student import distill_student_, record_distill
 
     teacher = _load_model(a)
@@ -436,7 +451,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                          overwrite=a.overwrite, checkpoint_every=every)
     curve = r.pop("curve")
     record_distill(student, teacher, kd, data=source)
-    save_artifact(student, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
+    _save_artifact(student, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": source, **r}
     if curve:
         info["curve"] = _write_curve(curve, a.out, f"{a.student} from {source}, validated on {a.val}")
@@ -453,7 +468,6 @@ def cmd_distill(a: argparse.Namespace) -> int:
 def cmd_hash(a: argparse.Namespace) -> int:
     _check_out(a, "file")
     _check_out(a, "file", attr="materialize")
-    from .artifact import save_artifact
     from .data.real import load_dataset
     from .hashing import hash_distill, materialize
     from .metrics import evaluate
@@ -470,7 +484,7 @@ def cmd_hash(a: argparse.Namespace) -> int:
     student = hash_distill(teacher, data, cfg, kd, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt", val=val,
                            progress=not a.no_progress, overwrite=a.overwrite, checkpoint_every=every)
     hi = student.hash_info  # type: ignore[attr-defined]
-    path = save_artifact(student, a.out, teacher=teacher, extra={"data": source, "hash": hi})
+    path = _save_artifact(student, a.out, teacher=teacher, extra={"data": source, "hash": hi})
     info: dict[str, Any] = {"out": a.out, "data": source, "steps": steps, "seconds": round(time.time() - t0, 2),
                             "variables": hi["variables"], "teacher_variables": hi["teacher_variables"],
                             "fraction": round(hi["variables"] / hi["teacher_variables"], 4), "n": hi["n"], "M": hi["M"],
@@ -536,7 +550,6 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
     from .data.real import load_dataset
     from .metrics import evaluate
-    from .artifact import save_artifact
     from .prune import PruneConfig, count_flops_params, finish_pruning_, prune_
     from .sources import load_source
     from .student import distill_student_
@@ -564,7 +577,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
                              val=val, progress=not a.no_progress, overwrite=a.overwrite)
     finish_pruning_(student, pcfg, cut)
     after = count_flops_params(student)
-    save_artifact(student, a.out, teacher=teacher, extra={"data": a.data, "steps": steps})
+    _save_artifact(student, a.out, teacher=teacher, extra={"data": a.data, "steps": steps})
     info: dict[str, Any] = {"out": a.out, "mode": "structured" if a.structured else "unstructured", "sparsity": a.sparsity,
                             "data": a.data, "steps": steps, "seconds": round(time.time() - t0, 2),
                             "flops_before": before["flops"], "flops_after": after["flops"],
@@ -602,7 +615,6 @@ def _class_list(s: str) -> list[int]:
 
 def cmd_extend(a: argparse.Namespace) -> int:
     _check_out(a, "file")
-    from .artifact import save_artifact
     from .continual import ContinualConfig, extend_classes, split_accuracy
     from .data.real import load_dataset
     from .models import input_spec_of
@@ -627,7 +639,7 @@ def cmd_extend(a: argparse.Namespace) -> int:
     ccfg = _configured({"kd_weight": "--kd-weight"}, lambda: ContinualConfig(method=a.method, kd_weight=a.kd_weight,
                                                                              temperature=kd.temperature))
     model = extend_classes(old, new, total, ccfg, kd=kd, synthetic=inverted, progress=not a.no_progress)
-    save_artifact(model, a.out, teacher=old)
+    _save_artifact(model, a.out, teacher=old)
     info: dict[str, Any] = {"out": a.out, "method": a.method, "num_classes": total, "new_samples": len(new),
                             "inverted_samples": 0 if inverted is None else len(inverted), "seconds": round(time.time() - t0, 2)}
     human = (f"saved a {total}-class model ({a.method}, {len(new)} new-class images"
@@ -912,10 +924,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.set_defaults(func=cmd_extend)
 
-    s = sub.add_parser("demo", formatter_class=fmt, help="train a small CNN on scikit-learn digits and compare W4A4 calibration sources",
-                       description="Train (and cache) a small BN-CNN on scikit-learn digits, then print FP32 and W4A4 "
-                                   "top-1 calibrated on real digits / gaussian / inception / bn-stats samples, and "
-                                   "write PNG grids of the samples. Needs no data files.")
+    s = sub.add_parser("demo", formatter_class=fmt, help="the point in 3 minutes: which samples can compress a model, on scikit-learn digits",
+                       description="Train (and cache) a small BN-CNN on scikit-learn digits; quantize it to 2-bit weights "
+                                   "and 4-bit activations calibrated on real digits / gaussian / inception / bn-stats "
+                                   "samples, fine-tune each by KD on the same samples, and print the table (plot: "
+                                   "OUT/demo_results.png); then export a W8A8 int8 ONNX file and time it against FP32. "
+                                   "Needs no data files.")
     s.add_argument("--out", default="demo_out", help="output folder for the cached model and grids")
     _common(s)
     s.set_defaults(func=cmd_demo)
@@ -929,6 +943,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # torch's note about the pickle protocol of a file it then refuses would be two more lines around our one-line error
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun ... --no-python datafree -- SUBCOMMAND`: the separator reaches us
+        argv = argv[1:]
     a = parser.parse_args(argv)
     debug = bool(os.environ.get("DATAFREE_DEBUG"))
     try:
@@ -955,6 +972,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"datafree: error: {first} (check the model's input spec and data; DATAFREE_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        parallel.shutdown()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import parallel
 from .config import Config, check, opt
 from .data.augment import augment_batch, mix_batch  # noqa: F401  (re-exported)
 from .data.base import TensorData
@@ -154,6 +155,13 @@ class Distiller:
         else:
             self.opt = torch.optim.Adam(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, max(1, cfg.steps))
+        self._forward: nn.Module = student  # under torchrun: DistributedDataParallel around the student
+        if parallel.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = self.device
+            self._forward = DistributedDataParallel(student, device_ids=[dev] if dev.type == "cuda" else None,
+                                                     static_graph=True)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in run() (source updates included), over all pieces of the run
         self.history: list[dict] = []
@@ -189,7 +197,7 @@ class Distiller:
         cfg = self.cfg
         if t_logits is None:
             t_logits = self.teacher_logits(xb)
-        s_logits = self.student(xb)
+        s_logits = self._forward(xb)
         if self.loss_fn is not None:
             loss = self.loss_fn(s_logits, t_logits, yb)
         else:
@@ -204,14 +212,19 @@ class Distiller:
             on_update: Optional[Callable[[dict], None]] = None) -> list[dict]:
         """Train the student for `steps` more steps (default: to `cfg.steps`) on augmented batches of the source; returns
         those steps' records. `val` (labelled data) is a shortcut for an accuracy evaluator; `on_update` sees what each
-        source update did."""
+        source update did. Under torchrun every rank draws the same batch (same RNG, same source state), trains on its
+        own slice of it, and DistributedDataParallel averages the gradients; rank 0 validates."""
         cfg = self.cfg
+        dist_on = parallel.active()
+        progress = progress and parallel.is_main()
         if source is not None and (self.source is None or not (source is self.source or getattr(self.source, "data", None) is source)):
             self.source = as_source(source, self._source_seed())
         if self.source is None:
             raise DatafreeError("the distiller has no data source")
         src = self.source
         evaluator = accuracy_evaluator(val) if val is not None else self.evaluator
+        if not parallel.is_main():
+            evaluator = None
         n_steps = cfg.steps - self.step if steps is None else steps
         stop = self.step + max(0, n_steps)
         new: list[dict] = []
@@ -231,6 +244,8 @@ class Distiller:
             with frozen_eval(self.teacher):
                 while self.step < stop:
                     student.eval()
+                    if dist_on:  # BN statistics: each rank updated them on its own slice; rank 0's are the model's
+                        parallel.broadcast_(student.buffers())
                     info = src.update(self.teacher, student, self.step)
                     if info and on_update is not None:
                         on_update(info)
@@ -247,11 +262,21 @@ class Distiller:
                         xb, t_logits = augment_batch(xb, self.gen, cfg.flip), None
                     if cfg.mixup > 0:
                         xb, t_logits = mix_batch(xb, self.gen, cfg.mixup), None
+                    full = len(xb)
+                    if dist_on:  # this rank's slice; weighted so the averaged gradient is the full batch's mean
+                        xb = parallel.split(xb)
+                        yb = None if yb is None else parallel.split(yb)
+                        t_logits = None if t_logits is None else parallel.split(t_logits)
                     if cfg.channels_last and xb.dim() == 4:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     loss = self._loss(xb, yb, taps, t_logits)
-                    if not torch.isfinite(loss):
-                        raise DatafreeError(f"distillation loss became {loss.item()} at step {self.step}; "
+                    if dist_on:
+                        loss = loss * (len(xb) * parallel.world_size() / full)
+                        shown = parallel.all_sum(loss.detach()) / parallel.world_size()
+                    else:
+                        shown = loss.detach()
+                    if not torch.isfinite(shown):
+                        raise DatafreeError(f"distillation loss became {shown.item()} at step {self.step}; "
                                             f"lower the lr (now {cfg.lr})")
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -259,7 +284,7 @@ class Distiller:
                     if self.step < cfg.steps:
                         self.sched.step()
                     self.step += 1
-                    rec: dict[str, Any] = {"step": self.step, "loss": loss.item()}
+                    rec: dict[str, Any] = {"step": self.step, "loss": shown.item()}
                     if info:
                         rec["source"] = info
                     if evaluator is not None and (self.step % cfg.val_every == 0 or self.step == stop):
@@ -285,6 +310,9 @@ class Distiller:
             student.train(was)
         student.eval()
         self.history.extend(new)
+        if dist_on:
+            parallel.broadcast_(student.buffers())  # a generator or pool source is advanced by every rank alike; make sure it stayed so
+            parallel.check_in_step(src.state_dict(), "the data source's state")
         return new
 
 

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from .data.base import TensorData
 from .data.source import SourceLike
+from . import parallel
 from .compress import no_rebuild, record_transform, register_compressor
 from .distill import Distiller, KDConfig
 from .errors import DatafreeError
@@ -37,10 +38,12 @@ class RunCheckpoint:
             return
         if self.dir.exists() and not self.dir.is_dir():
             raise DatafreeError(f"checkpoint dir {self.dir} is a file; choose another --checkpoint-dir")
-        if overwrite and self.dir.exists():
+        if overwrite and self.dir.exists() and parallel.is_main():
             for p in list(self.dir.glob("*.pt")) + list(self.dir.glob("*.tmp")):
                 p.unlink()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if parallel.is_main():
+            self.dir.mkdir(parents=True, exist_ok=True)
+        parallel.barrier()  # under torchrun every rank reads the same state, after rank 0 cleared it
         sp = self.dir / STATE
         if sp.exists():
             st = _load(sp)
@@ -54,8 +57,8 @@ class RunCheckpoint:
             self.state = st
 
     def save(self, student: nn.Module, distiller: Distiller, extra: dict) -> None:
-        """Write the run's state (atomic)."""
-        if self.dir is not None:
+        """Write the run's state (atomic; rank 0 under torchrun)."""
+        if self.dir is not None and parallel.is_main():
             save_atomic({"identity": self.identity, "student": student.state_dict(),
                          "distiller": distiller.state_dict(), **extra}, self.dir / STATE)
 
@@ -66,6 +69,7 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
     """Train `student` in place from any data source for kd.steps steps; checkpointed every `checkpoint_every` steps and
     after source updates once 30 s of synthesis is unsaved, resumable; returns a summary with the validation curve."""
     t0 = time.time()
+    progress = progress and parallel.is_main()
     dist = Distiller(student, teacher, kd, source=data)
     source = dist.source
     assert source is not None

@@ -20,12 +20,16 @@ _SHARD = re.compile(r"shard_(\d{5})\.npz$")
 
 
 class SyntheticSetWriter:
-    """Writes shards atomically; reopening a directory with the same identity resumes it."""
+    """Writes shards atomically; reopening a directory with the same identity resumes it. A follower (another rank of
+    a torchrun job) writes shards only: the lead writer owns the manifest and merges the followers' stats at the end."""
 
     def __init__(self, out: str | os.PathLike, manifest: dict[str, Any], overwrite: bool = False,
-                 config_defaults: Optional[dict[str, Any]] = None) -> None:
+                 config_defaults: Optional[dict[str, Any]] = None, follower: bool = False) -> None:
         self.dir = Path(out)
         self.manifest = dict(manifest, format=FORMAT, complete=False)
+        self.lead = not follower
+        if follower:
+            return
         mpath = self.dir / "manifest.json"
         if mpath.exists() and not overwrite:
             old = read_manifest(self.dir)
@@ -55,6 +59,8 @@ class SyntheticSetWriter:
         self._write_manifest()
 
     def _write_manifest(self) -> None:
+        if not self.lead:
+            return
         data = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
         atomic_write(self.dir / "manifest.json", lambda f: f.write(data))
 
@@ -70,6 +76,11 @@ class SyntheticSetWriter:
         if extra:
             self.manifest.setdefault("shard_stats", {})[str(index)] = extra
             self._write_manifest()
+
+    def merge_stats(self, stats: dict[str, dict]) -> None:
+        """Add shard stats recorded by followers."""
+        if stats:
+            self.manifest.setdefault("shard_stats", {}).update(stats)
 
     def finish(self, **info: Any) -> None:
         """Mark the set complete and record final info (e.g. wall time)."""

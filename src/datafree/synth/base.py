@@ -5,6 +5,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -12,6 +13,7 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn as nn
 
+from .. import parallel
 from .._version import __version__
 from ..config import Config, check, opt
 from ..data.base import TensorData
@@ -217,9 +219,17 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
 
         require_bn(teacher, method)
     spec = input_spec_of(teacher)
+    rank, world = parallel.rank(), parallel.world_size()
     with frozen_eval(teacher), (frozen_eval(student) if student is not None else contextlib.nullcontext()):
         synth = cls(teacher, cfg, student)
         n_shards = math.ceil(cfg.num / cfg.batch_size)
+        # under torchrun, shard i is made by rank i mod N with its per-shard seed, so the set is the same for any N; a
+        # stateful method (a generator trained across shards) runs on rank 0 alone
+        stateful = bool(synth.state_dict())
+        mine = (lambda i: rank == 0) if stateful else (lambda i: i % world == rank)
+        if stateful and world > 1 and rank == 0 and progress:
+            print(f"note: {method} trains one generator across all shards, so rank 0 makes the whole set and the "
+                  f"other {world - 1} rank(s) wait", file=sys.stderr, flush=True)
         writer = None
         done: set[int] = set()
         if out is not None:
@@ -228,16 +238,20 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
                         "teacher": getattr(teacher, "source", None), "input_spec": spec.to_dict(),
                         "student_fingerprint": fingerprint(student) if student is not None else None,
                         "library_version": __version__}
-            writer = SyntheticSetWriter(out, manifest, overwrite=overwrite, config_defaults=cls.config_cls().to_dict())
-            done = writer.done_shards()
-        todo = [i for i in range(n_shards) if i not in done]
+            if rank == 0:  # the lead checks the directory's identity and owns the manifest
+                writer = SyntheticSetWriter(out, manifest, overwrite=overwrite, config_defaults=cls.config_cls().to_dict())
+            parallel.barrier()
+            if rank != 0:
+                writer = SyntheticSetWriter(out, manifest, follower=True)
+            done = writer.done_shards()  # type: ignore[union-attr]
+        todo = [i for i in range(n_shards) if i not in done and mine(i)]
         state_file = Path(out) / SYNTH_STATE if out is not None else None
-        if state_file is not None and done and state_file.exists():
+        if state_file is not None and done and state_file.exists() and (rank == 0 or not stateful):
             synth.load_state_dict(load_tensors(state_file, "is an unreadable synthesizer state",
                                                "delete the directory or pass --overwrite"))
         per_batch = getattr(cfg, "iterations", 0) if cls.iterative else 1
         bar = None
-        if progress and todo:
+        if progress and todo and rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=synth.work_units(len(todo)), desc=f"synthesize {method}", unit="it",
@@ -271,11 +285,23 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
             if bar is not None:
                 bar.close()
     if writer is None:
+        if world > 1 and not stateful:  # in memory: every rank gets the whole set, in shard order
+            parts = parallel.gather({i: (x, y, l) for i, x, y, l in zip(todo, xs, ys, ls)})
+            merged = {k: v for p in parts for k, v in p.items()}
+            xs, ys, ls = ([merged[i][j] for i in sorted(merged)] for j in range(3))
+        elif world > 1:
+            xs, ys, ls = parallel.gather((xs, ys, ls))[0]
         return TensorData(torch.cat(xs), torch.cat(ys), torch.cat(ls), name=f"synthetic:{method}")
-    stats = writer.manifest.get("shard_stats", {})
-    writer.finish(seconds=round(sum(v.get("seconds", 0.0) for v in stats.values()), 2),
-                  image_iterations=cfg.num * max(1, per_batch))
+    followers = parallel.gather(writer.manifest.get("shard_stats", {}) if not writer.lead else {})
+    if writer.lead:
+        for st in followers:
+            writer.merge_stats(st)
+        stats = writer.manifest.get("shard_stats", {})
+        writer.finish(seconds=round(sum(v.get("seconds", 0.0) for v in stats.values()), 2),
+                      image_iterations=cfg.num * max(1, per_batch), world_size=world)
+    parallel.barrier()  # the followers read the set once the lead has marked it complete
     s = SyntheticSet(out)  # type: ignore[arg-type]
-    save_grid(s.data.x, spec, f"{out}/grid.png", labels=s.data.y)
+    if rank == 0:
+        save_grid(s.data.x, spec, f"{out}/grid.png", labels=s.data.y)
     return s.data
 
