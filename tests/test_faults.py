@@ -18,13 +18,13 @@ KD = ["--student", "small_cnn", "--seed", "5"]
 CASES = {
     "synthesize": (["synthesize", *M, "--method", "bn-stats", "--num", "96", "--batch-size", "8", "--iterations", "40",
                     "--out", "{o}"], "shards"),
-    "distill-set": (["distill", *M, *KD, "--data", "digits:train", "--steps", "600", "--checkpoint-every", "25",
+    "distill-set": (["distill", *M, *KD, "--data", "digits:train", "--steps", "250", "--checkpoint-every", "25",
                      "--out", "{o}"], "ckpt"),
     "distill-rounds": (["distill", *M, *KD, "--method", "adaptive-deepinversion", "--iterations", "6", "--rounds", "5",
                         "--per-round", "16", "--steps-per-round", "12", "--checkpoint-every", "6", "--out", "{o}"], "ckpt"),
     "distill-generator": (["distill", *M, *KD, "--method", "fast", "--iterations", "3", "--rounds", "6", "--per-round",
                            "16", "--steps-per-round", "10", "--checkpoint-every", "5", "--out", "{o}"], "ckpt"),
-    "prune": (["prune", *M, "--structured", "--sparsity", "0.5", "--data", "digits:train", "--finetune-steps", "1500",
+    "prune": (["prune", *M, "--structured", "--sparsity", "0.5", "--data", "digits:train", "--finetune-steps", "500",
                "--out", "{o}"], "ckpt"),
 }
 
