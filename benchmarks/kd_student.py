@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
                     data, synth_s = chunked_set(teacher, TEACHER, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)
                 steps = max(1, int((a.budget - synth_s) / step_s))
                 r = distill_student_(student, teacher, kd.replace(steps=steps), data, checkpoint_dir=ck,
-                                     checkpoint_every=250)
+                                     checkpoint_every=250, time_limit=max(1.0, a.budget - synth_s))
                 total = synth_s + r["seconds"]
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
             return dict(acc, command=cmd, seconds=round(total, 1), synth_seconds=round(synth_s, 1), kd_seconds=round(total - synth_s, 1),
@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                 plan = {k: round(v, 3) for k, v in plan.items()}
                 plan["generator"] = {k: v for k, v in cfg.to_dict().items() if k not in ("config_version",)}
                 data = GeneratorSource(method, cfg, rounds, seed=a.seed * 7919, progress=False)
+            # the plan fills the budget from probes; the time limit stops it there if steps grow slower than probed
             r = distill_student_(student, teacher, kdm.replace(steps=steps), data, checkpoint_dir=ck, checkpoint_every=250,
-                                 val=tests["exact"])
+                                 val=tests["exact"], time_limit=a.budget)
             acc = {f"top1_{s}": evaluate(student, d)["top1"] for s, d in tests.items()}
             return dict(acc, command=cmd, seconds=round(r["seconds"], 1), synth_seconds=round(r["synth_seconds"], 1),
                         kd_seconds=round(r["seconds"] - r["synth_seconds"], 1), steps=r["steps"], samples=r["samples"],

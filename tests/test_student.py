@@ -126,3 +126,21 @@ def test_cli_distill_in_rounds_with_adaptive_deepinversion(digits_teacher, tmp_p
     assert sorted(p.name for p in (tmp_path / "adi.pt.ckpt").iterdir()) == ["state.pt"]
     assert main(args) == 0  # a finished run resumes to the end without new work
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 6
+
+
+def test_time_limit_stops_at_the_budget_and_validates_where_it_stopped(digits_teacher, digits_test):
+    import time
+
+    teacher, _ = digits_teacher
+    torch.manual_seed(0)
+    student = df.create_model("small_cnn")
+    real = df.load_dataset("digits:train", teacher.input_spec)
+    t0 = time.time()
+    r = distill_student_(student, teacher, KDConfig(steps=10 ** 6, batch_size=16, val_every=10 ** 6), real,
+                         val=digits_test, progress=False, time_limit=1.5, checkpoint_every=50)
+    assert r["stopped_at_time_limit"] and 10 < r["steps"] < 10 ** 6
+    assert time.time() - t0 < 1.5 + 3.0  # one step and one validation past the limit, plus set-up
+    assert r["curve"] and r["curve"][-1]["step"] == r["steps"]  # validated at the step where it stopped
+    r2 = distill_student_(df.create_model("small_cnn"), teacher, KDConfig(steps=20, batch_size=16), real,
+                          progress=False, time_limit=60)
+    assert not r2["stopped_at_time_limit"] and r2["steps"] == 20

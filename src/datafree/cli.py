@@ -447,8 +447,10 @@ def cmd_distill(a: argparse.Namespace) -> int:
     val = load_dataset(a.val, spec, a.data_root) if a.val else None
     ckpt = a.checkpoint_dir or a.out + ".ckpt"
     kd = _kd_config(a, steps)
+    if a.time_limit is not None and not a.time_limit > 0:
+        raise DatafreeError(f"--time-limit must be a positive number of seconds, got {a.time_limit}")
     r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
-                         overwrite=a.overwrite, checkpoint_every=every)
+                         overwrite=a.overwrite, checkpoint_every=every, time_limit=a.time_limit)
     curve = r.pop("curve")
     record_distill(student, teacher, kd, data=source)
     _save_artifact(student, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
@@ -482,7 +484,8 @@ def cmd_hash(a: argparse.Namespace) -> int:
     val = load_dataset(a.val, spec, a.data_root) if a.val else None
     t0 = time.time()
     student = hash_distill(teacher, data, cfg, kd, checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt", val=val,
-                           progress=not a.no_progress, overwrite=a.overwrite, checkpoint_every=every)
+                           progress=not a.no_progress, overwrite=a.overwrite, checkpoint_every=every,
+                           time_limit=a.time_limit)
     hi = student.hash_info  # type: ignore[attr-defined]
     path = _save_artifact(student, a.out, teacher=teacher, extra={"data": source, "hash": hi})
     info: dict[str, Any] = {"out": a.out, "data": source, "steps": steps, "seconds": round(time.time() - t0, 2),
@@ -494,7 +497,8 @@ def cmd_hash(a: argparse.Namespace) -> int:
              f"({info['bytes'] / 1024:.0f} KiB)")
     if a.materialize:
         plain = materialize(student)
-        save_atomic({k: v.detach().cpu() for k, v in plain.state_dict().items()}, a.materialize)
+        if parallel.is_main():
+            save_atomic({k: v.detach().cpu() for k, v in plain.state_dict().items()}, a.materialize)
         info["materialized"] = a.materialize
         human += f"; plain state dict in {a.materialize}"
     curve = getattr(student, "kd_curve", None)
@@ -696,6 +700,9 @@ def _kd_data_options(s: argparse.ArgumentParser, specs: str, preset: str = "stud
                    "curve goes to OUT.curve.json and OUT.curve.png")
     s.add_argument("--checkpoint-dir", help="where checkpoints and the sample pool go (default: OUT.ckpt)")
     s.add_argument("--checkpoint-every", type=int, default=200, help="with --data: steps between checkpoints")
+    s.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop after this many seconds of the run "
+                   "(resumed pieces included) even if steps remain; the learning-rate schedule still spans all steps, "
+                   "so plan --steps to fit")
     s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")
     s.add_argument("--seed", type=int, default=0, help="random seed")
 

@@ -209,9 +209,10 @@ class Distiller:
 
     def run(self, source: Optional[SourceLike] = None, steps: Optional[int] = None, val: Optional[TensorData] = None,
             progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None,
-            on_update: Optional[Callable[[dict], None]] = None) -> list[dict]:
+            on_update: Optional[Callable[[dict], None]] = None, deadline: Optional[float] = None) -> list[dict]:
         """Train the student for `steps` more steps (default: to `cfg.steps`) on augmented batches of the source; returns
-        those steps' records. `val` (labelled data) is a shortcut for an accuracy evaluator; `on_update` sees what each
+        those steps' records. With `deadline` (a time.time() value) it stops at the first step that ends past it and
+        validates there. `val` (labelled data) is a shortcut for an accuracy evaluator; `on_update` sees what each
         source update did. Under torchrun every rank draws the same batch (same RNG, same source state), trains on its
         own slice of it, and DistributedDataParallel averages the gradients; rank 0 validates."""
         cfg = self.cfg
@@ -243,6 +244,15 @@ class Distiller:
         try:
             with frozen_eval(self.teacher):
                 while self.step < stop:
+                    over = deadline is not None and time.time() >= deadline
+                    if dist_on and deadline is not None:  # every rank stops at the same step
+                        over = bool(parallel.all_sum(torch.tensor(float(over))).item() > 0)
+                    if over:
+                        if evaluator is not None and new and "val_top1" not in new[-1]:
+                            student.eval()
+                            last_val = new[-1]["val_top1"] = evaluator(student)
+                            new[-1]["seconds"] = round(time.time() - t_run, 2)
+                        break
                     student.eval()
                     if dist_on:  # BN statistics: each rank updated them on its own slice; rank 0's are the model's
                         parallel.broadcast_(student.buffers())

@@ -65,9 +65,10 @@ class RunCheckpoint:
 
 def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data: SourceLike,
                      checkpoint_dir: Optional[str] = None, val: Optional[TensorData] = None, progress: bool = True,
-                     overwrite: bool = False, checkpoint_every: int = 200) -> dict:
-    """Train `student` in place from any data source for kd.steps steps; checkpointed every `checkpoint_every` steps and
-    after source updates once 30 s of synthesis is unsaved, resumable; returns a summary with the validation curve."""
+                     overwrite: bool = False, checkpoint_every: int = 200, time_limit: Optional[float] = None) -> dict:
+    """Train `student` in place from any data source for kd.steps steps (or until `time_limit` seconds of the run,
+    resumed pieces included); checkpointed every `checkpoint_every` steps and after source updates once 30 s of
+    synthesis is unsaved, resumable; returns a summary with the validation curve."""
     t0 = time.time()
     progress = progress and parallel.is_main()
     dist = Distiller(student, teacher, kd, source=data)
@@ -98,19 +99,25 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
             print(f"step {dist.step}: {source.name}: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
 
     chunk = max(1, checkpoint_every)
+    deadline = None if time_limit is None else time.time() + time_limit - seconds_before
     while dist.step < kd.steps:
-        hist = dist.run(steps=min(chunk, kd.steps - dist.step), val=val, progress=progress, on_update=on_update)
+        asked = min(chunk, kd.steps - dist.step)
+        hist = dist.run(steps=asked, val=val, progress=progress, on_update=on_update, deadline=deadline)
         ck.save(student, dist, {"seconds": elapsed()})
         pending["synth_s"] = 0.0
         if progress and hist:
             v = f", val top-1 {hist[-1]['val_top1']:.2f}%" if "val_top1" in hist[-1] else ""
             print(f"step {dist.step}/{kd.steps}: student loss {hist[-1]['loss']:.4f}{v} ({elapsed():.0f} s)", flush=True)
+        if len(hist) < asked:  # the time limit (checked alike on every rank)
+            if progress:
+                print(f"time limit of {time_limit:.0f} s reached at step {dist.step}/{kd.steps}", flush=True)
+            break
     student.eval()
     last_val = next((h["val_top1"] for h in reversed(dist.history) if "val_top1" in h), None)
     synth = float(getattr(source, "synth_seconds", 0.0))
     curve = [{"step": h["step"], "val_top1": h["val_top1"], "loss": round(h["loss"], 5), **({"seconds": h["seconds"]} if "seconds" in h else {})}
              for h in dist.history if "val_top1" in h]
-    return {"steps": dist.step, "samples": len(source), "seconds": elapsed(), "synth_seconds": round(synth, 2),  # type: ignore[arg-type]
+    return {"steps": dist.step, "stopped_at_time_limit": dist.step < kd.steps, "samples": len(source), "seconds": elapsed(), "synth_seconds": round(synth, 2),  # type: ignore[arg-type]
             "final_loss": dist.history[-1]["loss"] if dist.history else math.nan, "val_top1": last_val, "curve": curve}
 
 
