@@ -162,7 +162,7 @@ def section_deploy_onnx() -> str:
            "Latency is the median of repeated runs of the file divided by that of the model's FP32 export, both measured "
            "in the same process; agreement is with the PyTorch simulation (ours) and with the FP32 model (all). "
            "Integer kernels are the node types onnxruntime ran after its graph optimizations. Our W8A8 files run on the "
-           "same kernels as onnxruntime's own quantizer at the same speed, with our calibrated numbers. W4A4 files keep "
+           "same kernels as onnxruntime's own quantizer (for the ResNets at the same speed; MobileNetV2 below), with our calibrated numbers. W4A4 files keep "
            "their 4-bit grids (agreement with the simulation 100 %) but not int8 speed: the b-bit clip is a float "
            "Max/Min between DequantizeLinear and QuantizeLinear, and onnxruntime transposes around it (NHWC integer "
            "kernels). Why no cheaper encoding exists in this runtime: a b-bit activation must saturate at both 0 and "
