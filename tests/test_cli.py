@@ -179,3 +179,15 @@ def test_a_set_written_before_config_versions_resumes(digits_teacher, tmp_path, 
     m.write_text(_json.dumps(man))
     code, _, err = run(capsys, *args)
     assert code == 0, err
+
+
+def test_freeze_bn_on_a_student_from_scratch_is_flagged(digits_teacher, tmp_path, capsys):
+    from datafree.cli import main as cli_main
+
+    w = digits_teacher[1]
+    base = ["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--data", "digits:train", "--steps", "2",
+            "--no-progress", "--freeze-bn"]
+    assert cli_main(base + ["--out", str(tmp_path / "a.pt")]) == 0
+    assert "--freeze-bn keeps a new student's BN statistics" in capsys.readouterr().err
+    assert cli_main(base + ["--student-weights", w, "--out", str(tmp_path / "b.pt")]) == 0
+    assert "--freeze-bn" not in capsys.readouterr().err

@@ -447,6 +447,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
     val = load_dataset(a.val, spec, a.data_root) if a.val else None
     ckpt = a.checkpoint_dir or a.out + ".ckpt"
     kd = _kd_config(a, steps)
+    if kd.freeze_bn and not a.student_weights and parallel.is_main():
+        print("note: --freeze-bn keeps a new student's BN statistics at their initial 0/1, so it trains without "
+              "normalization and usually fails; use it with --student-weights (a pretrained student)", file=sys.stderr)
     if a.time_limit is not None and not a.time_limit > 0:
         raise DatafreeError(f"--time-limit must be a positive number of seconds, got {a.time_limit}")
     r = distill_student_(student, teacher, kd, data, checkpoint_dir=ckpt, val=val, progress=not a.no_progress,
