@@ -377,7 +377,6 @@ def _save_artifact(model: Any, out: str, **kw: Any) -> Path:
     """save_artifact on rank 0 (the only process without torchrun); the other ranks wait until the file exists."""
     from .artifact import save_artifact
 
-
     path = save_artifact(model, out, **kw) if parallel.is_main() else Path(out)
     parallel.barrier()
     return path

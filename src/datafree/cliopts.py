@@ -95,37 +95,44 @@ def _synth_options(p: argparse.ArgumentParser, names: Optional[Sequence[str]] = 
     p.set_defaults(_synth_flags=out)
 
 
+def _config_options(p: argparse.ArgumentParser, cls: type, title: str, prefix: str) -> None:
+    """An option group generated from the fields of config class `cls` declared for the CLI (defaults from the
+    config); the flags go to `_{prefix}flags` for `_config_from`."""
+    fields = _config_fields(cls)
+    names = [n for n, f in fields.items() if f.metadata.get("cli")]
+    p.set_defaults(**{f"_{prefix}flags": _add_config_options(p.add_argument_group(title), fields, names, cls(), prefix)})
+
+
+def _config_from(a: argparse.Namespace, cls: type, prefix: str, **fixed: Any):
+    """`cls` built from the options `_config_options` generated (library errors re-worded with their flags)."""
+    flags = getattr(a, f"_{prefix}flags")
+    kw = {n: getattr(a, prefix + n) for n in flags}
+    return _configured(flags, lambda: cls(**{**kw, **fixed}))
+
+
 def _hash_options(p: argparse.ArgumentParser) -> None:
-    """The hashing option group: HashConfig's fields declared for the CLI, defaults from the config."""
+    """The hashing option group: HashConfig's fields declared for the CLI."""
     from .hashing import HashConfig
 
-    fields = _config_fields(HashConfig)
-    g = p.add_argument_group("hashing")
-    names = [n for n, f in fields.items() if f.metadata.get("cli")]
-    p.set_defaults(_hash_flags=_add_config_options(g, fields, names, HashConfig(), "hash__"))
+    _config_options(p, HashConfig, "hashing", "hash__")
 
 
 def _hash_config(a: argparse.Namespace, **fixed: Any):
     """HashConfig from the hashing options given."""
     from .hashing import HashConfig
 
-    kw = {n: getattr(a, "hash__" + n) for n in a._hash_flags}
-    return _configured(a._hash_flags, lambda: HashConfig(**{**kw, **fixed}))
+    return _config_from(a, HashConfig, "hash__", **fixed)
 
 
 def _quant_options(p: argparse.ArgumentParser) -> None:
-    """The quantization option group: QuantConfig's fields declared for the CLI, defaults from the config."""
+    """The quantization option group: QuantConfig's fields declared for the CLI."""
     from .quant import QuantConfig
 
-    fields = _config_fields(QuantConfig)
-    g = p.add_argument_group("quantization")
-    names = [n for n, f in fields.items() if f.metadata.get("cli")]
-    p.set_defaults(_quant_flags=_add_config_options(g, fields, names, QuantConfig(), "q__"))
+    _config_options(p, QuantConfig, "quantization", "q__")
 
 
 def _quant_config(a: argparse.Namespace, **fixed: Any):
     """QuantConfig from the quantization options given."""
     from .quant import QuantConfig
 
-    kw = {n: getattr(a, "q__" + n) for n in a._quant_flags}
-    return _configured(a._quant_flags, lambda: QuantConfig(**{**kw, **fixed}))
+    return _config_from(a, QuantConfig, "q__", **fixed)

@@ -320,8 +320,8 @@ class Distiller:
             student.train(was)
         student.eval()
         self.history.extend(new)
-        if dist_on:
-            parallel.broadcast_(student.buffers())  # a generator or pool source is advanced by every rank alike; make sure it stayed so
+        if dist_on:  # every rank leaves with rank 0's BN statistics, and with the same source state (advanced alike)
+            parallel.broadcast_(student.buffers())
             parallel.check_in_step(src.state_dict(), "the data source's state")
         return new
 

@@ -137,12 +137,20 @@ def check_in_step(state: Any, what: str) -> None:
 
 
 def broadcast_(tensors) -> None:
-    """Overwrite each tensor in place with rank 0's (e.g. BN statistics that each rank updated on its own slice)."""
-    if active():
-        import torch.distributed as dist
+    """Overwrite each tensor in place with rank 0's (e.g. BN statistics that each rank updated on its own slice): one
+    collective per dtype, not one per tensor, since the KD loop calls it every step."""
+    if not active():
+        return
+    import torch.distributed as dist
 
-        for t in tensors:
-            dist.broadcast(t.data, 0)
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t.data)
+    for ts in groups.values():
+        flat = torch.cat([t.reshape(-1) for t in ts])
+        dist.broadcast(flat, 0)
+        for t, part in zip(ts, flat.split([t.numel() for t in ts])):
+            t.copy_(part.view_as(t))
 
 
 def split(t: torch.Tensor) -> torch.Tensor:
