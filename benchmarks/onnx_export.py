@@ -1,5 +1,7 @@
 """Int8 ONNX export check: W8A8 ResNet-20 in onnxruntime vs the PyTorch simulation, size and latency vs FP32 ONNX.
 
+Latency: the smallest of 3 interleaved medians (`median_latency`, the same measure as `datafree export --check`).
+
 Run: python -m benchmarks.onnx_export
 Writes benchmarks/results/onnx_export.json.
 """
@@ -15,17 +17,8 @@ import numpy as np
 
 from datafree import load_dataset, predict, quantize
 from datafree.quant import QuantConfig
-from datafree.quant.export import export_onnx, ort_predict, ort_session
+from datafree.quant.export import export_onnx, median_latency, ort_predict, ort_session
 from .common import cached_set, data_root, git_commit, machine, pretrained
-
-
-def _latency(sess, x: np.ndarray, reps: int) -> float:
-    name = sess.get_inputs()[0].name
-    sess.run(None, {name: x})
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        sess.run(None, {name: x})
-    return (time.perf_counter() - t0) / reps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         x = test.x[: a.batch].numpy().astype(np.float32)
         lat8, lat32 = [], []
         for _ in range(3):  # interleaved so both see the same machine state
-            lat32.append(_latency(s32, x, a.reps))
-            lat8.append(_latency(s8, x, a.reps))
+            lat32.append(median_latency(s32, x, a.reps))
+            lat8.append(median_latency(s8, x, a.reps))
         r = {"model": a.model, "calib": f"{a.calib} (512 samples)",
              "top1_sim": round(100.0 * (sim == test.y).float().mean().item(), 3),
              "top1_ort": round(100.0 * (ort == test.y).float().mean().item(), 3),
@@ -63,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
              "latency_ratio": round(min(lat8) / min(lat32), 3), "latency_batch": a.batch}
     out = {"meta": {"benchmark": "onnx_export", "config": vars(a), "seed": 0, "commit": git_commit(), "machine": machine(),
                     "wall_seconds": round(time.time() - t_start, 1),
-                    "command": f"python -m benchmarks.onnx_export --model {a.model} --calib {a.calib} --batch {a.batch} --reps {a.reps}"},
+                    "command": f"python -m benchmarks.onnx_export --model {a.model} --calib {a.calib} --batch {a.batch} --reps {a.reps} "
+                               f"--layout {a.layout}"},
            "result": r}
     out.update({k: r[k] for k in ("top1_sim", "top1_ort", "bytes_fp32", "bytes_int8", "latency_ratio")})
     Path(a.out).write_text(json.dumps(out, indent=1))
