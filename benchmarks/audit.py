@@ -3,7 +3,8 @@ feature space against the real-vs-real baseline, leak test, closest pairs (PNG),
 
 Run: python -m benchmarks.audit [--model resnet20] [--methods gaussian inception bn-stats deepinversion fast dafl]
 Writes benchmarks/results/audit.json (rows: method, n, pixel_median_ratio, pixel_closest, feature_median_ratio,
-nearer_train_pixel, nearer_train_feature, membership_auroc, ...) and benchmarks/results/audit_<method>_pairs.png.
+nearer_train_pixel, nearer_train_feature with their p-values against random re-splits of the real images,
+membership_auroc, ...) and benchmarks/results/audit_<method>_pairs.png.
 `cifar10:train-exact` (4000) is the training proxy and `cifar10:test-exact` (1000) the held-out set.
 """
 from __future__ import annotations
@@ -49,12 +50,16 @@ def main(argv: list[str] | None = None) -> None:
                     "pixel_closest": px["synthetic_to_train"]["min"], "pixel_closest_real": px["held_out_to_train"]["min"],
                     "feature_median_ratio": ft["median_ratio"], "nearer_train_pixel": px["nearer_train_than_held_out"],
                     "nearer_train_feature": ft["nearer_train_than_held_out"],
+                    "nearer_train_p_pixel": px["nearer_train_p_value"], "nearer_train_p_feature": ft["nearer_train_p_value"],
+                    "nearer_train_null_p95_pixel": px["nearer_train_null_p95"],
+                    "nearer_train_null_p95_feature": ft["nearer_train_null_p95"],
                     "closer_than_any_real_pixel": px["closer_than_any_held_out"],
                     "membership_auroc": r["membership_auroc"], "membership_auroc_loss": r.get("membership_auroc_loss"),
                     "iterations": its}
         r = store.run({"method": method}, row)
         print(f"{method}: pixel ratio {r['pixel_median_ratio']:.2f}, feature ratio {r['feature_median_ratio']:.2f}, "
-              f"nearer train {r['nearer_train_pixel']:.2f}/{r['nearer_train_feature']:.2f}", flush=True)
+              f"nearer train {r['nearer_train_pixel']:.2f}/{r['nearer_train_feature']:.2f} "
+              f"(p {r['nearer_train_p_pixel']:.3f}/{r['nearer_train_p_feature']:.3f})", flush=True)
     store.finish(complete=set(a.methods) >= set(METHODS), wall_seconds_this_run=round(time.time() - t0, 1))
 
 

@@ -1,12 +1,15 @@
 """Privacy audit: nearest neighbours and AUROC against direct computations; a leaking set is flagged, noise is not."""
 import json
 
+import pytest
 import torch
 
 import datafree as df
 from datafree.audit import audit, auroc, nearest
 from datafree.cli import main
 from datafree.data.base import TensorData
+from datafree.errors import DatafreeError
+from datafree.utils import frozen_eval
 
 
 def test_nearest_and_auroc_against_direct_computations():
@@ -24,6 +27,16 @@ def test_nearest_and_auroc_against_direct_computations():
     assert auroc(torch.ones(3), torch.zeros(3)) == 1.0 and auroc(torch.zeros(3), torch.zeros(3)) == 0.5
 
 
+def test_leak_null_is_the_share_under_random_equal_splits():
+    from datafree.audit import leak_null
+
+    m = 5
+    null = leak_null(torch.tensor([0, 0, 0, 0]), m, permutations=4000)  # one hub: all-or-nothing shares
+    assert set(null.unique().tolist()) <= {0.0, 1.0} and abs(null.mean().item() - 0.5) < 0.03
+    spread = leak_null(torch.arange(2 * m), m, permutations=4000)  # each image once: exactly half, every split
+    assert torch.all(spread == 0.5)
+
+
 def test_audit_flags_copies_of_training_images_and_not_noise(digits_teacher, tmp_path):
     m, _ = digits_teacher
     train = df.load_dataset("digits:train", m.input_spec).subset(200)  # equal sizes: the leak test uses all of both
@@ -34,6 +47,9 @@ def test_audit_flags_copies_of_training_images_and_not_noise(digits_teacher, tmp
     leak = audit(m, copies, train, held, pairs_png=str(tmp_path / "pairs.png"))
     clean = audit(m, noise, train, held)
     assert leak["pixel"]["median_ratio"] < 0.2 and leak["pixel"]["nearer_train_than_held_out"] > 0.9
+    assert leak["pixel"]["nearer_train_p_value"] < 0.01 and leak["pixel"]["nearer_train_null_p95"] < 0.9
+    # noise: whatever its raw share, random re-splits of the same real images give shares as extreme
+    assert clean["pixel"]["nearer_train_p_value"] > 0.05
     assert leak["pixel"]["closer_than_any_held_out"] > 0.9
     assert clean["pixel"]["median_ratio"] > 1.0 and clean["pixel"]["closer_than_any_held_out"] == 0.0
     assert (tmp_path / "pairs.png").stat().st_size > 0 and len(leak["closest_pairs"]) == 16
@@ -68,3 +84,18 @@ def test_similarity_per_batch_is_the_score_of_each_batch_and_detects_noise(digit
     noise = TensorData(torch.randn(320, *test.x.shape[1:], generator=torch.Generator().manual_seed(0)))
     ood = similarity_per_batch(m, noise, 32)
     assert auroc(torch.tensor(ood), torch.tensor(ind)) > 0.95
+
+
+def test_similarity_bn_plus_onehot_adds_the_mean_neg_log_max_softmax(digits_teacher):
+    from datafree.metrics import similarity_per_batch
+
+    m, _ = digits_teacher
+    test = df.load_dataset("digits:test", m.input_spec)
+    bn = similarity_per_batch(m, test, len(test), score="bn")[0]
+    both = similarity_per_batch(m, test, len(test), score="bn+oh")[0]
+    with torch.no_grad(), frozen_eval(m):
+        p = torch.softmax(m(test.x), 1)
+    oh = -p.max(1).values.log().mean().item()  # direct: mean over samples of −log max_k p_k
+    assert oh > 1e-4 and abs((both - bn) - oh) < 1e-4
+    with pytest.raises(DatafreeError, match="unknown score"):
+        similarity_per_batch(m, test, 32, score="energy")

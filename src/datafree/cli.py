@@ -310,9 +310,9 @@ def cmd_similarity(a: argparse.Namespace) -> int:
 
         if a.per_batch < 2:
             raise DatafreeError(f"--per-batch must be >= 2 samples, got {a.per_batch}")
-        scores = similarity_per_batch(model, data, a.per_batch, seed=a.seed)
-        r["per_batch"] = {"batch_size": a.per_batch, "scores": [round(v, 5) for v in scores]}
-        human += (f"\nper batch of {a.per_batch} ({len(scores)} batches): median {statistics.median(scores):.4f}, "
+        scores = similarity_per_batch(model, data, a.per_batch, seed=a.seed, score=a.score)
+        r["per_batch"] = {"batch_size": a.per_batch, "score": a.score, "scores": [round(v, 5) for v in scores]}
+        human += (f"\n{a.score} score per batch of {a.per_batch} ({len(scores)} batches): median {statistics.median(scores):.4f}, "
                   f"min {min(scores):.4f}, max {max(scores):.4f} (a detector score: compare with batches of data you trust)")
     _emit(a, r, human)
     return 0
@@ -785,6 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed for the subset and on-the-fly synthesis")
     s.add_argument("--per-batch", type=int, metavar="B", help="also score every batch of B samples (a detector of "
                    "inputs unlike the training data: BENCHMARKS.md has its AUROC against shifted data)")
+    s.add_argument("--score", choices=["bn", "bn+oh"], default="bn+oh", help="per-batch score: bn = the BN-statistics "
+                   "divergence alone; bn+oh adds the batch-mean −log max softmax (the model expects confident outputs "
+                   "on its training data; catches shifts that keep BN statistics, e.g. inverted colours)")
     s.add_argument("--json", action="store_true", help="print one JSON object with `score` and per-layer `layers`")
     _common(s)
     s.set_defaults(func=cmd_similarity)
@@ -858,7 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "teacher's training data or a proxy) in pixel space and in the teacher's feature space (the "
                        "classifier head's input), against how close --held-out real images the teacher never saw come "
                        "to --real; the share of samples nearer to --real than to an equal-size --held-out set (0.5 = no "
-                       "sign of leaking); the closest pairs as a PNG; and a membership-inference score of the teacher "
+                       "sign of leaking) with its p-value against random re-splits of those real images (small = "
+                       "leak); the closest pairs as a PNG; and a membership-inference score of the teacher "
                        "itself (AUROC of its confidence on --real vs --held-out; 0.5 = members cannot be told apart). "
                        "The teacher is the one named in SET's manifest unless --model is given.")
     s.add_argument("set", metavar="SET", help="synthetic-set directory")

@@ -59,21 +59,32 @@ def similarity(model: nn.Module, data: TensorData, batch_size: int = 256, form: 
     return {"score": total.item(), "layers": {n: p.item() for n, p in zip(names, per)}, "n": len(data), "data": data.name}
 
 
+SCORES = ("bn", "bn+oh")  # per-batch detector scores
+
+
 def similarity_per_batch(model: nn.Module, data: TensorData, batch_size: int = 64, seed: int = 0,
-                         form: str = "kl") -> list[float]:
-    """The BN-statistics divergence of each batch of `batch_size` samples (shuffled, last partial batch dropped): a
-    detector score, high for batches unlike the training data."""
+                         form: str = "kl", score: str = "bn") -> list[float]:
+    """A detector score for each batch of `batch_size` samples (shuffled, last partial batch dropped), high for batches
+    unlike the training data: `bn` is the BN-statistics divergence; `bn+oh` adds the batch-mean one-hot loss
+    −log max softmax (DAFL's authenticity term; nats like the KL terms), the model's own expectation of confident
+    outputs on its training data."""
     from .synth.bn_hooks import BNStatHooks, bn_loss, require_bn
+    from .synth.gen_losses import onehot_loss
 
     require_bn(model, "similarity")
+    if score not in SCORES:
+        raise DatafreeError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
     if len(data) < batch_size:
         raise DatafreeError(f"{data.name} has {len(data)} samples, fewer than one batch of {batch_size}")
     dev = model_device(model)
     out = []
     with frozen_eval(model), BNStatHooks(model) as hooks, torch.no_grad():
         for xb in data.batches(batch_size, shuffle=True, seed=seed, drop_last=True):
-            model(xb.to(dev))
-            out.append(float(bn_loss(hooks, form)[0]))
+            logits = model(xb.to(dev))
+            v = float(bn_loss(hooks, form)[0])
+            if score == "bn+oh":
+                v += float(onehot_loss(logits.float()))
+            out.append(v)
     return out
 
 
