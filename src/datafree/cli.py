@@ -787,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "inputs unlike the training data: BENCHMARKS.md has its AUROC against shifted data)")
     s.add_argument("--score", choices=["bn", "bn+oh"], default="bn+oh", help="per-batch score: bn = the BN-statistics "
                    "divergence alone; bn+oh adds the batch-mean −log max softmax (the model expects confident outputs "
-                   "on its training data; catches shifts that keep BN statistics, e.g. inverted colours)")
+                   "on its training data; on inverted CIFAR-10 colours AUROC 0.999 vs 0.989 at batch 64, BENCHMARKS.md)")
     s.add_argument("--json", action="store_true", help="print one JSON object with `score` and per-layer `layers`")
     _common(s)
     s.set_defaults(func=cmd_similarity)
