@@ -241,6 +241,13 @@ class Distiller:
             names = list(cfg.feature_layers) or [head_of(self.teacher)]
             taps = (_InputTap(student, names), _InputTap(self._teacher_run, names))
         t_run = time.time() - self.elapsed
+
+        def validate(rec: dict) -> float:  # the step's record gets the accuracy and the run's seconds so far
+            student.eval()
+            rec["val_top1"] = evaluator(student)  # type: ignore[misc]
+            rec["seconds"] = round(time.time() - t_run, 2)
+            return rec["val_top1"]
+
         try:
             with frozen_eval(self.teacher):
                 while self.step < stop:
@@ -249,9 +256,7 @@ class Distiller:
                         over = bool(parallel.all_sum(torch.tensor(float(over))).item() > 0)
                     if over:
                         if evaluator is not None and new and "val_top1" not in new[-1]:
-                            student.eval()
-                            last_val = new[-1]["val_top1"] = evaluator(student)
-                            new[-1]["seconds"] = round(time.time() - t_run, 2)
+                            validate(new[-1])
                         break
                     student.eval()
                     if dist_on:  # BN statistics: each rank updated them on its own slice; rank 0's are the model's
@@ -298,10 +303,7 @@ class Distiller:
                     if info:
                         rec["source"] = info
                     if evaluator is not None and (self.step % cfg.val_every == 0 or self.step == stop):
-                        student.eval()
-                        last_val = evaluator(student)
-                        rec["val_top1"] = last_val
-                        rec["seconds"] = round(time.time() - t_run, 2)
+                        last_val = validate(rec)
                     new.append(rec)
                     if on_step is not None:
                         on_step(self.step, rec["loss"])
