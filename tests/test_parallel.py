@@ -98,9 +98,10 @@ def test_synthesis_split_across_ranks_is_the_same_set_and_resumes_with_any_world
     p = torchrun(SYN + ["--weights", teacher_w, "--out", cut])
     kill_when(p, lambda: len(list(cut.glob("shard_*.npz"))) >= 3)
     assert not json.loads((cut / "manifest.json").read_text())["complete"]
-    assert 3 <= len(list(cut.glob("shard_*.npz"))) < 12 and not list(cut.glob("*.tmp*"))
+    assert 3 <= len(list(cut.glob("shard_*.npz"))) < 12  # a kill can land inside a write: a temporary may remain
     r = single(SYN + ["--weights", teacher_w, "--out", cut])
     assert r.returncode == 0, r.stderr
+    assert not list(cut.glob("*.tmp*"))  # ... and the resumed run removes it
     c = arrays(cut)
     assert c.keys() == a.keys() and all(np.array_equal(a[k]["x"], c[k]["x"]) for k in a)
     assert json.loads((cut / "manifest.json").read_text())["world_size"] == 1

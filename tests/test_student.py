@@ -56,8 +56,10 @@ def test_rounds_resume_after_interruption_matches_uninterrupted(digits_teacher, 
         distill_student_(s1, teacher, kd, pool(), checkpoint_dir=str(tmp_path / "b"), progress=False, checkpoint_every=4)
     st = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
     assert st["distiller"]["step"] == 8 and len(st["distiller"]["source"]["pool"]) == 2
+    (tmp_path / "b" / "state.pt.a1b2c3d4.tmp").write_bytes(b"a save cut by kill -9")
     s2 = fresh()  # a new process: weights, optimizer and pool come from the checkpoint
     distill_student_(s2, teacher, kd, pool(), checkpoint_dir=str(tmp_path / "b"), progress=False, checkpoint_every=4)
+    assert not list((tmp_path / "b").glob("*.tmp"))  # the resumed run removed the cut save's temporary
     for (k, v), v2 in zip(full.state_dict().items(), s2.state_dict().values()):
         assert torch.allclose(v.float(), v2.float(), atol=1e-5), k
     with pytest.raises(df.DatafreeError, match="different run"):

@@ -74,7 +74,11 @@ def test_resume_after_interruption_gives_same_set(tmp_path, monkeypatch):
     with pytest.raises(df.DatafreeError, match="incomplete"):
         df.SyntheticSet(tmp_path / "part")
     monkeypatch.setattr(SyntheticSetWriter, "write_shard", orig)
+    # a kill -9 inside atomic_write leaves its temporary; the resumed run removes those, and only those
+    (tmp_path / "part" / "shard_00001.npz.k3x_9q2a.tmp").write_bytes(b"half a shard")
+    (tmp_path / "part" / "user-notes.tmp").write_text("not ours")
     resumed = synthesize(m, "bn-stats", cfg, out=str(tmp_path / "part"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "part").glob("*.tmp")) == ["user-notes.tmp"]
     assert torch.equal(resumed.x, full.x) and torch.equal(resumed.y, full.y)
     assert (tmp_path / "part" / "grid.png").is_file()
     # the recorded synthesis time covers every shard, the one made before the interruption included

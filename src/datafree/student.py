@@ -15,7 +15,7 @@ from .compress import no_rebuild, record_transform, register_compressor
 from .distill import Distiller, KDConfig
 from .errors import DatafreeError
 from .models.loading import fingerprint
-from .utils import load_tensors, save_atomic
+from .utils import load_tensors, remove_stale_temps, save_atomic
 
 STATE = "state.pt"
 SAVE_AFTER_SYNTH_S = 30.0  # checkpoint after source updates once this much synthesis time is unsaved
@@ -39,10 +39,11 @@ class RunCheckpoint:
         if self.dir.exists() and not self.dir.is_dir():
             raise DatafreeError(f"checkpoint dir {self.dir} is a file; choose another --checkpoint-dir")
         if overwrite and self.dir.exists() and parallel.is_main():
-            for p in list(self.dir.glob("*.pt")) + list(self.dir.glob("*.tmp")):
+            for p in self.dir.glob("*.pt"):
                 p.unlink()
         if parallel.is_main():
             self.dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.dir)  # a run killed mid-save left them
         parallel.barrier()  # under torchrun every rank reads the same state, after rank 0 cleared it
         sp = self.dir / STATE
         if sp.exists():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import pickle
 import zipfile
 import tempfile
@@ -93,6 +94,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
             raise OSError(e.errno, e.strerror or str(e), str(p)) from e
         raise
     return p
+
+
+_TEMP = re.compile(r".+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write's temporaries: <name>.<8 random chars>.tmp
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> int:
+    """Delete temporaries that a killed atomic_write left in `directory` (call only while no writer runs); count them."""
+    d = Path(directory)
+    stale = [p for p in d.glob("*.tmp") if _TEMP.match(p.name) and p.is_file()] if d.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import DatafreeError
 from ..models.spec import InputSpec
-from ..utils import atomic_write
+from ..utils import atomic_write, remove_stale_temps
 from .base import TensorData
 
 FORMAT = "datafree-synthetic-v1"
@@ -56,6 +56,7 @@ class SyntheticSetWriter:
                 if _SHARD.match(p.name) or p.name in ("manifest.json", "grid.png"):
                     p.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.dir)  # a run killed mid-write left them; no other writer has started yet
         self._write_manifest()
 
     def _write_manifest(self) -> None:
