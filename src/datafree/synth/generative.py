@@ -26,12 +26,19 @@ from .gen_losses import (activation_loss, adversarial_loss, info_entropy_loss, i
                          onehot_loss, rdskd_generator_loss)
 
 
-class Generator(nn.Module):
-    """latent → linear → (BN, ×2 upsample, conv-BN-LeakyReLU) twice → conv → sigmoid pixels → the model's normalized
-    space. Sized from an InputSpec: any (C, H, W), the first feature map is ⌈H/4⌉×⌈W/4⌉ and the output is cropped."""
+OUTPUTS = ("sigmoid", "bn")
 
-    def __init__(self, spec: InputSpec, latent_dim: int = 256, width: int = 0) -> None:
+
+class Generator(nn.Module):
+    """latent → linear → (BN, ×2 upsample, conv-BN-LeakyReLU) twice → conv → the model's normalized space, through
+    sigmoid pixels in [0, 1] (`sigmoid`) or, as in DAFL's code, tanh and an affine-free BN (`bn`: every batch has the
+    per-channel mean 0 and std 1 that normalized data has). Sized from an InputSpec: any (C, H, W), the first feature
+    map is ⌈H/4⌉×⌈W/4⌉ and the output is cropped."""
+
+    def __init__(self, spec: InputSpec, latent_dim: int = 256, width: int = 0, output: str = "sigmoid") -> None:
         super().__init__()
+        if output not in OUTPUTS:
+            raise DatafreeError(f"unknown generator output {output!r}; choose one of {', '.join(OUTPUTS)}")
         c, h, w = (int(v) for v in spec.shape)
         width = width or (16 if c == 1 else 32)
         self.shape, self.latent_dim = (c, h, w), int(latent_dim)
@@ -48,10 +55,18 @@ class Generator(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.output = output
+        self.out_bn = nn.BatchNorm2d(c, affine=False, track_running_stats=False) if output == "bn" else None
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.body(self.fc(z).view(z.shape[0], -1, self.h0, self.w0))
+        x = self.fc(z).view(z.shape[0], -1, self.h0, self.w0)
+        if x.device.type == "cpu":  # measured on this CPU: upsampling ~20x and a generator step ~1.7x faster channels-last
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.body(x)
         x = x[:, :, :self.shape[1], :self.shape[2]]
+        if self.out_bn is not None:
+            return self.out_bn(torch.tanh(x))
         return (torch.sigmoid(x) - self.mean) / self.std
 
     def reset_parameters(self) -> None:
@@ -72,6 +87,8 @@ class GeneratorConfig(SynthConfig):
     latent_dim: int = opt(256, "latent size of the generator", cli=True)
     width: int = opt(0, "generator width (channels of its last block; 2x before); 0 = 16 for one-channel inputs, 32 "
                         "otherwise (CPU-sized; the papers use 64, about 4x slower per step)", cli=True)
+    output: str = opt("sigmoid", "generator output: sigmoid pixels in [0, 1], or bn (tanh + affine-free BatchNorm, "
+                                 "DAFL's: each batch standardized like normalized data)", cli=True, choices=OUTPUTS)
     bf16: bool = opt(False, "run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX)", cli=True)
 
     def validate(self) -> None:
@@ -95,7 +112,7 @@ class GenerativeSynthesizer(Synthesizer):
         cfg: GeneratorConfig = self.cfg  # type: ignore[assignment]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.G = Generator(self.spec, cfg.latent_dim, cfg.width).to(self.device)
+            self.G = Generator(self.spec, cfg.latent_dim, cfg.width, cfg.output).to(self.device)
         self.opt = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
         self.steps_done = 0  # generator optimizer steps so far
 
@@ -489,7 +506,7 @@ class Fast(RoundGenerator):
     def __init__(self, teacher: nn.Module, config: SynthConfig, student: Optional[nn.Module] = None) -> None:
         super().__init__(teacher, config, student)
         cfg: FastConfig = self.cfg  # type: ignore[assignment]
-        self.fast = Generator(self.spec, cfg.latent_dim, cfg.width).to(self.device)  # the per-round working copy
+        self.fast = Generator(self.spec, cfg.latent_dim, cfg.width, cfg.output).to(self.device)  # the per-round working copy
         # the meta step moves the initialization by (adapted − init); Adam at lr·iterations as in the paper's code
         self.opt = torch.optim.Adam(self.G.parameters(), lr=cfg.lr * max(1, cfg.iterations), betas=(0.5, 0.999))
         self.mmt: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # running BN statistics of generated batches
