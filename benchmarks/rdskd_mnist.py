@@ -28,7 +28,7 @@ from .common import RowStore, command_line, data_root, git_commit, machine
 
 SWEEP = {  # setting name -> config overrides; the same four knobs for both methods
     "dafl": {"lr-low": {"lr": 0.005}, "lr-high": {"lr": 0.08}, "ie-low": {"entropy": 1.0}, "ie-high": {"entropy": 20.0}},
-    "rdskd": {"lr-low": {"lr": 2.5e-4}, "lr-high": {"lr": 4e-3}, "ds-low": {"diversity": 0.01}, "ds-high": {"diversity": 1.0}},
+    "rdskd": {"lr-low": {"lr": 2.5e-4}, "lr-high": {"lr": 4e-3}, "ds-low": {"diversity": 0.001}, "ds-high": {"diversity": 0.1}},
 }
 
 
