@@ -146,6 +146,18 @@ def section_rdskd_mnist() -> str:
         "rdskd_mnist.json", render)
 
 
+def section_perf_generator() -> str:
+    from .perf_generator import render
+
+    return _table_section(
+        "Generator speed: NCHW against channels-last",
+        "The generator methods' network (`dafl`, `rdskd`, `cmi`, `fast`) runs channels-last on a CPU: in NCHW, PyTorch's "
+        "nearest-neighbour upsampling on this CPU is many times slower than in channels-last (last column), and the "
+        "convolutions follow the layout. One generator training step includes the teacher's "
+        "forward and backward; the sampling forward is what every fresh DAFL/RDSKD batch costs during distillation.",
+        "perf_generator.json", render)
+
+
 def section_onnx() -> str:
     p = RESULTS / "onnx_export.json"
     d = json.loads(p.read_text())
@@ -515,7 +527,7 @@ def section_continual() -> str:
 
 SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
             ("onnx_export.json", section_onnx), ("perf_synthesis.json", section_perf), ("perf_kd.json", section_perf_kd),
-            ("rdskd_mnist.json", section_rdskd_mnist),
+            ("rdskd_mnist.json", section_rdskd_mnist), ("perf_generator.json", section_perf_generator),
             ("kd_resnet56_resnet20.json", section_kd_student), ("di_weight.json", section_di_weight),
             ("synthetic_sets.json", section_set_stats),
             ("prune_resnet56.json", section_prune),
