@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                "upsample_speedup": round(med["nchw"]["upsample"] / med["channels_last"]["upsample"], 3)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = {"meta": {"benchmark": "perf_generator", "config": vars(a), "seed": 0, "commit": git_commit(),
+    out = {"meta": {"benchmark": "perf_generator", "config": vars(a), "seed": 0, "commit": git_commit(), "complete": True,
                     "machine": machine(), "wall_seconds": round(time.time() - t_start, 1),
                     "command": "python -m benchmarks.perf_generator " + " ".join(
                         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(a).items()
