@@ -3,8 +3,8 @@
 Run: python -m benchmarks.perf_generator [--reps 15]
 Writes benchmarks/results/perf_generator.json. For each setting (MNIST: LeNet-5 teacher, width-16 generator, batch
 256, as in the MNIST DAFL/RDSKD benchmark; CIFAR: ResNet-20 teacher, width-32 generator, batch 128) it times one
-generator training step (G forward, teacher forward, backward through both, Adam) and one sampling forward (no grad),
-alternating the two layouts rep by rep; medians. Random weights: the time does not depend on them.
+generator training step (G forward, teacher forward, backward through both, Adam), one sampling forward (no grad) and
+the generator's first upsampling alone, alternating the two layouts rep by rep; medians. Random weights: the time does not depend on them.
 """
 from __future__ import annotations
 
@@ -18,19 +18,16 @@ import torch
 
 from datafree.models import create_model
 from datafree.synth.generative import Generator
-from .common import git_commit, machine
+from .common import command_line, git_commit, machine
 
 SETTINGS = {"mnist": ("lenet5", 100, 16, 256), "cifar": ("resnet20", 256, 32, 128)}  # teacher, latent, width, batch
 
 
-def timed(fn, reps: int) -> list[float]:
-    """Seconds of each of `reps` calls."""
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+def timed(fn) -> float:
+    """Seconds of one call."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,9 +66,9 @@ def main(argv: list[str] | None = None) -> None:
             forward(g)
         for _ in range(a.reps):
             for layout, (g, opt) in nets.items():
-                times[layout]["step"] += timed(lambda: step(g, opt), 1)
-                times[layout]["forward"] += timed(lambda: forward(g), 1)
-                times[layout]["upsample"] += timed(lambda: torch.nn.functional.interpolate(maps[layout], scale_factor=2), 1)
+                times[layout]["step"].append(timed(lambda: step(g, opt)))
+                times[layout]["forward"].append(timed(lambda: forward(g)))
+                times[layout]["upsample"].append(timed(lambda: torch.nn.functional.interpolate(maps[layout], scale_factor=2)))
         med = {k: {op: statistics.median(v) for op, v in d.items()} for k, d in times.items()}
         row = {"setting": name, "teacher": arch, "width": width, "latent": latent, "batch": batch,
                **{f"{k}_{op}_s": round(v, 5) for k, d in med.items() for op, v in d.items()},
@@ -82,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
     out = {"meta": {"benchmark": "perf_generator", "config": vars(a), "seed": 0, "commit": git_commit(), "complete": True,
                     "machine": machine(), "wall_seconds": round(time.time() - t_start, 1),
-                    "command": "python -m benchmarks.perf_generator " + " ".join(
-                        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(a).items()
-                        if k != "out")}, "rows": rows}
+                    "command": command_line("benchmarks.perf_generator", a)}, "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
 
