@@ -222,9 +222,13 @@ def test_kd_bf16_and_channels_last_train_like_fp32(digits_teacher):
         torch.manual_seed(0)
         s = df.create_model("small_cnn")
         recs = Distiller(s, teacher, KDConfig(steps=30, batch_size=32, lr=3e-3, freeze_bn=False, **kw), source=data).run(progress=False)
-        out[name] = (recs[0]["loss"], recs[-1]["loss"])
+        losses = [r["loss"] for r in recs]
+        out[name] = (losses[0], float(np.mean(losses[:3])), float(np.mean(losses[-10:])))
         assert teacher.features[0].weight.is_contiguous()  # the caller's teacher is untouched (a working copy is converted)
-    assert out["fast"][1] < 0.5 * out["fast"][0]
+    # single-batch losses are noisy (1.3-2.5 late in the run): compare means, not the last batch (a CI CPU with native
+    # bf16 once ended 0.4 % above a last-batch threshold); here the curve falls ~2.9 -> ~1.65 in both layouts
+    assert out["fast"][2] < 0.75 * out["fast"][1]
+    assert out["fast"][2] == pytest.approx(out["fp32"][2], rel=0.15)  # trains like fp32, not merely downhill
     assert out["fast"][0] == pytest.approx(out["fp32"][0], rel=0.05)  # bf16 teacher logits: close to fp32
 
 
