@@ -173,3 +173,66 @@ def test_untraceable_model_names_the_way_out():
         df.quantize(m, data, df.QuantConfig(num_calib=32))
     q = df.quantize(m, data, df.QuantConfig(num_calib=32, layout="inputs"))
     assert len(quant_layers(q)) == 2 and isinstance(quant_layers(q)[0], QuantLayer)
+
+
+def test_int8_activations_keep_the_clipped_ranges_and_run_every_conv_on_integer_kernels(tiny_mobilenet, tmp_path):
+    """A W4A4 MobileNet: the b-bit activation clip is a float op in the exact file; widened to the int8 grid of the
+    same clipped range, every convolution is an integer kernel and the file matches the widened simulation."""
+    pytest.importorskip("onnxruntime")
+    from datafree.quant.export import export_onnx, ort_predict, ort_session
+    from datafree.quant.graph import int8_activations_
+
+    data, test = df.load_dataset("digits:train", DIGITS_SPEC), df.load_dataset("digits:test", DIGITS_SPEC)
+    q = df.quantize(tiny_mobilenet, data, df.QuantConfig(w_bits=4, a_bits=4, num_calib=64))
+    before = {id(m): (m.a_bits, float(m.a_scale), float(m.a_zero)) for m in act_quantizers(q) if m.act_quant}
+    w_before = [layer.quant_weight().detach().clone() for layer in quant_layers(q)]
+    import copy
+
+    wide = copy.deepcopy(q)
+    n = int8_activations_(wide)
+    assert n == sum(b < 8 for b, _, _ in before.values()) > 0
+    for m, m0 in zip(act_quantizers(wide), act_quantizers(q)):
+        if not m0.act_quant:
+            continue
+        b, s, z = before[id(m0)]
+        assert m.a_bits == 8
+        s8, z8 = float(m.a_scale), float(m.a_zero)
+        # the same clipped range [(0 - z)·s, (2^b - 1 - z)·s], now in 255 steps
+        assert (0 - z8) * s8 == pytest.approx((0 - z) * s, abs=1e-6)
+        assert (255 - z8) * s8 == pytest.approx((2 ** b - 1 - z) * s, rel=1e-5)
+    for layer, w0 in zip(quant_layers(wide), w_before):
+        assert torch.equal(layer.quant_weight(), w0)  # weights stay on their b-bit grid
+        k = w0 / layer.w_scale.view(-1, *[1] * (w0.dim() - 1))
+        if layer.w_bits == 4:
+            assert torch.allclose(k, k.round(), atol=1e-4) and k.round().min() >= -8 and k.round().max() <= 7
+    assert int8_activations_(wide) == 0  # idempotent
+    path = export_onnx(wide, tmp_path / "wide.onnx")
+    ops = _fused_ops(path)
+    convs = sum(isinstance(m, nn.Conv2d) for m in tiny_mobilenet.modules())
+    assert ops["QLinearConv"] == convs and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
+    agree = (ort_predict(ort_session(path), test) == df.predict(wide, test)).float().mean().item()
+    assert agree >= 0.995
+
+
+def test_cli_export_int8_activations(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from datafree.cli import main
+
+    torch.manual_seed(0)
+    w = tmp_path / "m.pt"
+    torch.save(_trained(df.create_model("small_cnn")).state_dict(), w)
+    q = tmp_path / "q4.pt"
+    assert main(["quantize", "small_cnn", "--weights", str(w), "--calib", "digits:train", "--w-bits", "4",
+                 "--a-bits", "4", "--out", str(q), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(q), "--out", str(tmp_path / "x.onnx")]) == 0
+    assert "--int8-activations" in capsys.readouterr().out  # the exact file says where int8 speed is
+    assert main(["export", str(q), "--out", str(tmp_path / "q.onnx"), "--int8-activations", "--check", "digits:test",
+                 "--reps", "2", "--latency-batch", "8", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["int8_activations"] >= 1 and r["prediction_agreement"] >= 99.5
+    assert 0 < r["top1_sim_original"] <= 100
+    assert main(["export", "small_cnn", "--weights", str(w), "--int8-activations", "--out", str(tmp_path / "f.onnx")]) == 2
+    assert "quantized file" in capsys.readouterr().err

@@ -321,6 +321,7 @@ def cmd_similarity(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     _check_out(a, "file")
     from .quant.export import check_export, export_onnx, ort_quantize_static
+    from .quant.graph import act_quantizers, int8_activations_
     from .quant.layers import quant_layers
 
     model = _load_model(a)
@@ -328,6 +329,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.opset < 13:
         raise DatafreeError(f"--opset {a.opset} is too old: per-channel QuantizeLinear/DequantizeLinear need opset >= 13")
     if a.calibrate_with == "onnxruntime":
+        if a.int8_activations:
+            raise DatafreeError("--int8-activations widens a datafree-quantized file's grids; onnxruntime's quantizer "
+                                "is 8-bit already: drop one of the two options")
         if quantized:
             raise DatafreeError("--calibrate-with onnxruntime quantizes an FP32 model; give the FP32 model, not a "
                                 "quantized file (or drop --calibrate-with to export the file's own numbers)")
@@ -346,9 +350,27 @@ def cmd_export(a: argparse.Namespace) -> int:
             path = ort_quantize_static(fp32, a.out, calib)
         kind = f"onnxruntime quantize_static (QDQ, per-channel int8) calibrated on {a.calib} ({len(calib)} samples)"
     else:
+        original = model
+        sub8 = sorted({m.a_bits for m in act_quantizers(model) if m.act_quant and m.a_bits < 8})
+        if a.int8_activations:
+            if not quantized:
+                raise DatafreeError("--int8-activations applies to a quantized file (from `datafree quantize`), "
+                                    "not an FP32 model")
+            import copy
+
+            model = copy.deepcopy(model)
+            widened = int8_activations_(model)
         path = export_onnx(model, a.out, opset=a.opset)
         kind = "int8 QDQ graph with this file's own numbers" if quantized else "FP32 graph"
+        if a.int8_activations:
+            kind += (f"; {widened} activation grid(s) of {'/'.join(map(str, sub8))} bits widened to int8 within their "
+                     f"clipped ranges" if widened else "; --int8-activations: every activation grid is already 8-bit")
+        elif sub8:
+            kind += (f" (activations at {'/'.join(map(str, sub8))} bits keep their b-bit clip as float ops: exact, but "
+                     f"not int8 speed; --int8-activations ships them on the int8 grid of the same clipped ranges)")
     info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size, "calibrate_with": a.calibrate_with}
+    if a.int8_activations:
+        info["int8_activations"] = widened
     human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB): {kind}"
     if a.check:
         from .data.real import load_dataset
@@ -360,6 +382,12 @@ def cmd_export(a: argparse.Namespace) -> int:
         r = check_export(path, model, data, batch=a.latency_batch, threads=a.ort_threads, reps=a.reps)
         info.update(r)
         ref = "FP32 PyTorch model" if not quantized else "PyTorch simulation"
+        if a.calibrate_with == "datafree" and a.int8_activations and widened:
+            from .utils import predict
+
+            ref = "widened PyTorch simulation"
+            info["top1_sim_original"] = round(100.0 * (predict(original, data) == data.y).float().mean().item(), 2)
+            human += f"\n{a.check}: top-1 of the b-bit simulation (the file given) {info['top1_sim_original']:.2f}%"
         human += (f"\n{a.check}: top-1 {ref} {r['top1_sim']:.2f}%, onnxruntime {r['top1_ort']:.2f}%, "
                   f"same prediction on {r['prediction_agreement']:.2f}% of {r['n']} images")
         human += f"\nsize: {r['bytes'] / 1024:.1f} KiB vs FP32 export {r['bytes_fp32'] / 1024:.1f} KiB ({r['size_ratio']:.2f}x)"
@@ -815,6 +843,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "directory, a synthesis method or a dataset spec")
     s.add_argument("--num-calib", type=int, default=512, help="calibration samples for --calibrate-with onnxruntime")
     s.add_argument("--seed", type=int, default=0, help="seed for the calibration subset")
+    s.add_argument("--int8-activations", action="store_true",
+                   help="for sub-8-bit files (W4A4, W3A3): ship activations on the int8 grid spanning each calibrated "
+                        "clipped range, weights kept on their b-bit grid, so onnxruntime runs every convolution on "
+                        "integer kernels (int8 speed; the b-bit activation clip otherwise stays a float op). The file "
+                        "then differs from the b-bit simulation: --check compares it with the widened simulation and "
+                        "also reports the b-bit one")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _common(s)
     s.set_defaults(func=cmd_export)

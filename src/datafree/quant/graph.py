@@ -99,6 +99,21 @@ def act_quantizers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, QuantLayer) or (isinstance(m, TensorQuant) and m.owner is None)]
 
 
+@torch.no_grad()
+def int8_activations_(model: nn.Module) -> int:
+    """Move every sub-8-bit activation grid to the uint8 grid spanning the same clipped range (weights keep their
+    b-bit grid); returns how many grids were widened."""
+    n = 0
+    for m in act_quantizers(model):
+        if m.act_quant and m.a_bits < 8:
+            s, z = float(m.a_scale), float(m.a_zero)
+            lo, hi = (0 - z) * s, (2 ** m.a_bits - 1 - z) * s  # the b-bit grid's ends: uint8 saturation clips there
+            m.a_bits = 8
+            m.set_act_range(lo, hi)
+            n += 1
+    return n
+
+
 def float_twin(model: nn.Module) -> nn.Module:
     """A copy of a quantized model with every quantizer off: the same graph in FP32."""
     import copy
