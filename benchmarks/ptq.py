@@ -83,7 +83,9 @@ def render(path: str = "benchmarks/results/ptq_cifar.json") -> str:
     rows, meta = d["rows"], d["meta"]
     out = []
     for name in meta["config"]["models"]:
-        fp = next(r for r in rows if r["kind"] == "fp32" and r["model"] == name)
+        fp = next((r for r in rows if r["kind"] == "fp32" and r["model"] == name), None)
+        if fp is None:  # an interrupted run that has not reached this model yet
+            continue
         out.append(f"\n### {name} (FP32: {fp['top1_exact']:.2f} % test-exact, {fp['top1_jpeg']:.2f} % test-jpeg)\n")
         out.append("| setting | calibration source | top-1 test-exact | Δ vs real | top-1 test-jpeg | Δ vs real | agreement w/ FP32 (exact) |")
         out.append("|---|---|---:|---:|---:|---:|---:|")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, Optional
 
 RESULTS = Path("benchmarks/results")
 
@@ -35,6 +36,28 @@ def _meta_line(meta: dict) -> str:
     return line
 
 
+def _layout_moves(new: Path, old: Path, key: Callable[[dict], Optional[tuple]], title: str) -> str:
+    """How far each test-exact figure moved between the per-input layout (old file) and the fused one (new file):
+    one table row per key[:-1], one column per key[-1]."""
+    if not (new.is_file() and old.is_file()):
+        return ""
+    a = {key(r): r["top1_exact"] for r in json.loads(old.read_text())["rows"] if key(r) is not None}
+    b = {key(r): r["top1_exact"] for r in json.loads(new.read_text())["rows"] if key(r) is not None}
+    both = [k for k in b if k in a]
+    if not both:
+        return ""
+    cols = list(dict.fromkeys(k[-1] for k in both))
+    groups = list(dict.fromkeys(k[:-1] for k in both))
+    d = [b[k] - a[k] for k in both]
+    out = [f"\n{title}: {len(both)} cells in both files, test-exact moved by {sum(d) / len(d):+.2f} pt on average "
+           f"(from {min(d):+.2f} to {max(d):+.2f}); Δ = fused − per-input layout, `{old.name}` holds the old rows.\n",
+           "| " + " | ".join(["cell"] + cols) + " |", "|---|" + "---:|" * len(cols)]
+    for g in groups:
+        out.append("| " + " ".join(map(str, g)) + " | " + " | ".join(
+            f"{b[g + (c,)] - a[g + (c,)]:+.2f}" if g + (c,) in a and g + (c,) in b else "–" for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
 def section_ptq() -> str:
     from .ptq import render
 
@@ -44,7 +67,11 @@ def section_ptq() -> str:
             "Pretrained CIFAR-10 ResNets; 512 calibration samples per source (real = `cifar10:train-exact` images); "
             "BN folded, per-channel MSE-clipped weights, per-tensor MSE-calibrated inputs of every conv/linear. "
             "`W8A8` and `W4A4` keep the first and last layer at 8 bits; `W4A4-all` quantizes every layer to 4 bits.\n\n"
-            + _meta_line(meta) + "\n" + render(str(p)) + "\n")
+            + _meta_line(meta) + "\n" + _incomplete(meta) + render(str(p)) + "\n"
+            + _layout_moves(p, RESULTS / "ptq_cifar_inputs.json",
+                            lambda r: (r["model"], r["setting"], r["source"]) if r.get("kind") == "ptq" else None,
+                            "What the fused layout moved (the simulation changed with it: output requantization, "
+                            "quantized residual adds, int32 biases)"))
 
 
 def section_kw() -> str:
@@ -61,7 +88,11 @@ def section_kw() -> str:
             "each source. Cells are `test-exact / test-jpeg` top-1. Cell times are wall seconds of calibration plus "
             "fine-tuning; the ResNet-20 W4A4 real-data cell and the ResNet-56 W4A4 gaussian cell shared the machine with "
             "other jobs, so their times are inflated (accuracy does not depend on it: same steps).\n\n" + stages + "\n\n" + _meta_line(d["meta"]) + "\n\n"
-            + render(str(p)) + "\n")
+            + render(str(p)) + "\n"
+            + _layout_moves(p, RESULTS / "kw_table_inputs.json",
+                            lambda r: (r["model"], f"W{r['w_bits']}A{r['a_bits']}", r["stage"], r["source"])
+                            if r.get("stage") != "fp32" else None,
+                            "What the fused layout moved"))
 
 
 def section_kw_long() -> str:
@@ -212,12 +243,29 @@ def section_deploy_onnx() -> str:
                       "onnxruntime's in repeated measurements too, a gap not yet explained. Its W4A4 file is many times "
                       "slower than FP32: 26 of its 40 convolutions fall back to float (FusedConv) around the b-bit "
                       "clip, so a depthwise model should ship as W8A8.\n")
+    side = [r for r in rows if r["file"] == "side-by-side"]
+    rows = [r for r in rows if r["file"] != "side-by-side"]
     for r in rows:
         kern = ", ".join(f"{k} {v}" for k, v in r.get("integer_ops", {}).items()) or "-"
         sim = f"{r['agree_sim']:.1f} %" if "agree_sim" in r else "-"
         out.append(f"| {r['model']} | {r['file']} | {r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | {sim} | "
                    f"{r['agree_fp32']:.1f} % | {r['lat_b1_t1_ratio']:.2f}x | {r.get(big, float('nan')):.2f}x | "
                    f"{r['bytes']:,} | {kern} |")
+    if side:
+        b = big[4:-6]
+        out += ["\n### The same files timed side by side\n",
+                "Per model, every file above timed again in one loop, interleaved round by round (smallest of 5 rounds' "
+                "medians each), so all of a model's files share one machine state — the per-row ratios above each had "
+                "their own FP32 measurement. ms and ratio to FP32; `ours / ort` divides our W8A8 file by onnxruntime's "
+                "quantizer on the same synthetic samples (target: at most 1.10).\n",
+                f"| model | file | ms b1/1t | x FP32 | ms {b.replace('_t', '/')}t | x FP32 |", "|---|---|---:|---:|---:|---:|"]
+        for r in side:
+            for k, v in r["ms"].items():
+                q = r["ratio_to_fp32"][k]
+                out.append(f"| {r['model']} | {k} | {v['b1_t1']:.3f} | {q['b1_t1']:.2f}x | {v[b]:.2f} | {q[b]:.2f}x |")
+            if "ours-w8a8" in r["ms"] and "ort-synthetic" in r["ms"]:
+                o, t = r["ms"]["ours-w8a8"], r["ms"]["ort-synthetic"]
+                out.append(f"| {r['model']} | ours / ort | | {o['b1_t1'] / t['b1_t1']:.2f} | | {o[b] / t[b]:.2f} |")
     return "\n".join(out) + "\n"
 
 
