@@ -236,3 +236,45 @@ def test_cli_export_int8_activations(tmp_path, capsys):
     assert 0 < r["top1_sim_original"] <= 100
     assert main(["export", "small_cnn", "--weights", str(w), "--int8-activations", "--out", str(tmp_path / "f.onnx")]) == 2
     assert "quantized file" in capsys.readouterr().err
+
+
+def test_sub8_readers_keep_an_8bit_shortcut_and_old_files_rebuild_the_shared_grid(tmp_path, monkeypatch):
+    """W4A4: a block input read by a 4-bit conv and by the shortcut is quantized on its own 8-bit range (the conv
+    requantizes to its 4-bit grid); a file made before that rule is rebuilt with the grid its state was made for."""
+    import functools
+
+    import datafree.quant.ptq as ptq
+    from datafree.artifact import load_artifact, save_artifact
+    from datafree.quant.graph import apply_layout
+
+    from datafree.data.base import TensorData
+
+    torch.manual_seed(0)
+    m = df.create_model("resnet20")
+    data = TensorData(torch.randn(64, 3, 32, 32))
+    x = torch.randn(8, 3, 32, 32)
+    q = df.quantize(m, data, df.QuantConfig(w_bits=4, a_bits=4, num_calib=64, quantize_first_last=True))
+    for blk in ("layer1.0", "layer2.0", "layer3.0"):
+        conv1 = q.get_submodule(blk + ".conv1")
+        assert not conv1.input_shared and not [t for t in tensor_quants(q) if t.owner is conv1], blk
+    mods = dict(q.named_modules())
+    for a in _adds(q):  # both operands of every add sit on 8-bit grids
+        for v in a.args[:2]:
+            t = mods[v.target]
+            src = t.owner if t.owner is not None else t
+            assert src.a_bits == 8, a
+    assert q.transforms[-1]["sub8_own_range"] is True
+    save_artifact(q, tmp_path / "new.pt")
+    with torch.no_grad():
+        assert torch.equal(load_artifact(tmp_path / "new.pt")(x), q(x))
+    # the old rule: sub-8-bit conv1 owns the block input's grid; its file (no sub8_own_range key) loads as it was made
+    monkeypatch.setattr(ptq, "apply_layout", functools.partial(apply_layout, sub8_own_range=False))
+    old = df.quantize(m, data, df.QuantConfig(w_bits=4, a_bits=4, num_calib=64, quantize_first_last=True))
+    monkeypatch.undo()
+    assert old.get_submodule("layer1.0.conv1").input_shared
+    old.transforms[-1].pop("sub8_own_range")
+    save_artifact(old, tmp_path / "old.pt")
+    back = load_artifact(tmp_path / "old.pt")
+    assert len(tensor_quants(back)) == len(tensor_quants(old)) < len(tensor_quants(q)) + 3
+    with torch.no_grad():
+        assert torch.equal(back(x), old(x))

@@ -267,7 +267,7 @@ def quantize(model: nn.Module, calib: SourceLike, config: Optional[QuantConfig] 
     qm = _q(st)
     qm.quant_info = {k: v for k, v in st.info.items() if not k.startswith("_")}  # type: ignore[attr-defined]
     record_transform(qm, "quantize", st.config, plan=qm.quant_plan,  # type: ignore[attr-defined]
-                     act_quant=[q.act_quant for q in quant_layers(qm)], layout=layout_of(qm),
+                     act_quant=[q.act_quant for q in quant_layers(qm)], layout=layout_of(qm), sub8_own_range=True,
                      tensor_quant=[q.act_quant for q in tensor_quants(qm, own_only=True)],
                      stages=[n for n, _ in (STAGES if stages is None else stages)],
                      kd=st.kd.to_dict() if st.kd is not None else None)
@@ -291,7 +291,8 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
     wrap_layers_(model, t["plan"])
     model.quant_plan = t["plan"]  # type: ignore[attr-defined]
     model.quant_config = QuantConfig.from_dict(t["config"])  # type: ignore[attr-defined]
-    model = apply_layout(model, t.get("layout", "inputs"))  # files before the fused layout: inputs only
+    # files before the fused layout: inputs only; before sub8_own_range: sub-8-bit readers shared their grid
+    model = apply_layout(model, t.get("layout", "inputs"), sub8_own_range=bool(t.get("sub8_own_range", False)))
     for q, on in zip(quant_layers(model), t["act_quant"]):
         q.act_quant = bool(on)
     for q, on in zip(tensor_quants(model, own_only=True), t.get("tensor_quant", [])):
