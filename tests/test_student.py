@@ -140,8 +140,9 @@ def test_time_limit_stops_at_the_budget_and_validates_where_it_stopped(digits_te
     t0 = time.time()
     r = distill_student_(student, teacher, KDConfig(steps=10 ** 6, batch_size=16, val_every=10 ** 6), real,
                          val=digits_test, progress=False, time_limit=1.5, checkpoint_every=50)
-    assert r["stopped_at_time_limit"] and 10 < r["steps"] < 10 ** 6
-    assert time.time() - t0 < 1.5 + 3.0  # one step and one validation past the limit, plus set-up
+    # a loaded machine ran 3 steps in the 1.5 s (an idle one ~100): assert it ran and stopped, not a speed
+    assert r["stopped_at_time_limit"] and 1 <= r["steps"] < 10 ** 6
+    assert time.time() - t0 < 1.5 + 5.0  # one step and one validation past the limit, plus set-up
     assert r["curve"] and r["curve"][-1]["step"] == r["steps"]  # validated at the step where it stopped
     r2 = distill_student_(df.create_model("small_cnn"), teacher, KDConfig(steps=20, batch_size=16), real,
                           progress=False, time_limit=60)
