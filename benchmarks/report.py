@@ -39,7 +39,7 @@ def _meta_line(meta: dict) -> str:
 def _layout_moves(new: Path, old: Path, key: Callable[[dict], Optional[tuple]], title: str) -> str:
     """How far each test-exact figure moved between the per-input layout (old file) and the fused one (new file):
     one table row per key[:-1], one column per key[-1]."""
-    if not (new.is_file() and old.is_file()):
+    if not (new.is_file() and old.is_file()) or new == old:
         return ""
     a = {key(r): r["top1_exact"] for r in json.loads(old.read_text())["rows"] if key(r) is not None}
     b = {key(r): r["top1_exact"] for r in json.loads(new.read_text())["rows"] if key(r) is not None}
@@ -77,9 +77,16 @@ def section_ptq() -> str:
 def section_kw() -> str:
     from .kw import render
 
-    p = RESULTS / "kw_table.json"
+    p, old = RESULTS / "kw_table.json", RESULTS / "kw_table_inputs.json"
+    pending = ""
+    if old.is_file() and (not p.is_file() or not json.loads(p.read_text())["meta"].get("complete")):
+        done = len(json.loads(p.read_text())["rows"]) if p.is_file() else 0
+        pending = (f"\n\n**Regeneration under the fused layout is under way** ({done} of the 62 rows in `kw_table.json`; "
+                   "the same command resumes it). Until it completes, the table below is the previous per-input-layout "
+                   "run (`kw_table_inputs.json`).")
+        p = old
     d = json.loads(p.read_text())
-    stages = "\n".join(f"- `{k}`: {v}" for k, v in d["meta"]["stages"].items())
+    stages = "\n".join(f"- `{k}`: {v}" for k, v in d["meta"]["stages"].items()) + pending
     if not d["meta"].get("complete"):
         stages += ("\n\n**Incomplete run**: the cells below are those finished so far (the run resumes from this file "
                    "when the same command is repeated); missing cells are not yet measured.")
@@ -89,7 +96,7 @@ def section_kw() -> str:
             "fine-tuning; the ResNet-20 W4A4 real-data cell and the ResNet-56 W4A4 gaussian cell shared the machine with "
             "other jobs, so their times are inflated (accuracy does not depend on it: same steps).\n\n" + stages + "\n\n" + _meta_line(d["meta"]) + "\n\n"
             + render(str(p)) + "\n"
-            + _layout_moves(p, RESULTS / "kw_table_inputs.json",
+            + _layout_moves(p, old,
                             lambda r: (r["model"], f"W{r['w_bits']}A{r['a_bits']}", r["stage"], r["source"])
                             if r.get("stage") != "fp32" else None,
                             "What the fused layout moved"))
@@ -589,7 +596,7 @@ def section_continual() -> str:
         "continual.json", render)
 
 
-SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
+SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table_inputs.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
             ("onnx_export.json", section_onnx), ("perf_synthesis.json", section_perf), ("perf_kd.json", section_perf_kd),
             ("rdskd_mnist.json", section_rdskd_mnist), ("perf_generator.json", section_perf_generator),
             ("kd_resnet56_resnet20.json", section_kd_student), ("di_weight.json", section_di_weight),
