@@ -32,6 +32,7 @@ from datafree.models import load_model
 from datafree.quant import QuantConfig
 from datafree.quant.export import check_export, export_onnx, median_latency, ort_predict, ort_quantize_static, ort_session
 from datafree.quant.graph import int8_activations_
+from datafree.utils import top1
 from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 FILES = ("fp32", "ours-w8a8", "ours-w4a4-kd", "ours-w4a4-kd-int8act", "ort-synthetic", "ort-real")
@@ -117,8 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                 out["agree_sim"] = r["prediction_agreement"]
                 out["top1_sim_exact"] = r["top1_sim"]
             if kind.endswith("int8act"):
-                out["top1_sim_bbit_exact"] = round(100.0 * (predict(memo[4], tests["exact"]) == tests["exact"].y)
-                                                   .float().mean().item(), 2)
+                out["top1_sim_bbit_exact"] = round(top1(memo[4], tests["exact"]), 2)
             return out
 
         for kind in a.files:

@@ -382,11 +382,11 @@ def cmd_export(a: argparse.Namespace) -> int:
         r = check_export(path, model, data, batch=a.latency_batch, threads=a.ort_threads, reps=a.reps)
         info.update(r)
         ref = "FP32 PyTorch model" if not quantized else "PyTorch simulation"
-        if a.calibrate_with == "datafree" and a.int8_activations and widened:
-            from .utils import predict
+        if a.int8_activations and widened:  # (refused above together with --calibrate-with onnxruntime)
+            from .utils import top1
 
             ref = "widened PyTorch simulation"
-            info["top1_sim_original"] = round(100.0 * (predict(original, data) == data.y).float().mean().item(), 2)
+            info["top1_sim_original"] = round(top1(original, data), 2)
             human += f"\n{a.check}: top-1 of the b-bit simulation (the file given) {info['top1_sim_original']:.2f}%"
         human += (f"\n{a.check}: top-1 {ref} {r['top1_sim']:.2f}%, onnxruntime {r['top1_ort']:.2f}%, "
                   f"same prediction on {r['prediction_agreement']:.2f}% of {r['n']} images")
