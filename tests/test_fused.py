@@ -82,6 +82,10 @@ def test_biases_are_on_the_int32_grid_of_input_times_weight_scale(tiny_resnet):
     assert not tensor_quants(qi) and not any(layer.int_bias for layer in quant_layers(qi))
 
 
+def _name_of(model, module):
+    return next(n for n, m in model.named_modules() if m is module)
+
+
 def _fused_ops(path):
     from datafree.quant.export import optimized_ops
 
@@ -191,12 +195,20 @@ def test_int8_activations_keep_the_clipped_ranges_and_run_every_conv_on_integer_
     wide = copy.deepcopy(q)
     n = int8_activations_(wide)
     assert n == sum(b < 8 for b, _, _ in before.values()) > 0
+    shared = 0
     for m, m0 in zip(act_quantizers(wide), act_quantizers(q)):
         if not m0.act_quant:
             continue
         b, s, z = before[id(m0)]
         assert m.a_bits == 8
         s8, z8 = float(m.a_scale), float(m.a_zero)
+        if isinstance(m, QuantLayer) and m.input_shared and not m0.input_shared:
+            # reads a tensor with its own 8-bit grid (the shortcut rule): takes exactly that grid, no requantization
+            node = next(nd for nd in wide.graph.nodes if nd.op == "call_module" and nd.target == _name_of(wide, m))
+            tq = dict(wide.named_modules())[node.args[0].target]
+            assert tq.owner is None and (s8, z8) == (float(tq.a_scale), float(tq.a_zero))
+            shared += 1
+            continue
         # the same clipped range [(0 - z)·s, (2^b - 1 - z)·s], now in 255 steps
         assert (0 - z8) * s8 == pytest.approx((0 - z) * s, abs=1e-6)
         assert (255 - z8) * s8 == pytest.approx((2 ** b - 1 - z) * s, rel=1e-5)
@@ -205,9 +217,12 @@ def test_int8_activations_keep_the_clipped_ranges_and_run_every_conv_on_integer_
         k = w0 / layer.w_scale.view(-1, *[1] * (w0.dim() - 1))
         if layer.w_bits == 4:
             assert torch.allclose(k, k.round(), atol=1e-4) and k.round().min() >= -8 and k.round().max() <= 7
+    assert shared > 0  # the expanded blocks' inputs feed a shortcut too
     assert int8_activations_(wide) == 0  # idempotent
     path = export_onnx(wide, tmp_path / "wide.onnx")
     ops = _fused_ops(path)
+    w8 = df.quantize(tiny_mobilenet, data, df.QuantConfig(w_bits=8, a_bits=8, num_calib=64))
+    assert ops == _fused_ops(export_onnx(w8, tmp_path / "w8.onnx"))  # node for node the W8A8 file's integer graph
     convs = sum(isinstance(m, nn.Conv2d) for m in tiny_mobilenet.modules())
     assert ops["QLinearConv"] == convs and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
     agree = (ort_predict(ort_session(path), test) == df.predict(wide, test)).float().mean().item()

@@ -104,7 +104,8 @@ def act_quantizers(model: nn.Module) -> list[nn.Module]:
 @torch.no_grad()
 def int8_activations_(model: nn.Module) -> int:
     """Move every sub-8-bit activation grid to the uint8 grid spanning the same clipped range (weights keep their
-    b-bit grid); returns how many grids were widened."""
+    b-bit grid); returns how many grids were widened. A widened layer whose input is a tensor with its own 8-bit
+    grid (the shortcut rule of the fused layout) then reads that grid, so no requantization is left between them."""
     n = 0
     for m in act_quantizers(model):
         if m.act_quant and m.a_bits < 8:
@@ -112,6 +113,31 @@ def int8_activations_(model: nn.Module) -> int:
             lo, hi = (0 - z) * s, (2 ** m.a_bits - 1 - z) * s  # the b-bit grid's ends: uint8 saturation clips there
             m.a_bits = 8
             m.set_act_range(lo, hi)
+            n += 1
+    if n:
+        share_input_grids_(model)
+    return n
+
+
+@torch.no_grad()
+def share_input_grids_(model: nn.Module) -> int:
+    """Let every 8-bit QuantLayer that reads a TensorQuant with its own 8-bit range take that range (input_shared),
+    as the fused layout does at 8 bits; returns how many layers changed."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return 0
+    mods = dict(model.named_modules())
+    n = 0
+    for node in graph.nodes:
+        layer = mods.get(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, QuantLayer) or layer.input_shared or not layer.act_quant or layer.a_bits != 8:
+            continue
+        src = node.args[0] if node.args else None
+        tq = mods.get(src.target) if getattr(src, "op", None) == "call_module" else None
+        if isinstance(tq, TensorQuant) and tq.owner is None and tq.act_quant and tq.a_bits == 8:
+            layer.a_scale.copy_(tq.a_scale)
+            layer.a_zero.copy_(tq.a_zero)
+            layer.input_shared = True
             n += 1
     return n
 
