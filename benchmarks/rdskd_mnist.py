@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="student Adam learning rate (RDSKD's)")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--curve-every", type=int, default=0,
+                   help="also record mnist:test top-1 every N KD steps in each row's `curve` (0: off; reporting only)")
     p.add_argument("--out", default="benchmarks/results/rdskd_mnist.json")
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
@@ -71,16 +73,19 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(seed)
         student = create_model("lenet5_half")
         kd = KDConfig(steps=a.kd_steps, batch_size=a.batch_size, lr=a.lr, temperature=a.temperature, freeze_bn=False,
-                      flip=False, augment=method == "real", seed=seed, val_every=10 ** 9)
+                      flip=False, augment=method == "real", seed=seed, val_every=a.curve_every or 10 ** 9)
         if method == "real":
             data = train
         else:
             cfg = make_config(method, seed=seed, **overrides)
             data = GeneratorSource(method, cfg, RoundsConfig(rounds=1, per_round=cfg.batch_size, steps_per_round=a.kd_steps),
                                    seed=seed * 7919, progress=False)
-        r = distill_student_(student, teacher, kd, data, progress=False)
-        return {"top1": evaluate(student, test)["top1"], "seconds": round(time.time() - t0, 1),
-                "synth_seconds": r["synth_seconds"], "kd_steps": r["steps"], "overrides": overrides, "command": cmd}
+        r = distill_student_(student, teacher, kd, data, progress=False, val=test if a.curve_every else None)
+        out = {"top1": evaluate(student, test)["top1"], "seconds": round(time.time() - t0, 1),
+               "synth_seconds": r["synth_seconds"], "kd_steps": r["steps"], "overrides": overrides, "command": cmd}
+        if a.curve_every:
+            out["curve"] = [{"step": c["step"], "top1": round(c["val_top1"], 2)} for c in r["curve"]]
+        return out
 
     for method in a.methods:
         for seed in a.seeds:

@@ -98,8 +98,9 @@ def section_kw() -> str:
     return ("## The Knowledge Within table: calibration, BN re-estimation, KD fine-tuning\n\n"
             "Every layer quantized (first and last included). 512 samples per source, the same fine-tuning budget for "
             "each source. Cells are `test-exact / test-jpeg` top-1. Cell times are wall seconds of calibration plus "
-            "fine-tuning; the ResNet-20 W4A4 real-data cell and the ResNet-56 W4A4 gaussian cell shared the machine with "
-            "other jobs, so their times are inflated (accuracy does not depend on it: same steps).\n\n" + stages + "\n\n" + _meta_line(d["meta"]) + "\n\n"
+            "fine-tuning" + ("; the ResNet-20 W4A4 real-data cell and the ResNet-56 W4A4 gaussian cell shared the machine "
+                             "with other jobs, so their times are inflated (accuracy does not depend on it: same steps)"
+                             if p == old else "") + ".\n\n" + stages + "\n\n" + _meta_line(d["meta"]) + "\n\n"
             + render(str(p)) + "\n"
             + _layout_moves(p, old,
                             lambda r: (r["model"], f"W{r['w_bits']}A{r['a_bits']}", r["stage"], r["source"])
