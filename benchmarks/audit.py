@@ -1,10 +1,10 @@
 """Privacy audit of each synthesis method's samples on a CIFAR-10 ResNet: nearest real training image in pixel and
 feature space against the real-vs-real baseline, leak test, closest pairs (PNG), and the teacher's membership score.
 
-Run: python -m benchmarks.audit [--model resnet20] [--methods gaussian inception bn-stats deepinversion fast dafl]
-Writes benchmarks/results/audit.json (rows: method, n, pixel_median_ratio, pixel_closest, feature_median_ratio,
+Run: python -m benchmarks.audit [--model resnet20] [--methods gaussian inception bn-stats deepinversion fast dafl rdskd cmi]
+Writes benchmarks/results/audit.json for resnet20, audit_<model>.json for other models (rows: method, n, pixel_median_ratio, pixel_closest, feature_median_ratio,
 nearer_train_pixel, nearer_train_feature with their p-values against random re-splits of the real images,
-membership_auroc, ...) and benchmarks/results/audit_<method>_pairs.png.
+membership_auroc, ...) and benchmarks/results/audit[_<model>]_<method>_pairs.png.
 `cifar10:train-exact` (4000) is the training proxy and `cifar10:test-exact` (1000) the held-out set.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datafree.audit import audit
 from datafree.synth import make_config
 from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
-METHODS = ("gaussian", "inception", "bn-stats", "deepinversion", "fast", "dafl")
+METHODS = ("gaussian", "inception", "bn-stats", "deepinversion", "fast", "dafl", "rdskd", "cmi")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,9 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num", type=int, default=512)
     p.add_argument("--iterations", type=int, default=100, help="pixel methods' iterations (sets shared with ptq/kw)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results/audit.json")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/audit.json (resnet20), audit_<model>.json otherwise")
     p.add_argument("--cache", default="benchmarks/cache")
     a = p.parse_args(argv)
+    tag = "" if a.model == "resnet20" else f"_{a.model}"
+    a.out = a.out or f"benchmarks/results/audit{tag}.json"
     root = data_root()
     t0 = time.time()
     model = pretrained(a.model)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             # generator methods at their own defaults, pixel methods at the iterations the ptq/kw sets use
             its = getattr(make_config(method), "iterations", 0) if method in ("fast", "dafl", "rdskd", "cmi") else a.iterations
             data, _ = cached_set(model, a.model, method, a.num, its, a.seed, a.cache)
-            r = audit(model, data, train, held, pairs_png=f"benchmarks/results/audit_{method}_pairs.png")
+            r = audit(model, data, train, held, pairs_png=f"benchmarks/results/audit{tag}_{method}_pairs.png")
             px, ft = r["pixel"], r["feature"]
             return {"n": r["n_synthetic"], "pixel_median": px["synthetic_to_train"]["median"],
                     "pixel_median_real": px["held_out_to_train"]["median"], "pixel_median_ratio": px["median_ratio"],

@@ -364,9 +364,11 @@ def section_lowbit() -> str:
     return "\n".join(out) + "\n"
 
 
-def section_audit() -> str:
-    d = json.loads((RESULTS / "audit.json").read_text())
-    out = ["## Privacy audit of synthetic samples\n", _meta_line(d["meta"]), _incomplete(d["meta"]),
+def section_audit(name: str = "audit.json") -> str:
+    d = json.loads((RESULTS / name).read_text())
+    model = d["meta"]["config"].get("model")
+    tag = "" if model == "resnet20" else f"_{model}"
+    out = [f"## Privacy audit of synthetic samples ({model})\n", _meta_line(d["meta"]), _incomplete(d["meta"]),
            f"Teacher {d['meta']['config'].get('model')}; training proxy {d['meta'].get('train')}, held-out "
            f"{d['meta'].get('held_out')}. Distances are RMS pixel differences in [0, 1] (pixel) or L2 in the classifier "
            "head's input (feature); *ratio* = median distance of a synthetic sample to its nearest training image over "
@@ -377,7 +379,7 @@ def section_audit() -> str:
            "samples, a leak). The split baseline calibrates hubs: when a few real images are everybody's nearest "
            "neighbour, as for noise, any split gives an extreme share. Membership AUROC of the teacher's confidence, "
            "training vs held-out images (0.5 = members cannot be told apart). Closest pairs: "
-           "`benchmarks/results/audit_<method>_pairs.png`.\n",
+           f"`benchmarks/results/audit{tag}_<method>_pairs.png`.\n",
            "| method | n | pixel median (real baseline) | ratio | closest (real closest) | feature ratio | nearer train pixel (p) | nearer train feature (p) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in d["rows"]:
@@ -618,7 +620,8 @@ SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table_inputs.json", section_kw
             ("prune_resnet56.json", section_prune),
             ("continual.json", section_continual), ("deploy_onnx.json", section_deploy_onnx),
             ("smh_resnet32.json", section_smh), ("lowbit.json", section_lowbit),
-            ("audit.json", section_audit), ("similarity_auroc.json", section_similarity_auroc),
+            ("audit.json", section_audit), ("audit_resnet56.json", lambda: section_audit("audit_resnet56.json")),
+            ("similarity_auroc.json", section_similarity_auroc),
             ("torchrun.json", section_torchrun), ("demo.json", section_demo)]
 
 

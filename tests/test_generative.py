@@ -249,3 +249,42 @@ def test_cli_distill_with_a_generator_writes_the_curve(digits_teacher, tmp_path,
                    "--iterations", "2", "--per-round", "16", "--steps", "3", "--out", str(tmp_path / "j.pt"), "--json",
                    "--no-progress"])
     assert rc == 0  # --joint reaches the generator config from the command line
+
+
+def test_fresh_generator_bn_term_matches_direct_computation_and_pulls_statistics(digits_teacher):
+    from datafree.synth.generative import DAFL
+    teacher, _ = digits_teacher
+    bns = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns, "the fixture teacher must have BatchNorm layers"
+
+    def direct(x):
+        seen = []
+        hs = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].detach()))) for m in bns]
+        with torch.no_grad():
+            teacher(x)
+        for h in hs:
+            h.remove()
+        return sum(float(torch.linalg.vector_norm(a.mean((0, 2, 3)) - m.running_mean)
+                         + torch.linalg.vector_norm(a.var((0, 2, 3), unbiased=False) - m.running_var)) for m, a in seen)
+
+    s = DAFL(teacher, make_config("dafl", bn_weight=0.5, batch_size=32, iterations=1, seed=0))
+    tap, h = s._tapped()
+    x, _, parts = s._g_step(32, tap)
+    h.remove()
+    assert parts["bn"] == pytest.approx(direct(x), rel=1e-4)
+    assert make_config("dafl").bn_weight == 1.0 and make_config("rdskd").bn_weight == 1.0  # ours, on by default
+    off = DAFL(teacher, make_config("dafl", bn_weight=0.0, batch_size=32, iterations=1, seed=0))
+    tap, h = off._tapped()
+    _, _, parts_off = off._g_step(32, tap)
+    h.remove()
+    assert "bn" not in parts_off  # bn_weight 0: the paper's objective, no BN term
+
+    def trained_bn(w):  # BN term of a fresh batch after 60 generator steps with / without the term
+        t = DAFL(teacher, make_config("dafl", bn_weight=w, batch_size=64, iterations=60, seed=0))
+        t.train()
+        t.G.eval()
+        return direct(t.generate(64, torch.Generator().manual_seed(1)))
+
+    assert trained_bn(1.0) < 0.7 * trained_bn(0.0)
+    with pytest.raises(df.DatafreeError, match="bn_weight"):
+        make_config("dafl", bn_weight=-1.0).validate()
