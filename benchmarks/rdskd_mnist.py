@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--bn-weight", type=float, default=None,
                    help="generator BN-statistics term weight (default: the methods' own, 1.0; 0 = the papers' objective)")
+    p.add_argument("--width", type=int, default=0, help="generator width (0: the library's choice for the input)")
     p.add_argument("--no-synthetic-augment", action="store_true",
                    help="no random crops of generator batches during KD (real batches are always cropped)")
     p.add_argument("--curve-every", type=int, default=0,
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             data = train
         else:
             bn = {} if a.bn_weight is None else {"bn_weight": a.bn_weight}
-            cfg = make_config(method, seed=seed, **{**bn, **overrides})
+            cfg = make_config(method, seed=seed, width=a.width, **{**bn, **overrides})
             data = GeneratorSource(method, cfg, RoundsConfig(rounds=1, per_round=cfg.batch_size, steps_per_round=a.kd_steps),
                                    seed=seed * 7919, progress=False)
         r = distill_student_(student, teacher, kd, data, progress=False, val=test if a.curve_every else None)

@@ -176,28 +176,53 @@ def section_perf_kd() -> str:
 
 
 def section_rdskd_mnist() -> str:
-    from .rdskd_mnist import render
+    from .rdskd_mnist import render, summary
 
-    return _table_section(
-        "Generator methods on MNIST: LeNet-5 -> LeNet-5-half (DAFL vs RDSKD)",
-        "The teacher is trained by the library on `mnist:train`; the student (LeNet-5-half, from scratch) learns by KD on "
-        "fresh generator batches after the generator was trained against the teacher alone (`real`: the same KD on "
-        "`mnist:train` images). Top-1 on all 10k `mnist:test` images. RDSKD's claim is a higher mean and a smaller "
-        "spread across hyper-parameter settings than DAFL. Published anchor: DAFL 98.20 % on this pair (commonly cited, "
-        "unverified; teacher ~98.9), i.e. a drop of ~0.7 pt; RDSKD's paper reports it above DAFL. The full protocol is "
-        "`python -m benchmarks.rdskd_mnist --sweep` (3 seeds of dafl, rdskd and real, plus 4 settings of each generator "
-        "method; ~2 h here: a generator row takes 7-8 min). Every row distills for 4000 KD steps: real data "
-        "itself needs that many to pass 98.5 % (probe: 98.41 at 1500 steps). RDSKD's inter-sample diversity weight "
-        "became 0.01 (was 0.1) after probes (seed 0, 2000 KD steps; script and raw rows in `rdskd_mnist_probes.json`: 0.1 -> 92.53, 0.01 -> 94.80; `--joint` 93.58; "
-        "3000 generator steps 93.06; DAFL's tanh + BN output 81.78), and its rows were rerun under it, with the "
-        "generator channels-last (DAFL's default rows predate that change: same protocol, other float kernels, slower "
-        "seconds). At the default settings DAFL 93.48 ± 2.51 and RDSKD 93.86 ± 2.33 over 3 seeds, both ~5 pt below "
-        "real data (98.75 ± 0.07) and far from the 98.5 % target. Across its sweep RDSKD is the more robust one "
-        "(worst / best 92.3 / 96.0, std 1.5 over its 5 settings, against DAFL's 78.4 / 95.3, std 7.0): DAFL collapses when the class-balance weight is low (`ie-low`, 78.4). For RDSKD the "
-        "seed-to-seed spread (2.3) is now larger than its spread over settings. Every generator row trains the generator first (1500 steps) and "
-        "then freezes it; the papers train for 24k steps (DAFL jointly with the student), which this protocol does "
-        "not afford on 2 cores — though longer generator training alone did not help in the probe (93.06 at 3000).",
-        "rdskd_mnist.json", render)
+    def target(file: str) -> str:
+        rows = json.loads((RESULTS / file).read_text())["rows"]
+        s = summary(rows)
+        if "rdskd" not in s:
+            return ""
+        r, d = s["rdskd"], s.get("dafl")
+        met = r["mean"] >= 98.5 and r["std"] <= 0.2
+        spread = (f"; spread over settings (std) RDSKD {r['sweep_std']:.2f} vs DAFL {d['sweep_std']:.2f} over "
+                  f"{r['settings']} / {d['settings']} settings" if d and r["settings"] > 1 and d["settings"] > 1 else "")
+        return (f"Target (RDSKD mean >= 98.5 %, std <= 0.2 over seeds): {'met' if met else 'not met'} — RDSKD "
+                f"{r['mean']:.2f} ± {r['std']:.2f} over {r['n']} seeds" + (f", DAFL {d['mean']:.2f} ± {d['std']:.2f}" if d else "")
+                + (f", real {s['real']['mean']:.2f} ± {s['real']['std']:.2f}" if "real" in s else "") + spread + ".")
+
+    out = []
+    if (RESULTS / "rdskd_mnist.json").is_file():
+        out.append(_table_section(
+            "Generator methods on MNIST: LeNet-5 -> LeNet-5-half (DAFL vs RDSKD)",
+            "The teacher is trained by the library on `mnist:train`; the student (LeNet-5-half, from scratch) learns by KD "
+            "on fresh generator batches after the generator was trained against the teacher alone (`real`: the same KD "
+            "on `mnist:train` images). Top-1 on all 10k `mnist:test` images. Every row distills for 4000 KD steps "
+            "(real data itself needs that many to pass 98.5 %) on randomly cropped batches (no flips), generator and "
+            "real alike. RDSKD's claim is a higher mean and a smaller spread across hyper-parameter settings than DAFL. "
+            "Published anchor: DAFL 98.20 % on this pair (commonly cited, unverified; teacher ~98.9), a drop of ~0.7 pt; "
+            "RDSKD's paper reports it above DAFL.\n\n"
+            "**Not the papers' objectives.** Both generator objectives here carry the library's BatchNorm-statistics "
+            "term (`--bn-weight 1.0`, DeepInversion's L2 form, as `cmi` uses), the generator is 32 wide and the student "
+            "sees cropped generator batches. Each was measured on RDSKD seed 0 before it became the default (raw rows "
+            "and curves in `rdskd_mnist_probes.json`, probe round 2): the paper objective 92.5 % (16 wide, uncropped); "
+            "BN term 0.1 / 1 / 5 -> 95.8 / 97.1 / 96.6; crops alone 93.6, BN 1 + crops 97.7; then width 32 -> 98.1 "
+            "(width 64, the papers', in the probes file). KD length is not the limit: a 16000-step run of the paper "
+            "objective plateaus at ~93.3 % from step ~11000 (`rdskd_mnist_long.json`). The papers' objectives on "
+            "uncropped batches are the second table below.\n\n" + target("rdskd_mnist.json"),
+            "rdskd_mnist.json", render))
+    if (RESULTS / "rdskd_mnist_paper.json").is_file():
+        out.append(_table_section(
+            "Generator methods on MNIST, the papers' objectives (no BN term, uncropped generator batches, width 16)",
+            "The same protocol with `--bn-weight 0 --no-synthetic-augment` as it ran before those became the defaults "
+            "(the generator was 16 wide then; DAFL's default rows predate the channels-last generator: other float "
+            "kernels, slower seconds). RDSKD's inter-sample diversity weight became 0.01 (was 0.1) after probes (round "
+            "1 in `rdskd_mnist_probes.json`: 0.1 -> 92.53, 0.01 -> 94.80 at 2000 KD steps; `--joint` 93.58; 3000 "
+            "generator steps 93.06; DAFL's tanh + BN output 81.78). Across its sweep RDSKD is the more robust one "
+            "(DAFL collapses when the class-balance weight is low, `ie-low`), but both stay ~5 pt below real data.\n\n"
+            + target("rdskd_mnist_paper.json"),
+            "rdskd_mnist_paper.json", render))
+    return "\n".join(out)
 
 
 def section_perf_generator() -> str:
@@ -614,7 +639,7 @@ def section_continual() -> str:
 
 SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table_inputs.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
             ("onnx_export.json", section_onnx), ("perf_synthesis.json", section_perf), ("perf_kd.json", section_perf_kd),
-            ("rdskd_mnist.json", section_rdskd_mnist), ("perf_generator.json", section_perf_generator),
+            ("rdskd_mnist_paper.json", section_rdskd_mnist), ("perf_generator.json", section_perf_generator),
             ("kd_resnet56_resnet20.json", section_kd_student), ("di_weight.json", section_di_weight),
             ("synthetic_sets.json", section_set_stats),
             ("prune_resnet56.json", section_prune),

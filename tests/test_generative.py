@@ -27,7 +27,7 @@ def test_generator_sized_from_the_input_spec(shape):
     assert tuple(x.shape) == (5, *shape)
     lo, hi = spec.pixel_bounds()
     assert bool((x >= lo - 1e-5).all()) and bool((x <= hi + 1e-5).all())  # sigmoid pixels, normalized
-    assert Generator(spec).body[2].out_channels == (32 if c == 1 else 64)  # default width 16 / 32 (x2 in the middle)
+    assert Generator(spec).body[2].out_channels == 64  # default width 32 (x2 in the middle)
     # DAFL's output: tanh then affine-free BN, so each batch has per-channel mean 0 and std 1 in the normalized space
     xb = Generator(spec, latent_dim=7, width=4, output="bn")(torch.randn(6, 7))
     assert tuple(xb.shape) == (6, *shape)
