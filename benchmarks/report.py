@@ -389,6 +389,20 @@ def section_lowbit() -> str:
     return "\n".join(out) + "\n"
 
 
+def section_profile_onnx() -> str:
+    from .profile_onnx import render
+
+    return _table_section(
+        "Where the int8 file's time goes (onnxruntime per-node profile)",
+        "onnxruntime's profiler on the FP32 export and on `datafree export`'s W8A8 file of the same model, kernel time "
+        "summed by kind of node (randomly initialized weights: latency does not depend on their values). It explains "
+        "the deployment table's MobileNetV2 ratios: onnxruntime's int8 1x1 convolutions run well under half the FP32 "
+        "time, but its int8 depthwise kernel gains little or nothing over FP32 at batch 1, the 3-channel first "
+        "convolution is slower in int8 than in FP32, and each residual Add, fused into the FP32 convolution, is a "
+        "separate QLinearAdd in the int8 graph.",
+        "profile_onnx.json", render)
+
+
 def section_audit(name: str = "audit.json") -> str:
     d = json.loads((RESULTS / name).read_text())
     model = d["meta"]["config"].get("model")
@@ -645,7 +659,7 @@ SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table_inputs.json", section_kw
             ("kd_resnet56_resnet20.json", section_kd_student), ("di_weight.json", section_di_weight),
             ("synthetic_sets.json", section_set_stats),
             ("prune_resnet56.json", section_prune),
-            ("continual.json", section_continual), ("deploy_onnx.json", section_deploy_onnx),
+            ("continual.json", section_continual), ("deploy_onnx.json", section_deploy_onnx), ("profile_onnx.json", section_profile_onnx),
             ("smh_resnet32.json", section_smh), ("lowbit.json", section_lowbit),
             ("audit.json", section_audit), ("audit_resnet56.json", lambda: section_audit("audit_resnet56.json")),
             ("similarity_auroc.json", section_similarity_auroc),
