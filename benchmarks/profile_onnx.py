@@ -3,8 +3,8 @@ summed by kind of node (1x1 / depthwise / other convolutions, adds, Q/DQ, ...), 
 2 threads.
 
 Run: python -m benchmarks.profile_onnx [--models mobilenetv2_cifar resnet20] [--runs 300]
-Writes benchmarks/results/profile_onnx.json: rows model, file (fp32 | w8a8), batch, threads, kind, us (mean
-microseconds per run inside that kind's kernels, from onnxruntime's profiler), n_nodes. Latency does not depend on the
+Writes benchmarks/results/profile_onnx.json: rows model, file (fp32 | w8a8), batch, threads, runs, us_total and kinds
+(per node kind: us, the mean microseconds per run inside that kind's kernels from onnxruntime's profiler, and n_nodes). Latency does not depend on the
 weights' values, so the models are randomly initialized and calibrated on 256 Gaussian inputs (the file layout is
 the one `datafree export` writes for any W8A8 model). The profiler's own overhead is included in every kind alike.
 """
@@ -89,16 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     for name in a.models:
         d = Path(a.cache) / "profile" / name
         d.mkdir(parents=True, exist_ok=True)
-        files: dict[str, Path] = {}
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        shape = tuple(model.input_spec.shape)
+        files: dict[str, Path] = {}  # exported on the first row that runs (none when every row is stored)
 
         def build() -> None:
-            torch.manual_seed(0)
-            m = create_model(name).eval()
-            x = torch.randn(256, *m.input_spec.shape)
-            files["fp32"] = export_onnx(m, d / "fp32.onnx")
-            q = quantize(m, TensorData(x, torch.zeros(256, dtype=torch.long)), QuantConfig(w_bits=8, a_bits=8, num_calib=256))
+            x = torch.randn(256, *shape)
+            files["fp32"] = export_onnx(model, d / "fp32.onnx")
+            q = quantize(model, TensorData(x, torch.zeros(256, dtype=torch.long)), QuantConfig(w_bits=8, a_bits=8, num_calib=256))
             files["w8a8"] = export_onnx(q, d / "w8a8.onnx")
-            files["shape"] = tuple(m.input_spec.shape)  # type: ignore[assignment]
 
         for batch, threads in ((1, 1), (64, 2)):
             for f in ("fp32", "w8a8"):
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                     if not files:
                         build()
                     runs = a.runs if batch == 1 else max(10, a.runs // 10)
-                    prof = profile(files[f], files["shape"], batch, threads, runs)  # type: ignore[arg-type]
+                    prof = profile(files[f], shape, batch, threads, runs)
                     return {"kinds": prof, "us_total": round(sum(v["us"] for v in prof.values()), 1), "runs": runs}
 
                 r = store.run({"model": name, "file": f, "batch": batch, "threads": threads}, row)

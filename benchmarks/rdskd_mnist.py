@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--bn-weight", type=float, default=None,
                    help="generator BN-statistics term weight (default: the methods' own, 1.0; 0 = the papers' objective)")
-    p.add_argument("--width", type=int, default=0, help="generator width (0: the library's choice for the input)")
+    p.add_argument("--width", type=int, default=0, help="generator width (0: the library's default, 32)")
     p.add_argument("--no-synthetic-augment", action="store_true",
                    help="no random crops of generator batches during KD (real batches are always cropped)")
     p.add_argument("--curve-every", type=int, default=0,
