@@ -46,9 +46,14 @@ class QuantConfig(Config):
     seed: int = opt(0, "seed for sample selection")
     reconstruct: str = opt("none", "reconstruction PTQ after calibration: adaround = learned up/down rounding per layer "
                                    "(Nagel et al. 2020), brecq = the same learned per block against the block output "
-                                   "(Li et al. 2021; sketch: plain MSE, activation steps kept)", cli=True,
+                                   "(Li et al. 2021; sketch: plain MSE on the block output, no Fisher weighting)", cli=True,
                            choices=("none", "adaround", "brecq"))
     recon_iters: int = opt(500, "reconstruction iterations per layer (adaround) or block (brecq)", cli=True)
+    recon_lr: float = opt(1e-3, "Adam learning rate of the rounding variables during reconstruction", cli=True)
+    recon_act: bool = opt(False, "reconstruction also learns the activation step sizes inside each layer/block "
+                                 "(LSQ-style, jointly with the rounding as in QDrop; BRECQ learns them in a second pass)",
+                          cli=True)
+    recon_act_lr: float = opt(4e-5, "Adam learning rate of the activation step sizes with --recon-act", cli=True)
     round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True)
     block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
                           cli=True)
@@ -75,6 +80,7 @@ class QuantConfig(Config):
         check(self.reconstruct in ("none", "adaround", "brecq"),
               f"reconstruct must be none, adaround or brecq, got {self.reconstruct!r}", "reconstruct")
         check(self.recon_iters >= 1, f"recon_iters must be >= 1, got {self.recon_iters}", "recon_iters")
+        check(self.recon_lr > 0 and self.recon_act_lr > 0, "recon_lr and recon_act_lr must be > 0", "recon_lr")
         check(self.round_weight >= 0, f"round_weight must be >= 0, got {self.round_weight}", "round_weight")
         check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}", "block_size")
         check(self.avg_bits == 0 or 2 <= self.avg_bits <= 8, f"avg_bits must be in [2, 8], got {self.avg_bits}", "avg_bits")
@@ -223,7 +229,8 @@ def stage_reconstruct(st: QuantRun) -> None:
     from .reconstruct import reconstruct_
 
     st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), cfg.reconstruct, iters=cfg.recon_iters,
-                                          round_weight=cfg.round_weight, block_size=cfg.block_size, seed=cfg.seed)
+                                          round_weight=cfg.round_weight, block_size=cfg.block_size, seed=cfg.seed,
+                                          lr=cfg.recon_lr, learn_act=cfg.recon_act, act_lr=cfg.recon_act_lr)
 
 
 def stage_finetune(st: QuantRun) -> None:

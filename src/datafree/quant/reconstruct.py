@@ -3,8 +3,10 @@ layer) and BRECQ (Li et al. 2021; the same rounding learned jointly over a block
 come from tracing the model (torch.fx), so user models work: a block is the group of quantized layers under one
 submodule (at most `block_size` of them, e.g. a residual block), with every op between them.
 
-Sketch of BRECQ where the paper's details go further: plain MSE on the block output (no Fisher weighting), activation
-step sizes kept from calibration (not learned); both are named options to add, not silent substitutes.
+Sketch of BRECQ where the paper's details go further: plain MSE on the block output (no Fisher weighting). Activation
+step sizes stay as calibrated unless `learn_act` (the CLI's --recon-act): then the step sizes of the quantizers inside
+the layer/block are learned with the rounding in the same pass (LSQ-style, as QDrop does; BRECQ's own code learns them
+in a second pass after the weights).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data.base import TensorData
 from ..errors import DatafreeError
-from .graph import float_twin
+from .graph import act_quantizers, float_twin
 from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from .quantizer import WeightRounding, signed_range
 
@@ -164,10 +166,11 @@ def bake_rounding_(q: QuantLayer) -> None:
 
 def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters: int = 500, round_weight: float = 0.01,
                  block_size: int = 4, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                 on_block: Optional[Callable[[dict], None]] = None) -> list[dict]:
-    """Learn each weight's rounding (AdaRound: per layer; BRECQ: per block) so that the quantized layer/block output
-    matches the float one on `data`; blocks in order, each seeing the already-reconstructed blocks before it. In place;
-    returns per block {layers, mse_before, mse_after}."""
+                 on_block: Optional[Callable[[dict], None]] = None, learn_act: bool = False,
+                 act_lr: float = 4e-5) -> list[dict]:
+    """Learn each weight's rounding (AdaRound: per layer; BRECQ: per block), and with `learn_act` the activation step
+    sizes inside it, so that the quantized layer/block output matches the float one on `data`; blocks in order, each
+    seeing the already-reconstructed blocks before it. In place; returns per block {layers, mse_before, mse_after}."""
     if mode not in ("adaround", "brecq"):
         raise DatafreeError(f"unknown reconstruction {mode!r}; use adaround or brecq")
     if iters < 1 or batch_size < 1 or round_weight < 0:
@@ -202,6 +205,7 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 p.requires_grad_(False)
             for r in roundings:
                 r.V.requires_grad_(True)
+            steps = _act_steps(sub) if learn_act else []
             n = len(target)
             inputs = [xs[i.name] for i in ins]
 
@@ -217,7 +221,10 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             before = err()  # round-to-nearest start (h initialized to the fractional part rounds to nearest)
             for r in roundings:
                 r.hard = False
-            opt = torch.optim.Adam([r.V for r in roundings], lr=lr)
+            groups = [{"params": [r.V for r in roundings], "lr": lr}]
+            if steps:
+                groups.append({"params": [m.a_scale for m in steps], "lr": act_lr})
+            opt = torch.optim.Adam(groups)
             warm = int(0.2 * iters)
             for it in range(iters):
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
@@ -228,8 +235,12 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                for m in steps:
+                    m.a_scale.data.clamp_(min=1e-8)
             for r in roundings:
                 r.hard = True
+            for m in steps:  # back to a calibrated buffer: the next block and the artifact see a plain step size
+                _step_to_buffer(m)
             after = err()
             for q in layers:
                 bake_rounding_(q)
@@ -245,6 +256,26 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 bake_rounding_(q)
         qmodel.train(was)
     return report
+
+
+def _act_steps(sub: nn.Module) -> list[nn.Module]:
+    """The activation quantizers inside a layer/block with a live sub-float grid, their step size made trainable."""
+    out = []
+    for m in act_quantizers(sub):
+        if getattr(m, "act_quant", False) and m.a_bits < FLOAT_BITS:
+            t = m.a_scale
+            if not isinstance(t, nn.Parameter):
+                delattr(m, "a_scale")
+                m.register_parameter("a_scale", nn.Parameter(t.detach().clone()))
+            m.a_scale.requires_grad_(True)
+            out.append(m)
+    return out
+
+
+def _step_to_buffer(m: nn.Module) -> None:
+    t = m.a_scale.detach().clone()
+    delattr(m, "a_scale")
+    m.register_buffer("a_scale", t)
 
 
 def rounding_is_valid(before: torch.Tensor, after: torch.Tensor, scale: torch.Tensor, bits: int) -> bool:
