@@ -3,6 +3,7 @@ row at the size of uniform W3A3. Every layer quantized (first and last too).
 
 Run: python -m benchmarks.lowbit [--models resnet20 resnet56] [--bits w4a4 w3a3 w2a4]
                                  [--sources cifar10:train-exact bn-stats mixmix] [--recon-iters 500] [--kd-steps 500]
+                                 [--recon-lr 1e-2] [--recon-act-lr 2e-2]
 Writes benchmarks/results/lowbit.json: rows model, w_bits, a_bits, source, stage, top1_exact, top1_jpeg, seconds
 (stage: calibrate | adaround | brecq | kd-finetune | mixed; FP32 rows have w_bits 32). `mixmix` samples come from the
 pool of the four shared ResNets (20, 32, 44, 56) at once; every source has the same sample count. Finished rows are
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num", type=int, default=512)
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations (bn-stats sets shared with ptq/kw)")
     p.add_argument("--recon-iters", type=int, default=500)
+    p.add_argument("--recon-lr", type=float, default=1e-2, help="Adam lr of the rounding variables")
+    p.add_argument("--recon-act-lr", type=float, default=2e-2,
+                   help="activation step sizes learned with the rounding at this lr, relative to each step "
+                        "(0: kept from calibration)")
     p.add_argument("--kd-steps", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/lowbit.json")
@@ -42,11 +47,16 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"benchmark": "lowbit", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": command_line("benchmarks.lowbit", a),
             "stages": {"calibrate": "PTQ calibration (fused layout)", "adaround": "calibration + AdaRound (per layer)",
-                       "brecq": "calibration + BRECQ (per block; sketch: plain MSE, activation steps kept)",
+                       "brecq": "calibration + BRECQ (per block; sketch: plain MSE on the block output)",
+                       "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, "
+                                + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
+                                   else "activation step sizes kept from calibration"),
                        "kd-finetune": f"calibration + {a.kd_steps} KD fine-tuning steps (LSQ steps, weights, biases)",
                        "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"}}
     store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
     pool = None
+    recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0,
+                 recon_act_lr=a.recon_act_lr or 2e-2)
     for name in a.models:
         model = pretrained(name)
         tests = {s: load_dataset(f"cifar10:test-{s}", model.input_spec, root) for s in ("exact", "jpeg")}
@@ -70,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                 key = {"model": name, "w_bits": wb, "a_bits": ab, "source": src}
                 for stage, cfg, kd in (
                         ("calibrate", base, None),
-                        ("adaround", base.replace(reconstruct="adaround", recon_iters=a.recon_iters), None),
-                        ("brecq", base.replace(reconstruct="brecq", recon_iters=a.recon_iters), None),
+                        ("adaround", base.replace(reconstruct="adaround", **recon), None),
+                        ("brecq", base.replace(reconstruct="brecq", **recon), None),
                         ("kd-finetune", base, KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
                     def run(cfg=cfg, kd=kd) -> dict:
                         t0 = time.time()

@@ -2,6 +2,7 @@
 import copy
 
 import torch
+import torch.nn.functional as F
 
 import datafree as df
 from datafree.models.spec import DIGITS_SPEC
@@ -70,19 +71,27 @@ def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digit
 
     m, _ = digits_teacher
     calib = df.load_dataset("digits:train", m.input_spec).subset(128)
-    cfg = df.QuantConfig(w_bits=3, a_bits=3, quantize_first_last=True, num_calib=128)
+    test = df.load_dataset("digits:test", m.input_spec)
+    cfg = df.QuantConfig(w_bits=4, a_bits=4, quantize_first_last=True, num_calib=128)
     q = df.quantize(m, calib, cfg)
     steps0 = [float(a.a_scale) for a in act_quantizers(q) if a.act_quant]
-    report = reconstruct_(copy.deepcopy(q), calib, "brecq", iters=80, seed=0)
-    report_act = reconstruct_(q, calib, "brecq", iters=80, seed=0, learn_act=True, act_lr=1e-3)
+    plain = copy.deepcopy(q)
+    reconstruct_(plain, calib, "brecq", iters=80, seed=0, learn_act=False)
+    report = reconstruct_(q, calib, "brecq", iters=80, seed=0, learn_act=True)
     steps1 = [float(a.a_scale) for a in act_quantizers(q) if a.act_quant]
-    assert len(steps1) == len(steps0) and max(abs(a - b) for a, b in zip(steps0, steps1)) > 1e-4  # they were learned
+    assert len(steps1) == len(steps0) and max(abs(a - b) / a for a, b in zip(steps0, steps1)) > 1e-3  # learned
     assert all(not isinstance(a.a_scale, torch.nn.Parameter) and a.a_scale.dim() == 0 for a in act_quantizers(q))
-    assert sum(r["mse_after"] for r in report_act) < sum(r["mse_before"] for r in report_act)
-    # the step sizes give the learned rounding something more to fit: the error it ends at is no worse overall
-    assert sum(r["mse_after"] for r in report_act) <= 1.05 * sum(r["mse_after"] for r in report)
-    # as a quantize stage: stored in the artifact and read back to the same predictions
-    q2 = df.quantize(m, calib, cfg.replace(reconstruct="brecq", recon_iters=40, recon_act=True, recon_act_lr=1e-3))
+    assert sum(r["mse_after"] for r in report) < sum(r["mse_before"] for r in report)
+    # on held-out digits the model's output is no further from the float one than with the steps kept (an absolute
+    # rate would move the smallest step, 0.02 here, by 5 % a step and double this error)
+    with torch.no_grad():
+        ref = m(test.x)
+        err_act = F.mse_loss(q(test.x), ref).item()
+        err_plain = F.mse_loss(plain(test.x), ref).item()
+    assert err_act <= 1.1 * err_plain, (err_act, err_plain)
+    # as a quantize stage (on by default): stored in the artifact and read back to the same predictions
+    q2 = df.quantize(m, calib, cfg.replace(reconstruct="brecq", recon_iters=40))
+    assert q2.transforms[-1]["config"]["recon_act"] is True
     path = tmp_path / "q.pt"
     df.save_artifact(q2, path)
     x = calib.x[:32]

@@ -49,11 +49,12 @@ class QuantConfig(Config):
                                    "(Li et al. 2021; sketch: plain MSE on the block output, no Fisher weighting)", cli=True,
                            choices=("none", "adaround", "brecq"))
     recon_iters: int = opt(500, "reconstruction iterations per layer (adaround) or block (brecq)", cli=True)
-    recon_lr: float = opt(1e-3, "Adam learning rate of the rounding variables during reconstruction", cli=True)
-    recon_act: bool = opt(False, "reconstruction also learns the activation step sizes inside each layer/block "
+    recon_lr: float = opt(1e-2, "Adam learning rate of the rounding variables during reconstruction", cli=True)
+    recon_act: bool = opt(True, "reconstruction also learns the activation step sizes inside each layer/block "
                                  "(LSQ-style, jointly with the rounding as in QDrop; BRECQ learns them in a second pass)",
                           cli=True)
-    recon_act_lr: float = opt(4e-5, "Adam learning rate of the activation step sizes with --recon-act", cli=True)
+    recon_act_lr: float = opt(2e-2, "Adam learning rate of the activation step sizes with --recon-act, relative to "
+                                     "each step size", cli=True)
     round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True)
     block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
                           cli=True)

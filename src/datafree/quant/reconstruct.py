@@ -5,7 +5,8 @@ submodule (at most `block_size` of them, e.g. a residual block), with every op b
 
 Sketch of BRECQ where the paper's details go further: plain MSE on the block output (no Fisher weighting). Activation
 step sizes stay as calibrated unless `learn_act` (the CLI's --recon-act): then the step sizes of the quantizers inside
-the layer/block are learned with the rounding in the same pass (LSQ-style, as QDrop does; BRECQ's own code learns them
+the layer/block are learned with the rounding in the same pass (LSQ-style, as QDrop does; Adam's rate relative to each
+step size; BRECQ's own code learns them
 in a second pass after the weights).
 """
 from __future__ import annotations
@@ -165,9 +166,9 @@ def bake_rounding_(q: QuantLayer) -> None:
 
 
 def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters: int = 500, round_weight: float = 0.01,
-                 block_size: int = 4, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+                 block_size: int = 4, batch_size: int = 32, lr: float = 1e-2, seed: int = 0,
                  on_block: Optional[Callable[[dict], None]] = None, learn_act: bool = False,
-                 act_lr: float = 4e-5) -> list[dict]:
+                 act_lr: float = 2e-2) -> list[dict]:
     """Learn each weight's rounding (AdaRound: per layer; BRECQ: per block), and with `learn_act` the activation step
     sizes inside it, so that the quantized layer/block output matches the float one on `data`; blocks in order, each
     seeing the already-reconstructed blocks before it. In place; returns per block {layers, mse_before, mse_after}."""
@@ -222,8 +223,8 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             for r in roundings:
                 r.hard = False
             groups = [{"params": [r.V for r in roundings], "lr": lr}]
-            if steps:
-                groups.append({"params": [m.a_scale for m in steps], "lr": act_lr})
+            # each step size moves at a rate relative to itself: steps of one model differ by 10x and more
+            groups += [{"params": [m.a_scale], "lr": act_lr * float(m.a_scale.detach())} for m in steps]
             opt = torch.optim.Adam(groups)
             warm = int(0.2 * iters)
             for it in range(iters):
