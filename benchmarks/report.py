@@ -385,12 +385,67 @@ def section_lowbit() -> str:
     mixed = [r for r in rows if r["stage"] == "mixed"]
     out.append("\nFP32: " + "; ".join(f"{m} {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f}" for m, r in fp.items())
                + ". Cells: top-1 test-exact / test-jpeg.")
+    out += _lowbit_targets(rows, fp)
+    pf = RESULTS / "lowbit_probes.json"
+    if pf.is_file():
+        pr = json.loads(pf.read_text())
+        out += [f"\nReconstruction recipe probes (`lowbit_probes.json`; {pr['meta']['what']}; the probe script and "
+                "its argument form are stored in the file's meta; " + pr["meta"]["note"] + "):\n",
+                "| probe | bits | options | top-1 exact / jpeg | seconds |", "|---|---|---|---|---|"]
+        out += [f"| {r['label']} | W{r['bits'][0]}A{r['bits'][1]} | "
+                + (", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != "reconstruct") or "-")
+                + f" | {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} | {r['seconds']:.0f} |" for r in pr["rows"]]
     for r in mixed:
         out.append(f"\nMixed precision, {r['model']}, {r['source']}: weights {r.get('avg_bits')} bits on average at the "
                    f"weight bytes of uniform W3 ({r.get('target_bytes')} B), activations 3 bits: {r['top1_exact']:.2f} / "
                    f"{r['top1_jpeg']:.2f} ({r['seconds']:.0f} s). Plan: "
                    + ", ".join(f"{n} {b}" for n, b in r.get("plan", [])) + ".")
     return "\n".join(out) + "\n"
+
+
+def _lowbit_targets(rows: list[dict], fp: dict) -> list[str]:
+    """The issue's four targets, computed from the rows present."""
+    real, synth = "cifar10:train-exact", ("bn-stats", "mixmix")
+
+    def cell(m, w, a, src, st):
+        return next((r for r in rows if (r["model"], r["w_bits"], r["a_bits"], r["source"], r["stage"])
+                     == (m, w, a, src, st)), None)
+
+    out = ["\nTargets (test-exact unless marked):"]
+    for m in fp:
+        for w, a in ((3, 3), (2, 4)):
+            mm, bn = cell(m, w, a, "mixmix", "brecq"), cell(m, w, a, "bn-stats", "brecq")
+            if mm and bn:
+                d = mm["top1_exact"] - bn["top1_exact"]
+                dj = mm["top1_jpeg"] - bn["top1_jpeg"]
+                out.append(f"- (a) {m} W{w}A{a} BRECQ on MixMix minus on bn-stats: {d:+.2f} (jpeg {dj:+.2f}); target "
+                           f"≥ +3: {'met' if d >= 3 else 'not met'}")
+    if "resnet20" in fp:
+        f32 = fp["resnet20"]["top1_exact"]
+        b = [cell("resnet20", 4, 4, s, "brecq") for s in synth]
+        b = [x for x in b if x]
+        if b:
+            best = max(b, key=lambda x: x["top1_exact"])
+            gap = f32 - best["top1_exact"]
+            out.append(f"- (b) ResNet-20 W4A4 BRECQ on synthetic samples, no fine-tuning: best {best['top1_exact']:.2f} "
+                       f"({best['source']}), {gap:.2f} below FP32 {f32:.2f}; target ≤ 2: {'met' if gap <= 2 else 'not met'}")
+        stages = ("calibrate", "adaround", "brecq", "kd-finetune")
+        pairs = [(cell("resnet20", 4, 4, s, st), cell("resnet20", 4, 4, real, st)) for s in synth for st in stages]
+        pairs = [(x, y) for x, y in pairs if x and y]
+        if pairs:
+            x, y = max(pairs, key=lambda p: p[0]["top1_exact"])
+            de, dj = y["top1_exact"] - x["top1_exact"], y["top1_jpeg"] - x["top1_jpeg"]
+            out.append(f"- (c) ResNet-20 W4A4 best data-free pipeline {x['source']} + {x['stage']} "
+                       f"{x['top1_exact']:.2f} / {x['top1_jpeg']:.2f} vs the same on real data {y['top1_exact']:.2f} / "
+                       f"{y['top1_jpeg']:.2f}: behind by {de:.2f} (target ≤ 0.3: {'met' if de <= 0.3 else 'not met'}) and "
+                       f"{dj:.2f} on jpeg (target ≤ 1.0: {'met' if dj <= 1.0 else 'not met'})")
+        w3 = [r for r in rows if r["model"] == "resnet20" and (r["w_bits"], r["a_bits"]) == (3, 3)
+              and r["source"] in synth and r["stage"] != "mixed"]
+        if w3:
+            best = max(w3, key=lambda r: r["top1_exact"])
+            out.append(f"- (d) ResNet-20 W3A3 best data-free: {best['top1_exact']:.2f} ({best['source']} + "
+                       f"{best['stage']}); target ≥ 87: {'met' if best['top1_exact'] >= 87 else 'not met'}")
+    return out
 
 
 def section_profile_onnx() -> str:
