@@ -1,4 +1,4 @@
-"""The low-bit frontier: calibration, + AdaRound, + BRECQ, + KD fine-tuning per data source, and one mixed-precision
+"""The low-bit frontier: calibration, + AdaRound, + BRECQ, + KD fine-tuning (after BRECQ) per data source, and one mixed-precision
 row at the size of uniform W3A3. Every layer quantized (first and last too).
 
 Run: python -m benchmarks.lowbit [--models resnet20 resnet56] [--bits w4a4 w3a3 w2a4]
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                        "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, "
                                 + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
                                    else "activation step sizes kept from calibration"),
-                       "kd-finetune": f"calibration + {a.kd_steps} KD fine-tuning steps (LSQ steps, weights, biases)",
+                       "kd-finetune": f"calibration + BRECQ + {a.kd_steps} KD fine-tuning steps (LSQ steps, weights, biases)",
                        "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"}}
     store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
     pool = None
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                         ("calibrate", base, None),
                         ("adaround", base.replace(reconstruct="adaround", **recon), None),
                         ("brecq", base.replace(reconstruct="brecq", **recon), None),
-                        ("kd-finetune", base, KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
+                        ("kd-finetune", base.replace(reconstruct="brecq", **recon),
+                         KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
                     def run(cfg=cfg, kd=kd) -> dict:
                         t0 = time.time()
                         q = quantize(model, data, cfg, kd=kd)
