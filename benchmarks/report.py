@@ -401,7 +401,9 @@ def section_lowbit() -> str:
             "rounding, and on synthetic samples the KD signal is the noisier one; freezing the rounding (training step "
             "sizes and biases only) is the obvious variant to try. Mixed precision (calibration only, activations 3 bits, "
             "weights averaging 3 bits) roughly doubles uniform W3A3 calibration (real 65.0 vs 31.9, mixmix 64.1 vs 33.8) "
-            "but is not combined with reconstruction yet.")
+            "but is not combined with reconstruction yet. These rows ran before the per-block fallback to the calibrated "
+            "step sizes (kept when the learned ones give a larger block error) was added; a rerun can move cells where "
+            "that fallback fires.")
     pf = RESULTS / "lowbit_probes.json"
     if pf.is_file():
         pr = json.loads(pf.read_text())

@@ -6,7 +6,7 @@ submodule (at most `block_size` of them, e.g. a residual block), with every op b
 Sketch of BRECQ where the paper's details go further: plain MSE on the block output (no Fisher weighting). Activation
 step sizes stay as calibrated unless `learn_act` (the CLI's --recon-act): then the step sizes of the quantizers inside
 the layer/block are learned with the rounding in the same pass (LSQ-style, as QDrop does; Adam's rate relative to each
-step size; BRECQ's own code learns them
+step size; per block the learned step sizes are kept only if they beat the calibrated ones; BRECQ's own code learns them
 in a second pass after the weights).
 """
 from __future__ import annotations
@@ -207,6 +207,7 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             for r in roundings:
                 r.V.requires_grad_(True)
             steps = _act_steps(sub) if learn_act else []
+            calibrated = [m.a_scale.detach().clone() for m in steps]
             n = len(target)
             inputs = [xs[i.name] for i in ins]
 
@@ -243,6 +244,16 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             for m in steps:  # back to a calibrated buffer: the next block and the artifact see a plain step size
                 _step_to_buffer(m)
             after = err()
+            if steps:  # keep the learned step sizes only where they beat the calibrated ones with the learned rounding
+                learned = [m.a_scale.clone() for m in steps]
+                for m, c in zip(steps, calibrated):
+                    m.a_scale.copy_(c)
+                kept = err()
+                if kept < after:
+                    after = kept
+                else:
+                    for m, t in zip(steps, learned):
+                        m.a_scale.copy_(t)
             for q in layers:
                 bake_rounding_(q)
             for p, rg in frozen:
