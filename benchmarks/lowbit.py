@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
     pool = None
     recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0,
-                 recon_act_lr=a.recon_act_lr or 2e-2)
+                 **({"recon_act_lr": a.recon_act_lr} if a.recon_act_lr > 0 else {}))
     for name in a.models:
         model = pretrained(name)
         tests = {s: load_dataset(f"cifar10:test-{s}", model.input_spec, root) for s in ("exact", "jpeg")}

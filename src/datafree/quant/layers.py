@@ -14,6 +14,22 @@ from .quantizer import RangeObserver, WeightRounding, fake_quant, round_ste, sig
 FLOAT_BITS = 32
 
 
+def as_parameter_(mod: nn.Module, name: str) -> nn.Parameter:
+    """Turn buffer `name` of `mod` into a trainable parameter with the same value (no-op if it is one); returns it."""
+    t = getattr(mod, name)
+    if not isinstance(t, nn.Parameter):
+        delattr(mod, name)  # drops the buffer
+        mod.register_parameter(name, nn.Parameter(t.detach().clone()))
+    return getattr(mod, name)
+
+
+def as_buffer_(mod: nn.Module, name: str) -> None:
+    """Turn parameter `name` of `mod` back into a buffer with the same value."""
+    t = getattr(mod, name).detach().clone()
+    delattr(mod, name)
+    mod.register_buffer(name, t)
+
+
 class QuantLayer(nn.Module):
     """Conv/linear with per-channel symmetric weight and per-tensor asymmetric input fake-quant."""
 

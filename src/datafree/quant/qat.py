@@ -9,15 +9,7 @@ import torch.nn as nn
 from ..data.base import TensorData
 from ..distill import KDConfig, distill_
 from .graph import act_quantizers, tensor_quants
-from .layers import FLOAT_BITS, quant_layers
-
-
-def _to_param(mod: nn.Module, name: str) -> None:
-    t = getattr(mod, name)
-    if isinstance(t, nn.Parameter):
-        return
-    delattr(mod, name)  # drops the buffer
-    mod.register_parameter(name, nn.Parameter(t.detach().clone()))
+from .layers import FLOAT_BITS, as_parameter_, quant_layers
 
 
 def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:
@@ -25,14 +17,14 @@ def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:
     out = []
     for q in quant_layers(qmodel):
         if q.w_bits < FLOAT_BITS:
-            _to_param(q, "w_scale")
+            as_parameter_(q, "w_scale")
             out.append(q.w_scale)
         if q.a_bits < FLOAT_BITS and q.act_quant:
-            _to_param(q, "a_scale")
+            as_parameter_(q, "a_scale")
             out.append(q.a_scale)
     for t in tensor_quants(qmodel, own_only=True):
         if t.act_quant:
-            _to_param(t, "a_scale")
+            as_parameter_(t, "a_scale")
             out.append(t.a_scale)
     return out
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..data.base import TensorData
 from ..errors import DatafreeError
 from .graph import act_quantizers, float_twin
-from .layers import FLOAT_BITS, QuantLayer, quant_layers
+from .layers import FLOAT_BITS, QuantLayer, as_buffer_, as_parameter_, quant_layers
 from .quantizer import WeightRounding, signed_range
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound)
@@ -242,7 +242,7 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             for r in roundings:
                 r.hard = True
             for m in steps:  # back to a calibrated buffer: the next block and the artifact see a plain step size
-                _step_to_buffer(m)
+                as_buffer_(m, "a_scale")
             after = err()
             if steps:  # keep the learned step sizes only where they beat the calibrated ones with the learned rounding
                 learned = [m.a_scale.clone() for m in steps]
@@ -275,19 +275,9 @@ def _act_steps(sub: nn.Module) -> list[nn.Module]:
     out = []
     for m in act_quantizers(sub):
         if getattr(m, "act_quant", False) and m.a_bits < FLOAT_BITS:
-            t = m.a_scale
-            if not isinstance(t, nn.Parameter):
-                delattr(m, "a_scale")
-                m.register_parameter("a_scale", nn.Parameter(t.detach().clone()))
-            m.a_scale.requires_grad_(True)
+            as_parameter_(m, "a_scale").requires_grad_(True)
             out.append(m)
     return out
-
-
-def _step_to_buffer(m: nn.Module) -> None:
-    t = m.a_scale.detach().clone()
-    delattr(m, "a_scale")
-    m.register_buffer("a_scale", t)
 
 
 def rounding_is_valid(before: torch.Tensor, after: torch.Tensor, scale: torch.Tensor, bits: int) -> bool:
