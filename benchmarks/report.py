@@ -495,12 +495,14 @@ def section_audit(name: str = "audit.json") -> str:
            "samples, a leak). The split baseline calibrates hubs: when a few real images are everybody's nearest "
            "neighbour, as for noise, any split gives an extreme share. Membership AUROC of the teacher's confidence, "
            "training vs held-out images (0.5 = members cannot be told apart). Closest pairs: "
-           f"`benchmarks/results/audit{tag}_<method>_pairs.png`.\n",
-           "| method | n | pixel median (real baseline) | ratio | closest (real closest) | feature ratio | nearer train pixel (p) | nearer train feature (p) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           f"`benchmarks/results/audit{tag}_<method>_pairs.png`. *iterations*: pixel methods' optimization steps per "
+           "batch; generator methods (dafl, rdskd, cmi, fast) at their own defaults (generator steps; cmi/fast per "
+           "batch). Rows resume, so the meta's commit is the last run's; the generator rows ran last.\n",
+           "| method | n | iterations | pixel median (real baseline) | ratio | closest (real closest) | feature ratio | nearer train pixel (p) | nearer train feature (p) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in d["rows"]:
         pp, pf = r.get("nearer_train_p_pixel"), r.get("nearer_train_p_feature")
-        out.append(f"| {r['method']} | {r['n']} | {r['pixel_median']:.4f} ({r['pixel_median_real']:.4f}) | "
+        out.append(f"| {r['method']} | {r['n']} | {'-' if r['method'] == 'gaussian' else r.get('iterations', '-')} | {r['pixel_median']:.4f} ({r['pixel_median_real']:.4f}) | "
                    f"{r['pixel_median_ratio']:.2f} | {r['pixel_closest']:.4f} ({r['pixel_closest_real']:.4f}) | "
                    f"{r['feature_median_ratio']:.2f} | {r['nearer_train_pixel']:.2f} ({'-' if pp is None else f'{pp:.3f}'}) | "
                    f"{r['nearer_train_feature']:.2f} ({'-' if pf is None else f'{pf:.3f}'}) |")
