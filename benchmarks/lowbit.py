@@ -3,7 +3,7 @@ row at the size of uniform W3A3. Every layer quantized (first and last too).
 
 Run: python -m benchmarks.lowbit [--models resnet20 resnet56] [--bits w4a4 w3a3 w2a4]
                                  [--sources cifar10:train-exact bn-stats mixmix] [--recon-iters 500] [--kd-steps 500]
-                                 [--recon-lr 1e-2] [--recon-act-lr 2e-2]
+                                 [--recon-lr 1e-2] [--recon-act-lr 2e-2] [--kd-weights train]
 Writes benchmarks/results/lowbit.json: rows model, w_bits, a_bits, source, stage, top1_exact, top1_jpeg, seconds
 (stage: calibrate | adaround | brecq | kd-finetune | mixed; FP32 rows have w_bits 32). `mixmix` samples come from the
 pool of the four shared ResNets (20, 32, 44, 56) at once; every source has the same sample count. Finished rows are
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="activation step sizes learned with the rounding at this lr, relative to each step "
                         "(0: kept from calibration)")
     p.add_argument("--kd-steps", type=int, default=500)
+    p.add_argument("--kd-weights", default="train", choices=["train", "frozen"],
+                   help="kd-finetune: integer weights trained through the STE (the rows in lowbit.json) or frozen at "
+                        "BRECQ's rounding (step sizes and biases train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/lowbit.json")
     p.add_argument("--cache", default="benchmarks/cache")
@@ -51,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
                        "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, "
                                 + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
                                    else "activation step sizes kept from calibration"),
-                       "kd-finetune": f"calibration + BRECQ + {a.kd_steps} KD fine-tuning steps (LSQ steps, weights, biases)",
+                       "kd-finetune": f"calibration + BRECQ + {a.kd_steps} KD fine-tuning steps ("
+                                      + ("LSQ steps and biases; integer weights frozen at BRECQ's rounding)"
+                                         if a.kd_weights == "frozen" else "LSQ steps, weights, biases)"),
                        "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"}}
     store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
     pool = None
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                         ("calibrate", base, None),
                         ("adaround", base.replace(reconstruct="adaround", **recon), None),
                         ("brecq", base.replace(reconstruct="brecq", **recon), None),
-                        ("kd-finetune", base.replace(reconstruct="brecq", **recon),
+                        ("kd-finetune", base.replace(reconstruct="brecq", finetune_weights=a.kd_weights, **recon),
                          KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
                     def run(cfg=cfg, kd=kd) -> dict:
                         t0 = time.time()

@@ -398,8 +398,11 @@ def section_lowbit() -> str:
             "more iterations per block at W2 is the next thing to measure. (2) KD fine-tuning after BRECQ (500 steps, "
             "lr 1e-4, weights through the straight-through estimator) helps only on real data at W4A4/W3A3 (+1.2 / "
             "+0.7) and costs elsewhere (W2A4 real 74.8 -> 71.2, mixmix 70.5 -> 54.0): each weight step undoes the learned "
-            "rounding, and on synthetic samples the KD signal is the noisier one; freezing the rounding (training step "
-            "sizes and biases only) is the obvious variant to try. Mixed precision (calibration only, activations 3 bits, "
+            "rounding, and on synthetic samples the KD signal is the noisier one. Freezing the integer weights (`quantize "
+            "--finetune-weights frozen`: step sizes and biases train) was measured after AdaRound at W3A3 on MixMix "
+            "(probes below, with today's per-block fallback: AdaRound alone 86.6): 85.9 frozen vs 83.9 with the weights "
+            "trained — it limits the damage but does not help, so on 512 synthetic samples the best pipeline stops after "
+            "reconstruction; neither did 2000 reconstruction iterations (AdaRound 84.6, BRECQ 86.1). Mixed precision (calibration only, activations 3 bits, "
             "weights averaging 3 bits) roughly doubles uniform W3A3 calibration (real 65.0 vs 31.9, mixmix 64.1 vs 33.8) "
             "but is not combined with reconstruction yet. These rows ran before the per-block fallback to the calibrated "
             "step sizes (kept when the learned ones give a larger block error) was added; a rerun can move cells where "
@@ -409,8 +412,8 @@ def section_lowbit() -> str:
         pr = json.loads(pf.read_text())
         out += [f"\nReconstruction recipe probes (`lowbit_probes.json`; {pr['meta']['what']}; the probe script and "
                 "its argument form are stored in the file's meta; " + pr["meta"]["note"] + "):\n",
-                "| probe | bits | options | top-1 exact / jpeg | seconds |", "|---|---|---|---|---|"]
-        out += [f"| {r['label']} | W{r['bits'][0]}A{r['bits'][1]} | "
+                "| probe | bits | source | options | top-1 exact / jpeg | seconds |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['label']} | W{r['bits'][0]}A{r['bits'][1]} | {r.get('source', 'bn-stats')} | "
                 + (", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != "reconstruct") or "-")
                 + f" | {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} | {r['seconds']:.0f} |" for r in pr["rows"]]
     for r in mixed:

@@ -1,6 +1,7 @@
 """Reconstruction PTQ: AdaRound's rounding, its regularizer, blocks found by tracing, the error it lowers."""
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -96,6 +97,56 @@ def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digit
     df.save_artifact(q2, path)
     x = calib.x[:32]
     assert torch.equal(df.load_artifact(path)(x).argmax(1), q2(x).argmax(1))
+
+
+def test_frozen_finetune_keeps_the_learned_integers_and_trains_steps_and_biases(digits_teacher, monkeypatch):
+    from datafree.distill import KDConfig
+    from datafree.quant.qat import FrozenRounding
+    from datafree.quant.quantizer import WeightRounding
+
+    m, _ = digits_teacher
+    calib = df.load_dataset("digits:train", m.input_spec).subset(256)
+    test = df.load_dataset("digits:test", m.input_spec)
+    cfg = df.QuantConfig(w_bits=3, a_bits=3, quantize_first_last=True, num_calib=256, reconstruct="adaround",
+                         recon_iters=60)
+    q = df.quantize(m, calib, cfg)
+
+    def ints(model):
+        return [torch.round(l.weight.detach() / l.w_scale.view(-1, *[1] * (l.weight.dim() - 1))) for l in quant_layers(model)]
+
+    k0, s0, b0 = ints(q), [l.w_scale.clone() for l in quant_layers(q)], [l.bias.detach().clone() for l in quant_layers(q)]
+    before = df.evaluate(q, test)["top1"]
+    hist = df.finetune_quantized_(q, m, calib, KDConfig(steps=120, batch_size=64, lr=1e-3), progress=False,
+                                  weights="frozen")
+    assert sum(h["loss"] for h in hist[-20:]) < sum(h["loss"] for h in hist[:20])
+    for a, b in zip(k0, ints(q)):  # the same integers on every layer, at the new step sizes
+        assert torch.equal(a, b)
+    assert any(not torch.allclose(a, l.w_scale) for a, l in zip(s0, quant_layers(q)))
+    assert any(not torch.allclose(a, l.bias) for a, l in zip(b0, quant_layers(q)))
+    assert all(type(l.rounding) is WeightRounding and l.weight.requires_grad for l in quant_layers(q))
+    assert df.evaluate(q, test)["top1"] >= before - 1.0
+    with pytest.raises(df.DatafreeError, match="train or frozen"):
+        df.finetune_quantized_(q, m, calib, KDConfig(steps=5), progress=False, weights="fixed")
+    # an interrupted fine-tuning leaves no frozen layer behind and the weights on their integers
+    import datafree.quant.qat as qat
+
+    def boom(*a, **k):
+        assert all(isinstance(l.rounding, FrozenRounding) and not l.weight.requires_grad for l in quant_layers(q))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qat, "distill_", boom)
+    k1 = ints(q)
+    with pytest.raises(KeyboardInterrupt):
+        df.finetune_quantized_(q, m, calib, KDConfig(steps=5), progress=False, weights="frozen")
+    assert not any(isinstance(l.rounding, FrozenRounding) for l in quant_layers(q))
+    assert all(torch.equal(a, b) for a, b in zip(k1, ints(q)))
+    monkeypatch.undo()
+    # as a quantize option: recorded in the stored config; with train the integers move
+    q2 = df.quantize(m, calib, cfg.replace(finetune_weights="frozen", recon_iters=20), kd=KDConfig(steps=20, batch_size=64))
+    assert q2.transforms[-1]["config"]["finetune_weights"] == "frozen"
+    q3 = df.quantize(m, calib, cfg.replace(recon_iters=20), kd=KDConfig(steps=60, batch_size=64, lr=1e-2))
+    q4 = df.quantize(m, calib, cfg.replace(recon_iters=20))
+    assert any(not torch.equal(a, b) for a, b in zip(ints(q3), ints(q4)))
 
 
 def test_pareto_search_finds_the_brute_force_optimum():

@@ -55,6 +55,11 @@ class QuantConfig(Config):
                           cli=True)
     recon_act_lr: float = opt(2e-2, "Adam learning rate of the activation step sizes with --recon-act, relative to "
                                      "each step size", cli=True)
+    finetune_weights: str = opt("train", "KD fine-tuning (--finetune-steps/--finetune-epochs): train = integer weights "
+                                         "move through the straight-through estimator with step sizes and biases; frozen = "
+                                         "the integer weights stay as calibration/reconstruction left them (the learned "
+                                         "rounding is kept) and only step sizes and biases train", cli=True,
+                                choices=("train", "frozen"))
     round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True)
     block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
                           cli=True)
@@ -87,6 +92,8 @@ class QuantConfig(Config):
         check(self.avg_bits == 0 or 2 <= self.avg_bits <= 8, f"avg_bits must be in [2, 8], got {self.avg_bits}", "avg_bits")
         check(self.target_size >= 0, f"target_size must be >= 0, got {self.target_size}", "target_size")
         check(not (self.avg_bits and self.target_size), "give avg_bits or target_size, not both", "avg_bits")
+        check(self.finetune_weights in ("train", "frozen"),
+              f"finetune_weights must be train or frozen, got {self.finetune_weights!r}", "finetune_weights")
         check(self.layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}", "layout")
 
 
@@ -235,12 +242,14 @@ def stage_reconstruct(st: QuantRun) -> None:
 
 
 def stage_finetune(st: QuantRun) -> None:
-    """With a KD config: weights, biases and step sizes fine-tuned to the FP32 model's logits on the calibration source."""
+    """With a KD config: step sizes, biases and (unless finetune_weights is frozen) weights fine-tuned to the FP32
+    model's logits on the calibration source."""
     if st.kd is None or st.kd.steps == 0:
         return
     from .qat import finetune_quantized_
 
-    st.info["finetune"] = finetune_quantized_(_q(st), st.model, st.calib, st.kd, val=st.val, progress=st.progress)
+    st.info["finetune"] = finetune_quantized_(_q(st), st.model, st.calib, st.kd, val=st.val, progress=st.progress,
+                                              weights=st.config.finetune_weights)
 
 
 def _q(st: QuantRun) -> nn.Module:

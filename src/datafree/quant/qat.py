@@ -1,4 +1,5 @@
-"""Quantization-aware fine-tuning by distillation: learnable step sizes (LSQ-style) plus the KD loop."""
+"""Quantization-aware fine-tuning by distillation: learnable step sizes (LSQ-style), weights trained or their integers
+frozen, plus the KD loop."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,8 +9,10 @@ import torch.nn as nn
 
 from ..data.base import TensorData
 from ..distill import KDConfig, distill_
+from ..errors import DatafreeError
 from .graph import act_quantizers, tensor_quants
-from .layers import FLOAT_BITS, as_parameter_, quant_layers
+from .layers import FLOAT_BITS, QuantLayer, as_parameter_, quant_layers
+from .quantizer import WeightRounding, signed_range
 
 
 def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:
@@ -29,17 +32,62 @@ def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+class FrozenRounding(WeightRounding):
+    """Fixed integer weights: returns the integers it was built with, whatever the float weight (no gradient to it)."""
+
+    def __init__(self, k: torch.Tensor) -> None:
+        super().__init__()
+        self.k = k  # a plain attribute, not state: baked back into the weight when fine-tuning ends
+
+    def forward(self, w_over_s: torch.Tensor) -> torch.Tensor:
+        return self.k
+
+
+def freeze_integer_weights_(qmodel: nn.Module) -> list[QuantLayer]:
+    """Fix every sub-float layer's integer weights at their current rounding (the weights stop training); returns them."""
+    out = []
+    for q in quant_layers(qmodel):
+        if q.w_bits >= FLOAT_BITS:
+            continue
+        with torch.no_grad():
+            qmin, qmax = signed_range(q.w_bits)
+            s = q.w_scale.view(-1, *[1] * (q.weight.dim() - 1))
+            k = torch.clamp(q.rounding(q.weight / s), qmin, qmax).detach()
+        q.set_rounding(FrozenRounding(k))
+        q.weight.requires_grad_(False)
+        out.append(q)
+    return out
+
+
+def unfreeze_integer_weights_(layers: list[QuantLayer]) -> None:
+    """Write each frozen layer's integers at its (possibly learned) step size into the weight; back to round-to-nearest."""
+    for q in layers:
+        r = q.rounding
+        assert isinstance(r, FrozenRounding)
+        with torch.no_grad():
+            q.weight.copy_(r.k * q.w_scale.view(-1, *[1] * (q.weight.dim() - 1)))
+        q.set_rounding(WeightRounding())
+        q.weight.requires_grad_(True)
+
+
 def finetune_quantized_(qmodel: nn.Module, teacher: nn.Module, data: TensorData, config: Optional[KDConfig] = None,
-                        val: Optional[TensorData] = None, progress: bool = True) -> list[dict]:
-    """KD fine-tuning of a calibrated quantized model (weights, biases and step sizes) in place."""
+                        val: Optional[TensorData] = None, progress: bool = True, weights: str = "train") -> list[dict]:
+    """KD fine-tuning of a calibrated quantized model in place: step sizes and biases, and the weights unless
+    `weights` is "frozen" (then the integer weights, e.g. a learned rounding, are kept exactly)."""
+    if weights not in ("train", "frozen"):
+        raise DatafreeError(f"fine-tuning weights must be train or frozen, got {weights!r}")
     enable_learned_steps_(qmodel)
     for q in quant_layers(qmodel):
         with torch.no_grad():
             q.w_scale.clamp_(min=1e-8)
-    hist = distill_(qmodel, teacher, data, config, val=val, progress=progress)
-    with torch.no_grad():
-        for q in quant_layers(qmodel):
-            q.w_scale.clamp_(min=1e-8)
-        for q in act_quantizers(qmodel):
-            q.a_scale.clamp_(min=1e-8)
+    frozen = freeze_integer_weights_(qmodel) if weights == "frozen" else []
+    try:
+        hist = distill_(qmodel, teacher, data, config, val=val, progress=progress)
+    finally:
+        with torch.no_grad():
+            for q in quant_layers(qmodel):
+                q.w_scale.clamp_(min=1e-8)
+            for q in act_quantizers(qmodel):
+                q.a_scale.clamp_(min=1e-8)
+        unfreeze_integer_weights_(frozen)
     return hist
