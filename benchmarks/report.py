@@ -512,6 +512,13 @@ def section_audit(name: str = "audit.json") -> str:
     if d["rows"]:
         out.append(f"\nTeacher membership AUROC (confidence): {d['rows'][0]['membership_auroc']:.3f}; (loss): "
                    f"{d['rows'][0].get('membership_auroc_loss')}.")
+    from .audit import METHODS
+
+    missing = [m for m in METHODS if m not in {r["method"] for r in d["rows"]}]
+    if missing:
+        out.append(f"\nNot run for {model}: {', '.join(missing)} (each trains a generator through {model}: on this "
+                   "2-core machine ~3x its ResNet-20 time of 7-24 min); `python -m benchmarks.audit --model "
+                   f"{model}` adds them to the same file.")
     return "\n".join(out) + "\n"
 
 
