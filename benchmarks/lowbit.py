@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> None:
             "command": command_line("benchmarks.lowbit", a),
             "stages": {"calibrate": "PTQ calibration (fused layout)", "adaround": "calibration + AdaRound (per layer)",
                        "brecq": "calibration + BRECQ (per block; sketch: plain MSE on the block output)",
-                       "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, "
-                                + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
-                                   else "activation step sizes kept from calibration"),
                        "kd-finetune": f"calibration + BRECQ + {a.kd_steps} KD fine-tuning steps ("
                                       + ("LSQ steps and biases; integer weights frozen at BRECQ's rounding)"
                                          if a.kd_weights == "frozen" else "LSQ steps, weights, biases)"),
-                       "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"}}
+                       "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"},
+            "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, "
+                     + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
+                        else "activation step sizes kept from calibration")}
     store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
     pool = None
     recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0,

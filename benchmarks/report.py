@@ -364,7 +364,8 @@ def section_lowbit() -> str:
     rows = d["rows"]
     out = ["## The low-bit frontier: reconstruction and mixed precision per source\n", _meta_line(d["meta"]),
            _incomplete(d["meta"]), "Every layer quantized. Stages: " + "; ".join(f"`{k}` {v}" for k, v in
-                                                                            d["meta"].get("stages", {}).items()) + ".\n",
+                                                                            d["meta"].get("stages", {}).items())
+           + (f". Reconstruction (adaround, brecq): {d['meta']['recon']}" if d["meta"].get("recon") else "") + ".\n",
            "| model | bits | source | calibrate | + AdaRound | + BRECQ | + KD fine-tune | mixed (W3A3 size) |",
            "|---|---|---|---|---|---|---|---|"]
     fp = {r["model"]: r for r in rows if r["stage"] == "fp32"}
