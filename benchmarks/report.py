@@ -95,6 +95,8 @@ def section_kw() -> str:
     if not d["meta"].get("complete"):
         stages += ("\n\n**Incomplete run**: the cells below are those finished so far (the run resumes from this file "
                    "when the same command is repeated); missing cells are not yet measured.")
+    for x in d["meta"].get("added_rows", []):
+        stages += f"\n\nAdded later: {x['rows']} — `{x['command']}` at {x['commit']}; {x['note']}."
     return ("## The Knowledge Within table: calibration, BN re-estimation, KD fine-tuning\n\n"
             "Every layer quantized (first and last included). 512 samples per source, the same fine-tuning budget for "
             "each source. Cells are `test-exact / test-jpeg` top-1. Cell times are wall seconds of calibration plus "
