@@ -29,7 +29,8 @@ class HashConfig(Config):
                                 cli=True)
     init: str = opt("paper", "paper: X, Y ~ N(0, M^-1/2) so X·Y has unit scale, per-tensor scales at the layers' fan-in "
                              "init, fresh BN (the paper; trained from scratch). svd: X·Y the best rank-M fit of the "
-                             "teacher's weights (each tensor divided by its scale), teacher BN", cli=True,
+                             "teacher's weights (each tensor divided by its scale), teacher BN; on ResNet-32 it starts at chance (the "
+                             "concatenated weights are not low-rank; BENCHMARKS.md), so paper is the default", cli=True,
                     choices=("paper", "svd"))
     seed: int = opt(0, "seed of the initialization")
 
