@@ -101,6 +101,21 @@ def test_console_script_help_and_error_exit():
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown dataset spec" in r.stderr
 
 
+def test_every_subcommand_help_renders(capsys):
+    # argparse formats help texts with %, so a literal "98.1 %" in a config field's help once crashed
+    # `synthesize/distill/hash --help` with a ValueError traceback
+    from datafree.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert {"synthesize", "quantize", "distill", "hash", "prune", "extend", "export", "evaluate", "audit"} <= set(sub)
+    for name in sub:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0, name
+        out = capsys.readouterr().out
+        assert out.startswith("usage: ") and "Traceback" not in out, name
+
+
 def test_bn_weight_reaches_the_stored_config(tmp_path, capsys):
     from datafree.data.synthetic import read_manifest
 

@@ -51,7 +51,7 @@ def _add_config_options(p: Any, fields: dict[str, Any], names: Sequence[str], de
         meta = f.metadata
         flag = (flags or {}).get(name) or meta.get("flag") or "--" + name.replace("_", "-")
         default = getattr(defaults, name) if defaults is not None else None
-        h = meta.get("help", "") + help_extra
+        h = (meta.get("help", "") + help_extra).replace("%", "%%")  # plain text: argparse formats help with %
         dest = dest_prefix + name
         if isinstance(f.default, bool):
             if meta.get("negate"):
