@@ -96,13 +96,26 @@ class QuantLayer(nn.Module):
             self.a_zero.fill_(z)
             self.act_quant = True
 
+    def _w_step(self) -> torch.Tensor:
+        return self.w_scale.view(-1, *[1] * (self.weight.dim() - 1))
+
+    def weight_ints(self) -> torch.Tensor:
+        """The weight's integers on the signed b-bit grid, as the current rounding chooses them (sub-float layers)."""
+        qmin, qmax = signed_range(self.w_bits)
+        return torch.clamp(self.rounding(self.weight / self._w_step()), qmin, qmax)
+
     def quant_weight(self) -> torch.Tensor:
         """The fake-quantized weight."""
         if self.w_bits >= FLOAT_BITS:
             return self.weight
-        qmin, qmax = signed_range(self.w_bits)
-        s = self.w_scale.view(-1, *[1] * (self.weight.dim() - 1))
-        return torch.clamp(self.rounding(self.weight / s), qmin, qmax) * s
+        return self.weight_ints() * self._w_step()
+
+    @torch.no_grad()
+    def bake_rounding(self) -> None:
+        """Write the current rounding's quantized weight into the weight and return to round-to-nearest."""
+        if self.w_bits < FLOAT_BITS:
+            self.weight.copy_(self.quant_weight())
+        self.set_rounding(WeightRounding())
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input on this layer's b-bit grid (identity before calibration or at float bits)."""

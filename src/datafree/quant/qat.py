@@ -12,7 +12,7 @@ from ..distill import KDConfig, distill_
 from ..errors import DatafreeError
 from .graph import act_quantizers, tensor_quants
 from .layers import FLOAT_BITS, QuantLayer, as_parameter_, quant_layers
-from .quantizer import WeightRounding, signed_range
+from .quantizer import WeightRounding
 
 
 def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:
@@ -50,9 +50,7 @@ def freeze_integer_weights_(qmodel: nn.Module) -> list[QuantLayer]:
         if q.w_bits >= FLOAT_BITS:
             continue
         with torch.no_grad():
-            qmin, qmax = signed_range(q.w_bits)
-            s = q.w_scale.view(-1, *[1] * (q.weight.dim() - 1))
-            k = torch.clamp(q.rounding(q.weight / s), qmin, qmax).detach()
+            k = q.weight_ints()
         q.set_rounding(FrozenRounding(k))
         q.weight.requires_grad_(False)
         out.append(q)
@@ -62,11 +60,8 @@ def freeze_integer_weights_(qmodel: nn.Module) -> list[QuantLayer]:
 def unfreeze_integer_weights_(layers: list[QuantLayer]) -> None:
     """Write each frozen layer's integers at its (possibly learned) step size into the weight; back to round-to-nearest."""
     for q in layers:
-        r = q.rounding
-        assert isinstance(r, FrozenRounding)
-        with torch.no_grad():
-            q.weight.copy_(r.k * q.w_scale.view(-1, *[1] * (q.weight.dim() - 1)))
-        q.set_rounding(WeightRounding())
+        assert isinstance(q.rounding, FrozenRounding)
+        q.bake_rounding()
         q.weight.requires_grad_(True)
 
 

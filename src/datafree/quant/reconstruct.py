@@ -158,11 +158,7 @@ def bake_rounding_(q: QuantLayer) -> None:
     if not isinstance(r, AdaRoundRounding):
         return
     r.hard = True
-    with torch.no_grad():
-        s = q.w_scale.view(-1, *[1] * (q.weight.dim() - 1))
-        qmin, qmax = signed_range(q.w_bits)
-        q.weight.copy_(torch.clamp(r(q.weight / s), qmin, qmax) * s)
-    q.set_rounding(WeightRounding())
+    q.bake_rounding()
 
 
 def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters: int = 500, round_weight: float = 0.01,
