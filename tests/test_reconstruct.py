@@ -83,13 +83,24 @@ def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digit
     assert len(steps1) == len(steps0) and max(abs(a - b) / a for a, b in zip(steps0, steps1)) > 1e-3  # learned
     assert all(not isinstance(a.a_scale, torch.nn.Parameter) and a.a_scale.dim() == 0 for a in act_quantizers(q))
     assert sum(r["mse_after"] for r in report) < sum(r["mse_before"] for r in report)
-    # on held-out digits the model's output stays about as close to the float one as with the steps kept (measured
-    # over 5 teacher seeds: 0.8-1.25x); an absolute rate, or no per-block fallback to the calibrated steps, doubled it
+    # the per-block fallback: each block keeps whichever step sizes gave the lower block error with its learned rounding
+    for r in report:
+        assert r["mse_after"] == min(r["mse_learned_steps"], r["mse_calibrated_steps"])
+        assert r["act_steps"] == ("calibrated" if r["mse_calibrated_steps"] < r["mse_learned_steps"] else "learned")
+    # on held-out digits: still far better than calibration alone, and no gross loss against the steps kept. The ratio
+    # err_act / err_plain depends on the teacher's float rounding (thread count, CPU): measured over 28 teacher trainings
+    # on 1 and 2 threads 0.81-1.67 (mean 1.11), and 1.51 on the CI machine; err_act / calibrate-only <= 0.8 throughout
     with torch.no_grad():
         ref = m(test.x)
         err_act = F.mse_loss(q(test.x), ref).item()
         err_plain = F.mse_loss(plain(test.x), ref).item()
-    assert err_act <= 1.5 * err_plain, (err_act, err_plain)
+        err_calib = F.mse_loss(df.quantize(m, calib, cfg)(test.x), ref).item()
+    assert err_act < err_calib and err_act <= 2.0 * err_plain, (err_act, err_plain, err_calib)
+    # a step-size rate so high that the learned steps lose in every block: every block falls back to the calibrated ones
+    wild = df.quantize(m, calib, cfg)
+    rep = reconstruct_(wild, calib, "brecq", iters=30, seed=0, learn_act=True, act_lr=50.0)
+    assert all(r["act_steps"] == "calibrated" for r in rep), [r["act_steps"] for r in rep]
+    assert [float(a.a_scale) for a in act_quantizers(wild) if a.act_quant] == steps0
     # as a quantize stage (on by default): stored in the artifact and read back to the same predictions
     q2 = df.quantize(m, calib, cfg.replace(reconstruct="brecq", recon_iters=40))
     assert q2.transforms[-1]["config"]["recon_act"] is True

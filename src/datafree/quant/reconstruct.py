@@ -167,7 +167,8 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                  act_lr: float = 2e-2) -> list[dict]:
     """Learn each weight's rounding (AdaRound: per layer; BRECQ: per block), and with `learn_act` the activation step
     sizes inside it, so that the quantized layer/block output matches the float one on `data`; blocks in order, each
-    seeing the already-reconstructed blocks before it. In place; returns per block {layers, mse_before, mse_after}."""
+    seeing the already-reconstructed blocks before it. In place; returns per block {layers, mse_before, mse_after}, with
+    `learn_act` also mse_learned_steps, mse_calibrated_steps and act_steps (which of the two was kept)."""
     if mode not in ("adaround", "brecq"):
         raise DatafreeError(f"unknown reconstruction {mode!r}; use adaround or brecq")
     if iters < 1 or batch_size < 1 or round_weight < 0:
@@ -240,21 +241,24 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             for m in steps:  # back to a calibrated buffer: the next block and the artifact see a plain step size
                 as_buffer_(m, "a_scale")
             after = err()
+            rec: dict[str, Any] = {"layers": names, "mse_before": before}
             if steps:  # keep the learned step sizes only where they beat the calibrated ones with the learned rounding
                 learned = [m.a_scale.clone() for m in steps]
                 for m, c in zip(steps, calibrated):
                     m.a_scale.copy_(c)
                 kept = err()
+                rec.update(mse_learned_steps=after, mse_calibrated_steps=kept)
                 if kept < after:
                     after = kept
                 else:
                     for m, t in zip(steps, learned):
                         m.a_scale.copy_(t)
+                rec["act_steps"] = "calibrated" if kept < rec["mse_learned_steps"] else "learned"
             for q in layers:
                 bake_rounding_(q)
             for p, rg in frozen:
                 p.requires_grad_(rg)
-            rec = {"layers": names, "mse_before": before, "mse_after": after}
+            rec["mse_after"] = after
             report.append(rec)
             if on_block is not None:
                 on_block(rec)
