@@ -274,7 +274,7 @@ def plot(path: str = "benchmarks/results/kd_resnet56_resnet20.json", png: str = 
             points[f"{row_label(r)} [{r['tag']}]"] = (r["seconds"], r["top1_exact"])
     plot_curves(curves, png, xlabel="wall-clock seconds (synthesis + distillation, this machine)",
                 ylabel="student top-1 on test-exact (%)", title="ResNet-56 -> ResNet-20 from scratch, data-free vs real",
-                points=points, hlines=hlines, figsize=(7.5, 4.5), legend_cols=2)
+                points=points, hlines=hlines, figsize=(10.5, 4.8), legend_outside=True)
     return png
 
 
