@@ -412,7 +412,7 @@ def section_lowbit() -> str:
             "--finetune-weights frozen`: step sizes and biases train) was measured after AdaRound at W3A3 on MixMix "
             "(probes below, with today's per-block fallback: AdaRound alone 86.6): 85.9 frozen vs 83.9 with the weights "
             "trained — it limits the damage but does not help, so on 512 synthetic samples the best pipeline stops after "
-            "reconstruction; neither did 2000 reconstruction iterations (AdaRound 84.6, BRECQ 86.1). Mixed precision (calibration only, activations 3 bits, "
+            "reconstruction; neither did 2000 reconstruction iterations (AdaRound 84.6, BRECQ 86.1) nor 1024 MixMix samples instead of 512 (AdaRound 85.2 / 77.5, BRECQ 83.6 / 76.0: within the 1000-image noise of 512's). Mixed precision (calibration only, activations 3 bits, "
             "weights averaging 3 bits) roughly doubles uniform W3A3 calibration (real 65.0 vs 31.9, mixmix 64.1 vs 33.8) "
             "but is not combined with reconstruction yet. These rows ran before the per-block fallback to the calibrated "
             "step sizes (kept when the learned ones give a larger block error) was added; a rerun can move cells where "
@@ -424,7 +424,8 @@ def section_lowbit() -> str:
                 "its argument form are stored in the file's meta; " + pr["meta"]["note"] + "):\n",
                 "| probe | bits | source | options | top-1 exact / jpeg | seconds |", "|---|---|---|---|---|---|"]
         out += [f"| {r['label']} | W{r['bits'][0]}A{r['bits'][1]} | {r.get('source', 'bn-stats')} | "
-                + (", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != "reconstruct") or "-")
+                + (", ".join([f"{k}={v}" for k, v in r["overrides"].items() if k != "reconstruct"]
+                             + ([f"samples={r['samples']}"] if r.get("samples") else [])) or "-")
                 + f" | {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} | {r['seconds']:.0f} |" for r in pr["rows"]]
     for r in mixed:
         out.append(f"\nMixed precision, {r['model']}, {r['source']}: weights {r.get('avg_bits')} bits on average at the "
