@@ -104,7 +104,7 @@ def teacher_view(data: TensorData, class_conditional: bool = True) -> dict[str, 
 def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, xlabel: str = "seconds",
                 ylabel: str = "top-1 (%)", title: str = "", points: Optional[dict[str, tuple[float, float]]] = None,
                 hlines: Optional[dict[str, float]] = None, figsize: tuple[float, float] = (6.4, 4.0),
-                legend_cols: int = 1, legend_outside: bool = False) -> None:
+                legend_outside: bool = False) -> None:
     """Write a PNG line plot of labelled (x, y) series, single points and horizontal reference lines (headless)."""
     import matplotlib
 
@@ -129,9 +129,9 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, xlabel:
     ax.grid(alpha=0.3)
     if len(curves) + len(points or {}) + len(hlines or {}) > 1:
         if legend_outside:  # many series: beside the axes, so no curve is hidden under it
-            ax.legend(fontsize=7, ncol=legend_cols, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         else:
-            ax.legend(fontsize=8 if legend_cols == 1 else 6, ncol=legend_cols, loc="best" if legend_cols == 1 else "upper left")
+            ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

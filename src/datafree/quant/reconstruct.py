@@ -249,11 +249,11 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 kept = err()
                 rec.update(mse_learned_steps=after, mse_calibrated_steps=kept)
                 if kept < after:
-                    after = kept
+                    after, rec["act_steps"] = kept, "calibrated"
                 else:
                     for m, t in zip(steps, learned):
                         m.a_scale.copy_(t)
-                rec["act_steps"] = "calibrated" if kept < rec["mse_learned_steps"] else "learned"
+                    rec["act_steps"] = "learned"
             for q in layers:
                 bake_rounding_(q)
             for p, rg in frozen:
