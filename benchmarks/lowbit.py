@@ -17,7 +17,7 @@ import time
 from datafree import evaluate, load_dataset, quantize
 from datafree.distill import KDConfig
 from datafree.models.ensemble import Ensemble
-from datafree.quant import QuantConfig
+from datafree.quant import QuantConfig, with_stage
 from datafree.quant.mixed import uniform_weight_bytes
 from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     pool = None
     recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0,
                  **({"recon_act_lr": a.recon_act_lr} if a.recon_act_lr > 0 else {}))
+    def report(key: dict, stage: str) -> None:
+        r = store.get(dict(key, stage=stage))
+        assert r is not None
+        print(f"{key['model']} W{key['w_bits']}A{key['a_bits']} {key['source']:20s} {stage:12s} {r['top1_exact']:.2f} / "
+              f"{r['top1_jpeg']:.2f} ({r['seconds']:.0f} s)", flush=True)
+
     for name in a.models:
         model = pretrained(name)
         tests = {s: load_dataset(f"cifar10:test-{s}", model.input_spec, root) for s in ("exact", "jpeg")}
@@ -89,14 +95,23 @@ def main(argv: list[str] | None = None) -> None:
                         ("brecq", base.replace(reconstruct="brecq", **recon), None),
                         ("kd-finetune", base.replace(reconstruct="brecq", finetune_weights=a.kd_weights, **recon),
                          KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
-                    def run(cfg=cfg, kd=kd) -> dict:
+                    if stage == "brecq":  # the kd-finetune run scores its own BRECQ model as this row (one BRECQ)
+                        continue
+
+                    def run(cfg=cfg, kd=kd, key=key) -> dict:
                         t0 = time.time()
-                        q = quantize(model, data, cfg, kd=kd)
+                        stages = None
+                        if kd is not None and store.get(dict(key, stage="brecq")) is None:
+                            def snap(st, key=key) -> None:  # the BRECQ row, scored before fine-tuning starts
+                                store.run(dict(key, stage="brecq"), lambda: dict(
+                                    score(st.qmodel), seconds=round(time.time() - t0, 2)))
+                                report(key, "brecq")
+                            stages = with_stage("score_brecq", snap, after="reconstruct")
+                        q = quantize(model, data, cfg, kd=kd, stages=stages)
                         return dict(score(q), seconds=round(time.time() - t0, 2))
 
-                    r = store.run(dict(key, stage=stage), run)
-                    print(f"{name} W{wb}A{ab} {src:20s} {stage:12s} {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} "
-                          f"({r['seconds']:.0f} s)", flush=True)
+                    store.run(dict(key, stage=stage), run)
+                    report(key, stage)
             # mixed precision at the weight bytes of uniform W3A3 (activations at 3 bits, every layer quantized)
             size = uniform_weight_bytes(model, 3)
 
