@@ -341,11 +341,16 @@ def section_smh() -> str:
            f"(init {d['meta']['config'].get('init')}); `width` is a thinner ResNet-32 with about as many variables. "
            "Synthesis seconds of the data-free sets: " + ", ".join(f"{k} {v:.0f} s" for k, v in
                                                                  d["meta"].get("synthesis", {}).items()) + ".\n",
-           "| method | data | fraction | variables | top-1 exact | top-1 JPEG | KD steps | seconds | bytes |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| method | data | fraction | shape | variables | top-1 exact | top-1 JPEG | KD steps | seconds | bytes |",
+           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+
+    def shape(r: dict) -> str:
+        return f"M {r['M']}" if "M" in r else f"width {r['base_width']}" if "base_width" in r else "-"
+
     for r in sorted(d["rows"], key=lambda r: (-r["fraction"], r["data"], r["method"])):
-        out.append(f"| {r['method']} | {r['data']} | {r['fraction']:g} | {r['variables']:,} | {r['top1_exact']:.2f} | "
-                   f"{r['top1_jpeg']:.2f} | {r.get('steps', '-')} | {r.get('seconds', 0):.0f} | {r.get('bytes', 0):,} |")
+        out.append(f"| {r['method']} | {r['data']} | {r['fraction']:g} | {shape(r)} | {r['variables']:,} | "
+                   f"{r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | {r.get('steps', '-')} | {r.get('seconds', 0):.0f} | "
+                   f"{r.get('bytes', 0):,} |")
     if d["meta"]["config"].get("budget", 0) <= 300:
         out.append("\nWhat these short rows say: at 300 s per row (400-1600 KD steps at batch 128: 25-100 passes over "
                    "a 2048-sample synthetic set, a fraction of one epoch of cifar10:train-jpeg) every row is far from converged — the real-data row at 25 % is 36.9 pt below the teacher "

@@ -3,7 +3,7 @@ thinner ResNet-32 (width multiplier) with the same variable count. Both learn th
 real data, on the best data-free source and on bn-stats samples, with the same wall-clock budget per row.
 
 Run: python -m benchmarks.smh [--fractions 0.5 0.25 0.1] [--data cifar10:train-jpeg fast bn-stats]
-                              [--methods smh width] [--budget 600] [--init paper]
+                              [--methods smh width] [--budget 600] [--init paper] [--steps-from JSON]
 Writes benchmarks/results/smh_resnet32.json: rows method, data, fraction, variables, top1_exact, top1_jpeg, seconds,
 bytes (+ steps, init or base_width). Synthetic sets are made once (their time is in meta, not in the rows) and shared;
 each row's KD is checkpointed under --cache, so an interrupted run resumes.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +30,10 @@ DATA = ("cifar10:train-jpeg", "fast", "bn-stats")
 
 
 def width_student(teacher: torch.nn.Module, target: int) -> tuple[torch.nn.Module, int]:
-    """The ResNet-32 with the even base width whose variable count is closest to `target` (without exceeding it by
-    more than the nearest smaller width would miss it)."""
+    """The ResNet-32 with the base width (2-16; odd widths pad their option-A shortcuts unevenly) whose variable
+    count is closest to `target`."""
     best = None
-    for w in range(2, 17, 2):
+    for w in range(2, 17):
         m = CifarResNet(32, base_width=w)
         n = sum(p.numel() for p in m.parameters())
         if best is None or abs(n - target) < abs(best[2] - target):
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", nargs="+", default=list(DATA))
     p.add_argument("--methods", nargs="+", default=["smh", "width"], choices=["smh", "width"])
     p.add_argument("--budget", type=float, default=600.0, help="KD wall-clock seconds per row")
+    p.add_argument("--steps-from", default=None, metavar="JSON",
+                   help="equal steps instead of equal time: each row runs as many KD steps as the smh row of this "
+                        "result file with the same data and fraction (e.g. the width baseline at SMH's step count)")
     p.add_argument("--init", default="paper", choices=["paper", "svd"], help="SMH initialization")
     p.add_argument("--num-synth", type=int, default=2048, help="samples of each synthetic set")
     p.add_argument("--batch-size", type=int, default=128)
@@ -75,6 +79,18 @@ def main(argv: list[str] | None = None) -> None:
             "command": command_line("benchmarks.smh", a),
             "protocol": f"KD from the full ResNet-32 for {a.budget:.0f} s of training per row (steps = budget / measured "
                         "step time of that student); synthetic sets made once beforehand (times in meta.synthesis)"}
+    smh_steps: dict[tuple[str, float], int] = {}
+    if a.steps_from:
+        try:
+            ref = json.loads(Path(a.steps_from).read_text())["rows"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"--steps-from {a.steps_from}: not a readable result file ({e}); give smh_resnet32.json")
+        smh_steps = {(r["data"], r["fraction"]): r["steps"] for r in ref if r.get("method") == "smh"}
+        missing = [(d, f) for d in a.data for f in a.fractions if (d, f) not in smh_steps]
+        if missing:
+            raise SystemExit(f"--steps-from {a.steps_from} has no smh row for {missing}; run those rows first")
+        meta["protocol"] = (f"KD from the full ResNet-32 for the step count of the smh row with the same data and "
+                            f"fraction in {a.steps_from} (equal steps, not equal time)")
     store = RowStore(a.out, meta, selection=("fractions", "data", "methods"))
     store.run({"method": "teacher", "data": "none", "fraction": 1.0},
               lambda: {"variables": sum(p.numel() for p in teacher.parameters()),
@@ -94,14 +110,17 @@ def main(argv: list[str] | None = None) -> None:
                 def row(frac=frac, name=name, method=method) -> dict:
                     if method == "smh":
                         student = make_hashed(teacher, HashConfig(fraction=frac, init=a.init, seed=a.seed))
-                        extra = {"init": a.init, "M": student.hash_info["M"]}
+                        extra, tag = {"init": a.init, "M": student.hash_info["M"]}, ""
                     else:
                         student, w = width_student(teacher, round(frac * total))
-                        extra = {"base_width": w}
+                        extra, tag = {"base_width": w}, f"_w{w}"
                     kd = KDConfig.preset("hash", steps=1, batch_size=a.batch_size, lr=a.lr, mixup=a.mixup,
                                          seed=a.seed, val_every=10 ** 6)
-                    steps = max(1, int(a.budget / step_seconds(student, teacher, kd, sources[name])))
-                    ck = Path(a.cache) / "smh_ckpt" / f"{method}_{name.replace(':', '-')}_{frac}_b{a.budget:.0f}"
+                    if a.steps_from:
+                        steps, tag = smh_steps[(name, frac)], f"{tag}_s{smh_steps[(name, frac)]}"
+                    else:
+                        steps = max(1, int(a.budget / step_seconds(student, teacher, kd, sources[name])))
+                    ck = Path(a.cache) / "smh_ckpt" / f"{method}{tag}_{name.replace(':', '-')}_{frac}_b{a.budget:.0f}"
                     r = distill_student_(student, teacher, kd.replace(steps=steps), sources[name],
                                          checkpoint_dir=str(ck), progress=False)
                     with tempfile.TemporaryDirectory() as d:

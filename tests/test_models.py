@@ -22,6 +22,21 @@ def test_cifar_resnet_param_counts(depth, params):
     assert abs(n - params) < 0.01
 
 
+def test_option_a_shortcut_pads_new_channels_around_the_old_ones():
+    from datafree.models.zoo import CifarResNet
+    import torch.nn.functional as F
+
+    x = torch.randn(2, 6, 8, 8)
+    sc = CifarResNet(8, base_width=6).layer2[0].shortcut  # 6 -> 12 channels: 3 zero channels before, 3 after
+    y = sc(x)
+    assert y.shape == (2, 12, 4, 4)
+    assert torch.equal(y, F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 3, 3)))  # the even-width layout the checkpoints use
+    odd = CifarResNet(8, base_width=5)  # 5 -> 10: 2 before, 3 after
+    y = odd.layer2[0].shortcut(x[:, :5])
+    assert torch.equal(y[:, 2:7], x[:, :5, ::2, ::2]) and y[:, :2].abs().sum() == 0 and y[:, 7:].abs().sum() == 0
+    assert odd(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_fingerprint_changes_with_weights():
     a, b = df.create_model("small_cnn"), df.create_model("small_cnn")
     b.load_state_dict(a.state_dict())

@@ -23,14 +23,15 @@ def _attach(model: nn.Module, spec: InputSpec) -> nn.Module:
 
 
 class _ShortcutA(nn.Module):
-    """Parameter-free shortcut: stride-2 subsampling and zero-padding of the new channels."""
+    """Parameter-free shortcut: stride-2 subsampling and zero-padding of the new channels (split evenly before and
+    after the old ones; the extra one after when their number is odd, so odd base widths work)."""
 
-    def __init__(self, planes: int) -> None:
+    def __init__(self, in_planes: int, planes: int) -> None:
         super().__init__()
-        self.pad = planes // 4
+        self.pad = ((planes - in_planes) // 2, planes - in_planes - (planes - in_planes) // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0) + self.pad)
 
 
 class BasicBlock(nn.Module):
@@ -44,7 +45,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = _ShortcutA(planes)
+            self.shortcut = _ShortcutA(in_planes, planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
