@@ -48,8 +48,8 @@ class RowStore:
         if self.path.is_file():  # resume when the protocol matches; `selection` keys only choose which rows run
             old = json.loads(self.path.read_text())
 
-            def proto(c: dict) -> dict:
-                return {k: v for k, v in (c or {}).items() if k not in selection}
+            def proto(c: dict) -> dict:  # an option added later with a None default does not change the protocol
+                return {k: v for k, v in (c or {}).items() if k not in selection and v is not None}
 
             a, b = proto(old.get("meta", {}).get("config")), proto(meta.get("config"))
             if a != b:  # never drop finished rows silently: the user chooses another --out or deletes the file
