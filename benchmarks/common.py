@@ -45,6 +45,7 @@ class RowStore:
         self.path = Path(path)
         self.meta = dict(meta, complete=False)
         self.rows: list[dict[str, Any]] = []
+        self.old_meta: dict[str, Any] = {}  # the meta of the run being resumed, if any
         if self.path.is_file():  # resume when the protocol matches; `selection` keys only choose which rows run
             old = json.loads(self.path.read_text())
 
@@ -56,7 +57,7 @@ class RowStore:
                 diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 raise SystemExit(f"{self.path} holds rows of a different protocol (differs in: {', '.join(diff)}); "
                                  f"pass another --out, or delete the file to start over")
-            self.rows = old["rows"]
+            self.rows, self.old_meta = old["rows"], old.get("meta", {})
 
     def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
         """The stored row whose fields include `key`, if any."""

@@ -637,7 +637,7 @@ def section_demo() -> str:
 
 def _incomplete(meta: dict) -> str:
     return ("" if meta.get("complete") else "\n**Incomplete run**: rows below are those finished so far; the same command "
-            "resumes it.\n")
+            "(with all of the protocol's selections when it ran a subset) resumes it.\n")
 
 
 def _table_section(title: str, prose: str, file: str, render) -> str:

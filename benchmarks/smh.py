@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             d, man = cached_set(teacher, "resnet32", name, a.num_synth, 5 if name == "fast" else 100, a.seed, a.cache)
             sources[name], synth[name] = d, float(man.get("seconds") or 0.0)
-    store.meta["synthesis"] = synth
+    store.meta["synthesis"] = {**store.old_meta.get("synthesis", {}), **synth}  # a subset rerun keeps earlier times
     total = sum(p.numel() for p in teacher.parameters())
     for frac in a.fractions:
         for name in a.data:
