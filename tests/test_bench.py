@@ -60,3 +60,8 @@ def test_rowstore_keeps_rows_when_only_selection_keys_change(tmp_path):
     with pytest.raises(SystemExit, match="differs in: lr"):  # protocol changed: refused, finished rows never dropped
         RowStore(f, {"config": {"steps": 4000, "lr": 5e-4}}, selection=("steps",))
     assert f.read_text() == before
+    # an option added later, left at its None default, is the same protocol: rows and the old meta come back
+    c = RowStore(f, {"config": {"steps": 4000, "lr": 1e-3, "new": None}}, selection=("steps",))
+    assert len(c.rows) == 2 and c.old_meta["config"] == {"steps": 4000, "lr": 1e-3}
+    with pytest.raises(SystemExit, match="differs in: new"):  # ... but set, it is another protocol
+        RowStore(f, {"config": {"steps": 4000, "lr": 1e-3, "new": 1}}, selection=("steps",))
