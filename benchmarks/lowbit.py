@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = None
     recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0,
                  **({"recon_act_lr": a.recon_act_lr} if a.recon_act_lr > 0 else {}))
+
     def report(key: dict, stage: str) -> None:
         r = store.get(dict(key, stage=stage))
         assert r is not None
@@ -92,12 +93,9 @@ def main(argv: list[str] | None = None) -> None:
                 for stage, cfg, kd in (
                         ("calibrate", base, None),
                         ("adaround", base.replace(reconstruct="adaround", **recon), None),
-                        ("brecq", base.replace(reconstruct="brecq", **recon), None),
+                        # also the `brecq` row: this run scores its model after reconstruction (one BRECQ, not two)
                         ("kd-finetune", base.replace(reconstruct="brecq", finetune_weights=a.kd_weights, **recon),
                          KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
-                    if stage == "brecq":  # the kd-finetune run scores its own BRECQ model as this row (one BRECQ)
-                        continue
-
                     def run(cfg=cfg, kd=kd, key=key) -> dict:
                         t0 = time.time()
                         stages = None

@@ -359,9 +359,10 @@ def section_smh() -> str:
                    "same time (10 %: 1263 vs 444), while SMH pays the X·Y product and a full-width network every step. "
                    "The baseline takes the base width closest to the budget, odd widths included (50 %: width 11, 220k "
                    "variables vs SMH's 231k; 10 %: width 5, 46.1k vs 45.8k); before odd widths were possible it was width "
-                   "12 (262k, 68.9) and width 4 (29.6k, 50.4): the fairer 10 % baseline is 10 pt stronger. The data-free "
-                   "width rows at 50 % and 10 % are being rerun at the new widths (the table marks the file incomplete "
-                   "until then). Data-free rows are 16-30 % for both methods: bn-stats samples beat the `fast` generator "
+                   "12 (262k, 68.9) and width 4 (29.6k, 50.4): the fairer 10 % baseline is 10 pt stronger. "
+                   + ("" if d["meta"].get("complete") else "The data-free width rows at 50 % and 10 % are being rerun "
+                      "at the new widths. ")
+                   + "Data-free rows are 16-30 % for both methods: bn-stats samples beat the `fast` generator "
                    "set at 50 % (SMH 29.8 vs 20.1); below they are mixed (25 %: 23.0-23.3 vs 21.2-23.4; 10 %: SMH 16.8 "
                    "vs 21.1); at 25 % the data-free target (within 3 pt of "
                    "real) misses by ~32 pt, and at this budget the rows are limited by the data, not the compressor "
@@ -433,8 +434,7 @@ def section_lowbit() -> str:
             "with 27 blocks — so (a)'s +3.5 compares two weak BRECQ rows. KD after BRECQ recovers part of that at W2A4 "
             "(real 72.5 -> 81.1, mixmix 68.3 -> 73.9, bn-stats 64.8 -> 69.3), costs at W3A3 (real -1.4, bn-stats -1.3, mixmix -1.6) and is "
             "within ±0.8 at W4A4. Mixed precision (calibration only) at the weight bytes of W3A3 more than doubles uniform "
-            "W3A3 calibration here too (real 50.8, bn-stats 60.6, mixmix 62.1 vs 25-28); combined with AdaRound on "
-            "ResNet-20 (probe below) it gives 85.4, below uniform W3A3 AdaRound's 86.6, so it does not close (d) either.")
+            "W3A3 calibration here too (real 50.8, bn-stats 60.6, mixmix 62.1 vs 25-28).")
     pf = RESULTS / "lowbit_probes.json"
     if pf.is_file():
         pr = json.loads(pf.read_text())

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                     kd = KDConfig.preset("hash", steps=1, batch_size=a.batch_size, lr=a.lr, mixup=a.mixup,
                                          seed=a.seed, val_every=10 ** 6)
                     if a.steps_from:
-                        steps, tag = smh_steps[(name, frac)], f"{tag}_s{smh_steps[(name, frac)]}"
+                        steps = smh_steps[(name, frac)]
+                        tag += f"_s{steps}"
                     else:
                         steps = max(1, int(a.budget / step_seconds(student, teacher, kd, sources[name])))
                     ck = Path(a.cache) / "smh_ckpt" / f"{method}{tag}_{name.replace(':', '-')}_{frac}_b{a.budget:.0f}"

@@ -28,7 +28,8 @@ class _ShortcutA(nn.Module):
 
     def __init__(self, in_planes: int, planes: int) -> None:
         super().__init__()
-        self.pad = ((planes - in_planes) // 2, planes - in_planes - (planes - in_planes) // 2)
+        new = planes - in_planes
+        self.pad = (new // 2, new - new // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0) + self.pad)
