@@ -80,7 +80,13 @@ def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digit
     reconstruct_(plain, calib, "brecq", iters=80, seed=0, learn_act=False)
     report = reconstruct_(q, calib, "brecq", iters=80, seed=0, learn_act=True)
     steps1 = [float(a.a_scale) for a in act_quantizers(q) if a.act_quant]
-    assert len(steps1) == len(steps0) and max(abs(a - b) / a for a, b in zip(steps0, steps1)) > 1e-3  # learned
+    # learning moved the step sizes (in each block's report, whichever set was kept afterwards: on some CPUs every block
+    # of this tiny model keeps its calibrated steps), and each final step is either its calibrated or a learned value
+    assert max(abs(a - b) / b for r in report for a, b in zip(r["learned_steps"], r["calibrated_steps"])) > 1e-3
+    learned_vals = {v for r in report for v in r["learned_steps"]}
+    assert len(steps1) == len(steps0) and all(a == b or a in learned_vals for a, b in zip(steps1, steps0))
+    assert (steps1 != steps0) == any(r["act_steps"] == "learned" and r["learned_steps"] != r["calibrated_steps"]
+                                     for r in report)
     assert all(not isinstance(a.a_scale, torch.nn.Parameter) and a.a_scale.dim() == 0 for a in act_quantizers(q))
     assert sum(r["mse_after"] for r in report) < sum(r["mse_before"] for r in report)
     # the per-block fallback: each block keeps whichever step sizes gave the lower block error with its learned rounding

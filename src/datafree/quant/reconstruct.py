@@ -168,7 +168,8 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
     """Learn each weight's rounding (AdaRound: per layer; BRECQ: per block), and with `learn_act` the activation step
     sizes inside it, so that the quantized layer/block output matches the float one on `data`; blocks in order, each
     seeing the already-reconstructed blocks before it. In place; returns per block {layers, mse_before, mse_after}, with
-    `learn_act` also mse_learned_steps, mse_calibrated_steps and act_steps (which of the two was kept)."""
+    `learn_act` also mse_learned_steps, mse_calibrated_steps, learned_steps, calibrated_steps and act_steps (which of
+    the two step sets was kept)."""
     if mode not in ("adaround", "brecq"):
         raise DatafreeError(f"unknown reconstruction {mode!r}; use adaround or brecq")
     if iters < 1 or batch_size < 1 or round_weight < 0:
@@ -247,7 +248,8 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 for m, c in zip(steps, calibrated):
                     m.a_scale.copy_(c)
                 kept = err()
-                rec.update(mse_learned_steps=after, mse_calibrated_steps=kept)
+                rec.update(mse_learned_steps=after, mse_calibrated_steps=kept,
+                           learned_steps=[float(t) for t in learned], calibrated_steps=[float(c) for c in calibrated])
                 if kept < after:
                     after, rec["act_steps"] = kept, "calibrated"
                 else:
