@@ -3,7 +3,7 @@ row at the size of uniform W3A3. Every layer quantized (first and last too).
 
 Run: python -m benchmarks.lowbit [--models resnet20 resnet56] [--bits w4a4 w3a3 w2a4]
                                  [--sources cifar10:train-exact bn-stats mixmix] [--recon-iters 500] [--kd-steps 500]
-                                 [--recon-lr 1e-2] [--recon-act-lr 2e-2] [--kd-weights train]
+                                 [--recon-lr 1e-2] [--recon-act-lr 2e-2] [--round-norm sum] [--kd-weights train]
 Writes benchmarks/results/lowbit.json: rows model, w_bits, a_bits, source, stage, top1_exact, top1_jpeg, seconds
 (stage: calibrate | adaround | brecq | kd-finetune | mixed; FP32 rows have w_bits 32). `mixmix` samples come from the
 pool of the four shared ResNets (20, 32, 44, 56) at once; every source has the same sample count. Finished rows are
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recon-act-lr", type=float, default=2e-2,
                    help="activation step sizes learned with the rounding at this lr, relative to each step "
                         "(0: kept from calibration)")
+    p.add_argument("--round-norm", default="sum", choices=["sum", "mean"],
+                   help="scale of the reconstruction loss (QuantConfig.round_norm); lowbit_meannorm.json holds the "
+                        "grid run with mean, the library default before 2026-12")
     p.add_argument("--kd-steps", type=int, default=500)
     p.add_argument("--kd-weights", default="train", choices=["train", "frozen"],
                    help="kd-finetune: integer weights trained through the STE (the rows in lowbit.json) or frozen at "
@@ -55,12 +58,12 @@ def main(argv: list[str] | None = None) -> None:
                                       + ("LSQ steps and biases; integer weights frozen at BRECQ's rounding)"
                                          if a.kd_weights == "frozen" else "LSQ steps, weights, biases)"),
                        "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"},
-            "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, "
+            "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, rounding loss scale {a.round_norm}, "
                      + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
                         else "activation step sizes kept from calibration")}
     store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
     pool = None
-    recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0,
+    recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0, round_norm=a.round_norm,
                  **({"recon_act_lr": a.recon_act_lr} if a.recon_act_lr > 0 else {}))
 
     def report(key: dict, stage: str) -> None:

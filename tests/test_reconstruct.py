@@ -201,3 +201,27 @@ def test_mixed_precision_plan_meets_the_budget_and_ships(digits_teacher, tmp_pat
     save_artifact(q, tmp_path / "mx.pt")
     back = load_artifact(tmp_path / "mx.pt")
     assert [l.w_bits for l in quant_layers(back)] == [e["w_bits"] for e in plan]
+
+
+def test_round_norm_sum_is_the_mean_loss_rescaled():
+    # sum: squared error summed over the C output channels + w_s x regularizer summed over N weights
+    #    = C x [output MSE + (w_s N / C) x mean regularizer per weight]; so where every layer has N / C = 9, sum at w_s
+    # learns the same rounding as mean at 9 w_s (Adam is invariant to the constant factor C)
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 9, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                            torch.nn.Flatten(), torch.nn.Linear(9, 10)).eval()
+    m.input_spec = DIGITS_SPEC
+    data = df.load_dataset("digits:train", DIGITS_SPEC).subset(128)
+    q = df.quantize(m, data, df.QuantConfig(w_bits=2, a_bits=8, quantize_first_last=True, num_calib=128))
+    layers = quant_layers(q)
+    assert [l.weight[0].numel() for l in layers] == [9, 9]  # N / C per layer
+    runs = {}
+    for norm, w in (("sum", 0.05), ("mean", 0.45), ("mean", 0.05)):
+        qq = copy.deepcopy(q)
+        rep = reconstruct_(qq, data, "adaround", iters=200, lr=0.3, round_weight=w, round_norm=norm, learn_act=False)
+        runs[norm, w] = ([l.weight.detach().clone() for l in quant_layers(qq)], [r["mse_after"] for r in rep])
+    (ws, es), (wm, em), (wl, _) = runs["sum", 0.05], runs["mean", 0.45], runs["mean", 0.05]
+    assert all(torch.allclose(a, b) for a, b in zip(ws, wm)) and es == pytest.approx(em, rel=1e-5)
+    assert not all(torch.equal(a, b) for a, b in zip(ws, wl))  # and the weight matters: 9x weaker rounds differently
+    with pytest.raises(df.DatafreeError, match="mean or sum"):
+        reconstruct_(copy.deepcopy(q), data, "adaround", iters=1, round_norm="max")

@@ -61,6 +61,11 @@ class QuantConfig(Config):
                                          "rounding is kept) and only step sizes and biases train", cli=True,
                                 choices=("train", "frozen"))
     round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True)
+    round_norm: str = opt("sum", "scale of the reconstruction loss: sum = the AdaRound/BRECQ reference code's (squared "
+                                 "error summed over output channels, mean over samples and positions, + --round-weight x "
+                                 "the regularizer summed over weights); mean = output MSE + --round-weight x the mean "
+                                 "regularizer per weight (before 2026-12: 100-1000x weaker rounding pressure, 10-20 pt "
+                                 "lower at W2A4)", cli=True, choices=("sum", "mean"))
     block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
                           cli=True)
     avg_bits: float = opt(0.0, "mixed precision: average weight bits over all conv/linear weights; each layer's width "
@@ -238,7 +243,8 @@ def stage_reconstruct(st: QuantRun) -> None:
 
     st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), cfg.reconstruct, iters=cfg.recon_iters,
                                           round_weight=cfg.round_weight, block_size=cfg.block_size, seed=cfg.seed,
-                                          lr=cfg.recon_lr, learn_act=cfg.recon_act, act_lr=cfg.recon_act_lr)
+                                          lr=cfg.recon_lr, learn_act=cfg.recon_act, act_lr=cfg.recon_act_lr,
+                                          round_norm=cfg.round_norm)
 
 
 def stage_finetune(st: QuantRun) -> None:

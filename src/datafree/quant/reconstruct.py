@@ -164,14 +164,18 @@ def bake_rounding_(q: QuantLayer) -> None:
 def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters: int = 500, round_weight: float = 0.01,
                  block_size: int = 4, batch_size: int = 32, lr: float = 1e-2, seed: int = 0,
                  on_block: Optional[Callable[[dict], None]] = None, learn_act: bool = False,
-                 act_lr: float = 2e-2) -> list[dict]:
+                 act_lr: float = 2e-2, round_norm: str = "sum") -> list[dict]:
     """Learn each weight's rounding (AdaRound: per layer; BRECQ: per block), and with `learn_act` the activation step
     sizes inside it, so that the quantized layer/block output matches the float one on `data`; blocks in order, each
     seeing the already-reconstructed blocks before it. In place; returns per block {layers, mse_before, mse_after}, with
     `learn_act` also mse_learned_steps, mse_calibrated_steps, learned_steps, calibrated_steps and act_steps (which of
-    the two step sets was kept)."""
+    the two step sets was kept). `round_norm` scales the loss: sum = the reference code's scale, squared error summed over
+    output channels (mean over samples and positions) + round_weight x regularizer summed over weights; mean = output
+    MSE + round_weight x mean regularizer per weight."""
     if mode not in ("adaround", "brecq"):
         raise DatafreeError(f"unknown reconstruction {mode!r}; use adaround or brecq")
+    if round_norm not in ("mean", "sum"):
+        raise DatafreeError(f"unknown rounding-loss scale {round_norm!r}; use mean or sum")
     if iters < 1 or batch_size < 1 or round_weight < 0:
         raise DatafreeError("reconstruction needs iterations >= 1, a batch size >= 1 and a rounding weight >= 0")
     was = qmodel.training
@@ -228,10 +232,12 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             warm = int(0.2 * iters)
             for it in range(iters):
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
-                loss = F.mse_loss(sub(*[x[idx] for x in inputs]), target[idx])
+                d2 = (sub(*[x[idx] for x in inputs]) - target[idx]).pow(2)
+                loss = d2.mean() if round_norm == "mean" else d2.sum(1).mean()
                 if it >= warm and round_weight > 0:
                     beta = 20 + (2 - 20) * (it - warm) / max(1, iters - warm)  # annealed 20 -> 2
-                    loss = loss + round_weight * sum(r.regularizer(beta) for r in roundings) / sum(r.V.numel() for r in roundings)
+                    reg = sum(r.regularizer(beta) for r in roundings)
+                    loss = loss + round_weight * (reg / sum(r.V.numel() for r in roundings) if round_norm == "mean" else reg)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
