@@ -334,6 +334,31 @@ def section_deploy_onnx() -> str:
     return "\n".join(out) + "\n"
 
 
+def _smh_equal_steps(rows: list[dict]) -> list[str]:
+    """The width baseline rerun at the SMH rows' step counts (`smh_resnet32_equal_steps.json`), beside both."""
+    f = RESULTS / "smh_resnet32_equal_steps.json"
+    if not f.is_file():
+        return []
+    e = json.loads(f.read_text())
+    out = [f"\nEqual steps instead of equal time (`{f.name}`): " + _meta_line(e["meta"]).strip(), _incomplete(e["meta"]),
+           "| data | fraction | smh (steps) | width, equal time (steps) | width, equal steps |",
+           "|---|---:|---|---|---|"]
+
+    def cell(r: dict | None) -> str:
+        return f"{r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} ({r['steps']})" if r else "-"
+
+    for r in sorted((x for x in rows if x["method"] == "smh"), key=lambda r: (-r["fraction"], r["data"])):
+        k = (r["data"], r["fraction"])
+        w = next((x for x in rows if x["method"] == "width" and (x["data"], x["fraction"]) == k), None)
+        we = next((x for x in e["rows"] if x["method"] == "width" and (x["data"], x["fraction"]) == k), None)
+        out.append(f"| {k[0]} | {k[1]:g} | {cell(r)} | {cell(w)} | {cell(we)} |")
+    out.append(SMH_EQUAL_STEPS)
+    return out
+
+
+SMH_EQUAL_STEPS = ""
+
+
 def section_smh() -> str:
     d = json.loads((RESULTS / "smh_resnet32.json").read_text())
     out = ["## Structured Multi-Hashing: ResNet-32 at a fraction of its variables\n", _meta_line(d["meta"]),
@@ -372,6 +397,7 @@ def section_smh() -> str:
                    "(a rank-M fit of the teacher's row-major weights) starts no better than chance (ResNet-32 at 50 / 25 "
                    "/ 10 %: 11.7 / 16.2 / 8.6 % before any training): the concatenated weights have no low-rank "
                    "structure, so it is not a shortcut (`smh_svd_init.json`, script in its meta).")
+    out += _smh_equal_steps(d["rows"])
     out.append("\nPublished anchor (Eban et al. 2020, real data, GPU-scale training): ResNet-32 at 25 % of its variables "
                "with no accuracy loss, at 10 % still above 90 %; ours are short CPU runs.")
     return "\n".join(out) + "\n"
@@ -390,15 +416,15 @@ LOWBIT_MEAN_READING = (
     "pool of four ResNets beat single-model bn-stats samples at every bit width after AdaRound and after BRECQ, most "
     "where bits are fewest (BRECQ W3A3 85.6 vs 80.9, W2A4 70.5 vs 62.3; JPEG +2.9 and +5.4), and at W3A3 they "
     "match real data on test-exact (AdaRound 86.0 vs 85.0, BRECQ 85.6 vs 84.9; within its ±1 pt noise) while "
-    "staying ~3 pt behind on the 10k JPEG set (76.98 vs 80.23, 76.54 vs 79.27). Two things do not behave as the papers say, both measured, neither fixed yet: (1) our BRECQ is no "
+    "staying ~3 pt behind on the 10k JPEG set (76.98 vs 80.23, 76.54 vs 79.27). Two things do not behave as the papers say: (1) our BRECQ is no "
     "better than AdaRound and falls behind at W2A4 on every source (real 74.8 vs 81.3): one block's rounding "
-    "problem is 2-4 layers large and 500 iterations were tuned at W4A4 (1500 gave nothing there, probes below); "
-    "more iterations per block at W2 is the next thing to measure. (2) KD fine-tuning after BRECQ (500 steps, "
+    "problem is 2-4 layers large and 500 iterations were tuned at W4A4 (1500 gave nothing there, probes in the section above); "
+    "the cause, found later, was the rounding-loss scale (this section's intro; probe round 6). (2) KD fine-tuning after BRECQ (500 steps, "
     "lr 1e-4, weights through the straight-through estimator) helps only on real data at W4A4/W3A3 (+1.2 / "
     "+0.7) and costs elsewhere (W2A4 real 74.8 -> 71.2, mixmix 70.5 -> 54.0): each weight step undoes the learned "
     "rounding, and on synthetic samples the KD signal is the noisier one. Freezing the integer weights (`quantize "
     "--finetune-weights frozen`: step sizes and biases train) was measured after AdaRound at W3A3 on MixMix "
-    "(probes below, with today's per-block fallback: AdaRound alone 86.6): 85.9 frozen vs 83.9 with the weights "
+    "(probes in the section above, with today's per-block fallback: AdaRound alone 86.6): 85.9 frozen vs 83.9 with the weights "
     "trained — it limits the damage but does not help, so on 512 synthetic samples the best pipeline stops after "
     "reconstruction; neither did 2000 reconstruction iterations (AdaRound 84.6, BRECQ 86.1) nor 1024 MixMix samples instead of 512 (AdaRound 85.2 / 77.5, BRECQ 83.6 / 76.0: within the 1000-image noise of 512's). Mixed precision (calibration only, activations 3 bits, "
     "weights averaging 3 bits) roughly doubles uniform W3A3 calibration (real 65.0 vs 31.9, mixmix 64.1 vs 33.8) "
@@ -415,7 +441,10 @@ LOWBIT_MEAN_READING = (
     "within ±0.8 at W4A4. Mixed precision (calibration only) at the weight bytes of W3A3 more than doubles uniform "
     "W3A3 calibration here too (real 50.8, bn-stats 60.6, mixmix 62.1 vs 25-28).")
 
-LOWBIT_NOW = ""
+LOWBIT_NOW = (
+    "\nThis grid runs with the reconstruction loss at the AdaRound/BRECQ reference scale (`round_norm sum`, the library "
+    "default since 2026-12-03; probe round 6 below found the old per-weight mean 100-1000x too weak on the rounding). "
+    "The previous complete grid, its targets and its reading are in the next section.")
 
 
 def section_lowbit() -> str:

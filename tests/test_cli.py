@@ -180,6 +180,11 @@ def test_config_versions_round_trip_and_old_dicts_load():
     assert KDConfig.from_dict(old) == KDConfig(lr=3e-3)
     with pytest.raises(df.DatafreeError, match="newer datafree"):
         KDConfig.from_dict({**d, "config_version": 99})
+    # QuantConfig 2 added round_norm (default sum); a version-1 dict reconstructed with the per-weight mean scale
+    q = df.QuantConfig(reconstruct="brecq").to_dict()
+    assert q["config_version"] == 2 and q["round_norm"] == "sum" and df.QuantConfig.from_dict(q).round_norm == "sum"
+    v1 = {k: v for k, v in q.items() if k not in ("config_version", "round_norm")}
+    assert df.QuantConfig.from_dict(v1) == df.QuantConfig(reconstruct="brecq", round_norm="mean")
 
 
 def test_a_set_written_before_config_versions_resumes(digits_teacher, tmp_path, capsys):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,8 @@ def _bits_ok(b: int) -> bool:
 @dataclasses.dataclass
 class QuantConfig(Config):
     """Simulated PTQ settings."""
+
+    version: ClassVar[int] = 2  # 2: round_norm (files before it reconstructed with the per-weight mean scale)
 
     w_bits: int = opt(8, "weight bits (2-8, 32 = float)", cli=True)
     a_bits: int = opt(8, "activation bits (2-8, 32 = float)", cli=True)
@@ -76,6 +78,11 @@ class QuantConfig(Config):
                                "included, as onnxruntime's integer kernels run it; inputs = each layer quantizes its "
                                "own input only (datafree <= 0.3; the shortcut stays float)", cli=True,
                       choices=("fused", "inputs"))
+
+    @classmethod
+    def migrate(cls, d: dict[str, Any], from_version: int) -> dict[str, Any]:
+        """Version 1 files reconstructed with the per-weight mean loss scale."""
+        return {"round_norm": "mean", **d} if from_version < 2 else d
 
     def validate(self) -> None:
         for k in ("w_bits", "a_bits", "first_last_bits"):
