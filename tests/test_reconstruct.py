@@ -225,3 +225,36 @@ def test_round_norm_sum_is_the_mean_loss_rescaled():
     assert not all(torch.equal(a, b) for a, b in zip(ws, wl))  # and the weight matters: 9x weaker rounds differently
     with pytest.raises(df.DatafreeError, match="mean or sum"):
         reconstruct_(copy.deepcopy(q), data, "adaround", iters=1, round_norm="max")
+
+
+def test_qdrop_keeps_each_activation_float_with_its_probability_and_only_while_learning(digits_teacher):
+    from datafree.quant.quantizer import drop_quant
+
+    x = torch.linspace(-1, 1, 20000)
+    xq = torch.round(x * 4) / 4
+    g = torch.Generator().manual_seed(0)
+    y = drop_quant(x, xq, (0.5, g))
+    kept_float = (y == x) & (x != xq)
+    differs = x != xq
+    assert torch.all((y == x) | (y == xq))  # every element is its float or its quantized value
+    assert abs(kept_float.sum().item() / differs.sum().item() - 0.5) < 0.02  # about half kept float
+    assert torch.equal(drop_quant(x, xq, None), xq) and torch.equal(drop_quant(x, xq, (0.0, g)), xq)
+
+    m, _ = digits_teacher
+    calib = df.load_dataset("digits:train", m.input_spec).subset(128)
+    cfg = df.QuantConfig(w_bits=3, a_bits=3, quantize_first_last=True, num_calib=128)
+    q = df.quantize(m, calib, cfg)
+    runs = []
+    for drop in (0.5, 0.5, 0.0):
+        qq = copy.deepcopy(q)
+        rep = reconstruct_(qq, calib, "brecq", iters=40, seed=0, drop=drop)
+        assert not any("qdrop" in vars(mod) for mod in qq.modules())  # nothing left dropping after reconstruction
+        runs.append(([l.weight.detach().clone() for l in quant_layers(qq)], rep))
+    (w1, r1), (w2, r2), (w0, r0) = runs
+    assert all(torch.equal(a, b) for a, b in zip(w1, w2)) and r1 == r2  # seeded: the same drops, the same rounding
+    assert not all(torch.equal(a, b) for a, b in zip(w1, w0))  # dropping changes what is learned
+    assert sum(r["mse_after"] for r in r1) < sum(r["mse_before"] for r in r1)  # errors measured without dropping
+    with pytest.raises(df.DatafreeError, match="QDrop"):
+        reconstruct_(copy.deepcopy(q), calib, "brecq", iters=1, drop=1.0)
+    with pytest.raises(df.DatafreeError, match="recon_drop"):
+        df.QuantConfig(recon_drop=-0.1)

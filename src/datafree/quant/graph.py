@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import DatafreeError
 from .layers import FLOAT_BITS, QuantLayer, quant_layers
-from .quantizer import act_qparams, fake_quant, unsigned_range
+from .quantizer import act_qparams, drop_quant, fake_quant, unsigned_range
 
 LAYOUTS = ("fused", "inputs")
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -45,6 +45,8 @@ _MOVE_METHODS = {"flatten", "view", "reshape", "contiguous", "permute", "transpo
 class TensorQuant(nn.Module):
     """Fake-quantizes one activation tensor on the uint8 grid: with a QuantLayer's (or another TensorQuant's)
     parameters when `owner` is given, else with its own calibrated range at `bits`."""
+
+    qdrop: Optional[tuple[float, torch.Generator]] = None  # set only while reconstruction drops quantization (QDrop)
 
     def __init__(self, owner: Optional[nn.Module] = None, bits: int = 8) -> None:
         super().__init__()
@@ -81,7 +83,7 @@ class TensorQuant(nn.Module):
         p = self.params()
         if p is None:
             return x
-        return fake_quant(x, p[0], p[1], *unsigned_range(8))
+        return drop_quant(x, fake_quant(x, p[0], p[1], *unsigned_range(8)), self.qdrop)
 
     def extra_repr(self) -> str:
         return "shared" if self.owner is not None else f"own range, bits={self.a_bits}"

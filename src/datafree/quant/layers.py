@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..errors import DatafreeError
 from ..utils import batch_moments
-from .quantizer import RangeObserver, WeightRounding, fake_quant, round_ste, signed_range, unsigned_range, weight_scales
+from .quantizer import RangeObserver, WeightRounding, drop_quant, fake_quant, round_ste, signed_range, unsigned_range, weight_scales
 
 FLOAT_BITS = 32
 
@@ -32,6 +32,8 @@ def as_buffer_(mod: nn.Module, name: str) -> None:
 
 class QuantLayer(nn.Module):
     """Conv/linear with per-channel symmetric weight and per-tensor asymmetric input fake-quant."""
+
+    qdrop: Optional[tuple[float, torch.Generator]] = None  # set only while reconstruction drops quantization (QDrop)
 
     def __init__(self, layer: nn.Module, bn: Optional[nn.Module] = None, w_bits: int = 8, a_bits: int = 8) -> None:
         super().__init__()
@@ -121,7 +123,7 @@ class QuantLayer(nn.Module):
         """The input on this layer's b-bit grid (identity before calibration or at float bits)."""
         if self.act_quant and self.a_bits < FLOAT_BITS:
             qmin, qmax = unsigned_range(self.a_bits)
-            return fake_quant(x, self.a_scale, self.a_zero, qmin, qmax)
+            return drop_quant(x, fake_quant(x, self.a_scale, self.a_zero, qmin, qmax), self.qdrop)
         return x
 
     def bias_scale(self) -> Optional[torch.Tensor]:

@@ -62,6 +62,9 @@ class QuantConfig(Config):
                                          "the integer weights stay as calibration/reconstruction left them (the learned "
                                          "rounding is kept) and only step sizes and biases train", cli=True,
                                 choices=("train", "frozen"))
+    recon_drop: float = opt(0.0, "QDrop (Wei et al. 2022; the paper uses 0.5): while reconstruction learns, each "
+                                 "activation inside the layer/block is left unquantized with this probability; 0 = off",
+                            cli=True)
     round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True)
     round_norm: str = opt("sum", "scale of the reconstruction loss: sum = the AdaRound/BRECQ reference code's (squared "
                                  "error summed over output channels, mean over samples and positions, + --round-weight x "
@@ -99,6 +102,7 @@ class QuantConfig(Config):
               f"reconstruct must be none, adaround or brecq, got {self.reconstruct!r}", "reconstruct")
         check(self.recon_iters >= 1, f"recon_iters must be >= 1, got {self.recon_iters}", "recon_iters")
         check(self.recon_lr > 0 and self.recon_act_lr > 0, "recon_lr and recon_act_lr must be > 0", "recon_lr")
+        check(0.0 <= self.recon_drop < 1.0, f"recon_drop must be in [0, 1), got {self.recon_drop}", "recon_drop")
         check(self.round_weight >= 0, f"round_weight must be >= 0, got {self.round_weight}", "round_weight")
         check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}", "block_size")
         check(self.avg_bits == 0 or 2 <= self.avg_bits <= 8, f"avg_bits must be in [2, 8], got {self.avg_bits}", "avg_bits")
@@ -251,7 +255,7 @@ def stage_reconstruct(st: QuantRun) -> None:
     st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), cfg.reconstruct, iters=cfg.recon_iters,
                                           round_weight=cfg.round_weight, block_size=cfg.block_size, seed=cfg.seed,
                                           lr=cfg.recon_lr, learn_act=cfg.recon_act, act_lr=cfg.recon_act_lr,
-                                          round_norm=cfg.round_norm)
+                                          round_norm=cfg.round_norm, drop=cfg.recon_drop)
 
 
 def stage_finetune(st: QuantRun) -> None:

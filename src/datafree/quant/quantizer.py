@@ -1,6 +1,8 @@
 """Uniform fake quantization with a straight-through estimator, MSE-optimal weight clipping and range observers."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -32,6 +34,14 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     """(clamp(round(x / s) + z, qmin, qmax) - z) * s, with straight-through rounding."""
     q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
+
+
+def drop_quant(x: torch.Tensor, xq: torch.Tensor, drop: Optional[tuple[float, torch.Generator]]) -> torch.Tensor:
+    """QDrop: with `drop` = (p, generator) each element is left at its float value x with probability p, else xq."""
+    if drop is None or drop[0] <= 0:
+        return xq
+    keep_float = torch.rand(x.shape, generator=drop[1]).to(x.device) < drop[0]
+    return torch.where(keep_float, x, xq)
 
 
 def quantize_int(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..data.base import TensorData
 from ..errors import DatafreeError
-from .graph import act_quantizers, float_twin
+from .graph import TensorQuant, act_quantizers, float_twin
 from .layers import FLOAT_BITS, QuantLayer, as_buffer_, as_parameter_, quant_layers
 from .quantizer import WeightRounding, signed_range
 
@@ -164,18 +164,21 @@ def bake_rounding_(q: QuantLayer) -> None:
 def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters: int = 500, round_weight: float = 0.01,
                  block_size: int = 4, batch_size: int = 32, lr: float = 1e-2, seed: int = 0,
                  on_block: Optional[Callable[[dict], None]] = None, learn_act: bool = False,
-                 act_lr: float = 2e-2, round_norm: str = "sum") -> list[dict]:
+                 act_lr: float = 2e-2, round_norm: str = "sum", drop: float = 0.0) -> list[dict]:
     """Learn each weight's rounding (AdaRound: per layer; BRECQ: per block), and with `learn_act` the activation step
     sizes inside it, so that the quantized layer/block output matches the float one on `data`; blocks in order, each
     seeing the already-reconstructed blocks before it. In place; returns per block {layers, mse_before, mse_after}, with
     `learn_act` also mse_learned_steps, mse_calibrated_steps, learned_steps, calibrated_steps and act_steps (which of
     the two step sets was kept). `round_norm` scales the loss: sum = the reference code's scale, squared error summed over
     output channels (mean over samples and positions) + round_weight x regularizer summed over weights; mean = output
-    MSE + round_weight x mean regularizer per weight."""
+    MSE + round_weight x mean regularizer per weight. `drop` > 0 (QDrop): while learning, each activation inside the
+    layer/block is left unquantized with that probability (the errors are measured without dropping)."""
     if mode not in ("adaround", "brecq"):
         raise DatafreeError(f"unknown reconstruction {mode!r}; use adaround or brecq")
     if round_norm not in ("mean", "sum"):
         raise DatafreeError(f"unknown rounding-loss scale {round_norm!r}; use mean or sum")
+    if not 0.0 <= drop < 1.0:
+        raise DatafreeError(f"the QDrop probability must be in [0, 1), got {drop}")
     if iters < 1 or batch_size < 1 or round_weight < 0:
         raise DatafreeError("reconstruction needs iterations >= 1, a batch size >= 1 and a rounding weight >= 0")
     was = qmodel.training
@@ -230,6 +233,9 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             groups += [{"params": [m.a_scale], "lr": act_lr * float(m.a_scale.detach())} for m in steps]
             opt = torch.optim.Adam(groups)
             warm = int(0.2 * iters)
+            droppers = [m for m in sub.modules() if isinstance(m, (QuantLayer, TensorQuant))] if drop > 0 else []
+            for m in droppers:
+                m.qdrop = (drop, g)
             for it in range(iters):
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
                 d2 = (sub(*[x[idx] for x in inputs]) - target[idx]).pow(2)
@@ -243,6 +249,8 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 opt.step()
                 for m in steps:
                     m.a_scale.data.clamp_(min=1e-8)
+            for m in droppers:
+                del m.qdrop  # back to the class default: no dropping
             for r in roundings:
                 r.hard = True
             for m in steps:  # back to a calibrated buffer: the next block and the artifact see a plain step size
@@ -271,6 +279,9 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             if on_block is not None:
                 on_block(rec)
     finally:
+        for m in qmodel.modules():  # an interrupted block leaves no dropping behind
+            if "qdrop" in vars(m):
+                del m.qdrop
         for q in quant_layers(qmodel):
             if isinstance(q.rounding, AdaRoundRounding):
                 bake_rounding_(q)
