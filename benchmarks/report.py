@@ -444,7 +444,18 @@ LOWBIT_MEAN_READING = (
 LOWBIT_NOW = (
     "\nThis grid runs with the reconstruction loss at the AdaRound/BRECQ reference scale (`round_norm sum`, the library "
     "default since 2026-12-03; probe round 6 below found the old per-weight mean 100-1000x too weak on the rounding). "
-    "The previous complete grid, its targets and its reading are in the next section.")
+    "The previous complete grid, its targets and its reading are in the next section; the ResNet-56 half is still to "
+    "rerun. What the reference scale changed on ResNet-20: BRECQ at W2A4 rose on every source (real 74.8 -> 84.9, "
+    "bn-stats 62.3 -> 76.5, MixMix 70.5 -> 78.9) and is now level with AdaRound (84.4 / 75.2 / 81.2) instead of 7-9 pt "
+    "behind; AdaRound gained 2.4-4.1 pt at W2A4 too; at W4A4 cells moved up by up to 1.6 (real BRECQ 89.4 -> 91.0), at "
+    "W3A3 real and bn-stats rose (BRECQ 84.9 -> 86.5, AdaRound 82.0 -> 84.6) while MixMix fell within the 1000-image "
+    "noise (AdaRound 86.0 -> 84.1, BRECQ 85.6 -> 84.7; JPEG 77.0 -> 77.1 and 76.5 -> 77.4, i.e. flat). So MixMix's "
+    "margin over bn-stats after BRECQ narrows where bn-stats gained most: +3.0 at W3A3 (jpeg +3.2), +2.4 at W2A4 (jpeg "
+    "+4.7, was +8.2): part of the old margin was BRECQ's weakness, which better samples had partly hidden. KD "
+    "fine-tuning after BRECQ still costs wherever bits are few (W2A4 real 84.9 -> 75.0, MixMix 78.9 -> 60.9) and helps "
+    "only on real data at W4A4 (+0.7). Best data-free W3A3 is now 84.7 (target 87 missed; real data reaches 86.5 with "
+    "the same pipeline); QDrop (activations left float at p 0.5 while the rounding learns, probe round 7) stays within "
+    "the noise there (AdaRound 85.1, BRECQ 84.8).")
 
 
 def section_lowbit() -> str:
