@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
                 rr = store.run({"method": method, "data": name, "fraction": frac}, row)
                 print(f"{method} {name} {frac}: {rr['variables']} variables, top-1 {rr['top1_exact']:.2f} / "
                       f"{rr['top1_jpeg']:.2f} ({rr['steps']} steps, {rr['seconds']:.0f} s)", flush=True)
-    store.finish(complete=set(a.data) == set(DATA) and set(a.methods) == {"smh", "width"}
-                 and sorted(a.fractions) == [0.1, 0.25, 0.5])
+    # with --steps-from the smh rows are the reference file's own, so the width rows alone are the whole protocol
+    store.finish(complete=set(a.data) == set(DATA) and sorted(a.fractions) == [0.1, 0.25, 0.5]
+                 and set(a.methods) == ({"width"} if a.steps_from else {"smh", "width"}))
 
 
 if __name__ == "__main__":
