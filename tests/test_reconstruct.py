@@ -225,6 +225,8 @@ def test_round_norm_sum_is_the_mean_loss_rescaled():
     assert not all(torch.equal(a, b) for a, b in zip(ws, wl))  # and the weight matters: 9x weaker rounds differently
     with pytest.raises(df.DatafreeError, match="mean or sum"):
         reconstruct_(copy.deepcopy(q), data, "adaround", iters=1, round_norm="max")
+    with pytest.raises(df.DatafreeError, match="round_norm must be sum or mean"):  # caught with the config, before any work
+        df.QuantConfig(round_norm="max")
 
 
 def test_qdrop_keeps_each_activation_float_with_its_probability_and_only_while_learning(digits_teacher):

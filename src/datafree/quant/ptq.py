@@ -102,6 +102,7 @@ class QuantConfig(Config):
               f"reconstruct must be none, adaround or brecq, got {self.reconstruct!r}", "reconstruct")
         check(self.recon_iters >= 1, f"recon_iters must be >= 1, got {self.recon_iters}", "recon_iters")
         check(self.recon_lr > 0 and self.recon_act_lr > 0, "recon_lr and recon_act_lr must be > 0", "recon_lr")
+        check(self.round_norm in ("sum", "mean"), f"round_norm must be sum or mean, got {self.round_norm!r}", "round_norm")
         check(0.0 <= self.recon_drop < 1.0, f"recon_drop must be in [0, 1), got {self.recon_drop}", "recon_drop")
         check(self.round_weight >= 0, f"round_weight must be >= 0, got {self.round_weight}", "round_weight")
         check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}", "block_size")

@@ -236,14 +236,14 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
             droppers = [m for m in sub.modules() if isinstance(m, (QuantLayer, TensorQuant))] if drop > 0 else []
             for m in droppers:
                 m.qdrop = (drop, g)
+            reg_norm = sum(r.V.numel() for r in roundings) if round_norm == "mean" else 1  # per weight, or summed
             for it in range(iters):
                 idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
                 d2 = (sub(*[x[idx] for x in inputs]) - target[idx]).pow(2)
                 loss = d2.mean() if round_norm == "mean" else d2.sum(1).mean()
                 if it >= warm and round_weight > 0:
                     beta = 20 + (2 - 20) * (it - warm) / max(1, iters - warm)  # annealed 20 -> 2
-                    reg = sum(r.regularizer(beta) for r in roundings)
-                    loss = loss + round_weight * (reg / sum(r.V.numel() for r in roundings) if round_norm == "mean" else reg)
+                    loss = loss + round_weight * (sum(r.regularizer(beta) for r in roundings) / reg_norm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
