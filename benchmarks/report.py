@@ -417,7 +417,7 @@ LOWBIT_MEAN_INTRO = (
     "the rounding variables than the AdaRound/BRECQ reference code (squared error summed over output channels + 0.01 "
     "x the regularizer summed over weights), so at the end many of them are still far from 0 or 1 and the final hard "
     "rounding departs from what was optimized: it cost BRECQ most (2-4 layers per block) and W2 most. Kept because "
-    "the ResNet-56 half of the rerun with the reference scale (the library default now) is still to run.")
+    "the ResNet-56 MixMix rows of the rerun with the reference scale (the library default now) are still to run.")
 
 LOWBIT_MEAN_READING = (
     "\nReading the ResNet-20 rows. MixMix samples from the "
@@ -452,8 +452,9 @@ LOWBIT_MEAN_READING = (
 LOWBIT_NOW = (
     "\nThis grid runs with the reconstruction loss at the AdaRound/BRECQ reference scale (`round_norm sum`, the library "
     "default since 2026-12-03; probe round 6 below found the old per-weight mean 100-1000x too weak on the rounding). "
-    "The previous complete grid, its targets and its reading are in the next section; the ResNet-56 half is still to "
-    "rerun. What the reference scale changed on ResNet-20: BRECQ at W2A4 rose on every source (real 74.8 -> 84.9, "
+    "The previous complete grid, its targets and its reading are in the next section; of the ResNet-56 half, the real "
+    "and bn-stats rows are rerun and the MixMix rows are still to run (`python -m benchmarks.lowbit --models resnet56` "
+    "resumes). What the reference scale changed on ResNet-20: BRECQ at W2A4 rose on every source (real 74.8 -> 84.9, "
     "bn-stats 62.3 -> 76.5, MixMix 70.5 -> 78.9) and is now level with AdaRound (84.4 / 75.2 / 81.2) instead of 7-9 pt "
     "behind; AdaRound gained 2.4-4.1 pt at W2A4 too; at W4A4 cells moved up by up to 1.6 (real BRECQ 89.4 -> 91.0), at "
     "W3A3 real and bn-stats rose (BRECQ 84.9 -> 86.5, AdaRound 82.0 -> 84.6) while MixMix fell within the 1000-image "
@@ -463,7 +464,14 @@ LOWBIT_NOW = (
     "fine-tuning after BRECQ still costs wherever bits are few (W2A4 real 84.9 -> 75.0, MixMix 78.9 -> 60.9) and helps "
     "only on real data at W4A4 (+0.7). Best data-free W3A3 is now 84.7 (target 87 missed; real data reaches 86.5 with "
     "the same pipeline); QDrop (activations left float at p 0.5 while the rounding learns, probe round 7) stays within "
-    "the noise there (AdaRound 85.1, BRECQ 84.8).")
+    "the noise there (AdaRound 85.1, BRECQ 84.8); neither do 4x longer pixel synthesis (probe round 8: bn-stats at "
+    "400 iterations, BRECQ W3A3 81.7 -> 83.9 on test-exact but flat on JPEG, 74.2 -> 74.2, and W4A4 89.0 -> 89.3 / "
+    "79.7 -> 77.9). On ResNet-56 (FP32 92.6 / 83.2) the reference scale fixed the same weakness: BRECQ W2A4 real "
+    "72.5 -> 89.5, bn-stats 64.8 -> 85.1, now ahead of AdaRound (88.1, 83.2); W3A3 bn-stats BRECQ 86.3 -> 87.2, "
+    "W4A4 real BRECQ 91.4 -> 92.3, bn-stats level (91.0). bn-stats after BRECQ trails real data by 1.3 at W4A4 "
+    "(JPEG 1.7), 1.7 at W3A3 (JPEG 3.0) and 4.4 at W2A4; KD after BRECQ again costs at W2A4 (real 89.5 -> 85.1, "
+    "bn-stats 85.1 -> 77.2) and is within the noise at W4A4/W3A3. The mixed rows are calibration only and did not "
+    "change.")
 
 
 def section_lowbit() -> str:
@@ -530,8 +538,10 @@ def _lowbit_probes() -> list[str]:
                 "its argument form are stored in the file's meta; " + pr["meta"]["note"] + "):\n",
                 "| probe | bits | source | options | top-1 exact / jpeg | seconds |", "|---|---|---|---|---|---|"]
         out += [f"| {r['label']} | W{r['bits'][0]}A{r['bits'][1]} | {r.get('source', 'bn-stats')} | "
-                + (", ".join([f"{k}={v}" for k, v in r["overrides"].items() if k != "reconstruct"]
-                             + ([f"samples={r['samples']}"] if r.get("samples") else [])) or "-")
+                + (", ".join([f"{k}={v}" for k, v in r.get("overrides", {}).items() if k != "reconstruct"]
+                             + ([f"samples={r['samples']}"] if r.get("samples") else [])
+                             + ([f"synthesis iterations={r['synth_iterations']}"] if r.get("synth_iterations") else []))
+                   or "-")
                 + f" | {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} | {r['seconds']:.0f} |" for r in pr["rows"]]
     return out
 
