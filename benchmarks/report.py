@@ -356,6 +356,41 @@ def _smh_equal_steps(rows: list[dict]) -> list[str]:
     return out
 
 
+def _smh_long(rows: list[dict]) -> list[str]:
+    """The 25 % real-data pair at a longer budget (`smh_resnet32_long.json`) beside the short rows."""
+    f = RESULTS / "smh_resnet32_long.json"
+    if not f.is_file():
+        return []
+    e = json.loads(f.read_text())
+    budget = e["meta"]["config"]["budget"]
+    out = [f"\nA longer budget, 25 % on real data (`{f.name}`, {budget:.0f} s per row): " + _meta_line(e["meta"]).strip(),
+           "", "| method | 300 s: exact / JPEG (steps) | "
+           f"{budget:.0f} s: exact / JPEG (steps) |", "|---|---|---|"]
+
+    def cell(r: dict | None) -> str:
+        return f"{r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} ({r['steps']})" if r else "-"
+
+    for m in ("smh", "width"):
+        k = (m, "cifar10:train-jpeg", 0.25)
+        short = next((x for x in rows if (x["method"], x["data"], x["fraction"]) == k), None)
+        long = next((x for x in e["rows"] if (x["method"], x["data"], x["fraction"]) == k), None)
+        out.append(f"| {m} | {cell(short)} | {cell(long)} |")
+    out.append(SMH_LONG)
+    return out
+
+
+SMH_LONG = (
+    "\nFive times the budget does not turn the comparison: both rows improve (SMH 55.9 -> 68.8, width 61.3 -> 80.1 on "
+    "test-exact; JPEG 53.5 -> 68.0 and 59.9 -> 75.7) and the width baseline's lead grows from 5.4 to 11.3 pt (JPEG "
+    "6.4 -> 7.8) because it runs 2.2x the steps in the same time (3861 vs 1725). The SMH row used only 1217 s of its "
+    "1500 (its step count comes from a timing probe at the start, which ran slow — likely a short Python check I ran "
+    "beside it at that moment); at its measured rate (1.42 steps/s) the full 1500 s would be ~2130 steps, still half "
+    "the baseline's. The long rows ran on a 2-core AMD EPYC, the 300 s rows on a 2-core Intel Xeon (steps per second: "
+    "SMH 1.42 vs 1.61, width 2.59 vs 2.34), and the commit recorded in the JSON is marked dirty only because "
+    "`lowbit.json` was being written at the time. The real-data target at 25 % (within 1 pt of the teacher's 92.8) "
+    "stays far off for both (width 12.7 pt below, SMH 24.0): on this machine neither is converged after 25 minutes, "
+    "and SMH pays a full-width forward pass plus the X·Y product every step.")
+
 SMH_EQUAL_STEPS = (
     "\nPer KD step the two are close: on real data the width baseline at SMH's step count is level at 50 % (63.7 vs "
     "62.1; JPEG 62.4 vs 62.7) and 25 % (56.2 vs 55.9; JPEG 55.2 vs 53.5) and behind at 10 % (44.2 vs 47.7; JPEG 45.3 vs "
@@ -406,6 +441,7 @@ def section_smh() -> str:
                    "/ 10 %: 11.7 / 16.2 / 8.6 % before any training): the concatenated weights have no low-rank "
                    "structure, so it is not a shortcut (`smh_svd_init.json`, script in its meta).")
     out += _smh_equal_steps(d["rows"])
+    out += _smh_long(d["rows"])
     out.append("\nPublished anchor (Eban et al. 2020, real data, GPU-scale training): ResNet-32 at 25 % of its variables "
                "with no accuracy loss, at 10 % still above 90 %; ours are short CPU runs.")
     return "\n".join(out) + "\n"
