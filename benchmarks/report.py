@@ -389,7 +389,11 @@ SMH_LONG = (
     "SMH 1.42 vs 1.61, width 2.59 vs 2.34), and the commit recorded in the JSON is marked dirty only because "
     "`lowbit.json` was being written at the time. The real-data target at 25 % (within 1 pt of the teacher's 92.8) "
     "stays far off for both (width 12.7 pt below, SMH 24.0): on this machine neither is converged after 25 minutes, "
-    "and SMH pays a full-width forward pass plus the X·Y product every step.")
+    "and SMH pays a full-width forward pass plus the X·Y product every step. A faster SMH step is not to be had: "
+    "measured alone (`smh_step_cost.json`, script in its meta; fwd + bwd + SGD at batch 128), a 25 % SMH step costs "
+    "what the full-width ResNet-32's does (0.48 vs 0.44 s; an unrecorded repeat gave 0.46 vs 0.48), of which the "
+    "X·Y product is 2 ms, while width 8 takes 0.20 s: the virtual weights are full size by design, so at equal time "
+    "SMH can only win by what each step learns, which needs converged runs.")
 
 SMH_EQUAL_STEPS = (
     "\nPer KD step the two are close: on real data the width baseline at SMH's step count is level at 50 % (63.7 vs "
