@@ -12,6 +12,7 @@ kept, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 from datafree import evaluate, load_dataset, quantize
@@ -93,22 +94,20 @@ def main(argv: list[str] | None = None) -> None:
             return {f"top1_{s}": evaluate(qm, d)["top1"] for s, d in tests.items()}
 
         store.run({"model": name, "w_bits": 32, "a_bits": 32, "source": "none", "stage": "fp32"}, lambda: score(model))
-        for src in a.sources:
-            loaded: dict = {}
 
-            def source_data(src=src, model=model, name=name, loaded=loaded):
-                """The source's samples, loaded or synthesized only when a row still has to run."""
-                nonlocal pool
-                if "data" not in loaded:
-                    if src == "cifar10:train-exact":
-                        loaded["data"] = load_dataset(src, model.input_spec, root).subset(a.num, a.seed)
-                    elif src == "mixmix":
-                        if pool is None:
-                            pool = Ensemble([pretrained(n) for n in CHECKPOINTS])
-                        loaded["data"] = cached_set(pool, "pool4", "mixmix", a.num, a.iterations, a.seed, a.cache)[0]
-                    else:
-                        loaded["data"] = cached_set(model, name, src, a.num, a.iterations, a.seed, a.cache)[0]
-                return loaded["data"]
+        @functools.cache
+        def source_data(src: str):
+            """A source's samples, loaded or synthesized on the first row that still has to run."""
+            nonlocal pool
+            if src == "cifar10:train-exact":
+                return load_dataset(src, model.input_spec, root).subset(a.num, a.seed)
+            if src == "mixmix":
+                if pool is None:
+                    pool = Ensemble([pretrained(n) for n in CHECKPOINTS])
+                return cached_set(pool, "pool4", "mixmix", a.num, a.iterations, a.seed, a.cache)[0]
+            return cached_set(model, name, src, a.num, a.iterations, a.seed, a.cache)[0]
+
+        for src in a.sources:
             for bits in a.bits:
                 wb, ab = BITS[bits]
                 base = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed)
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                                     score(st.qmodel), seconds=round(time.time() - t0, 2)))
                                 report(key, "brecq")
                             stages = with_stage("score_brecq", snap, after="reconstruct")
-                        q = quantize(model, source_data(), cfg, kd=kd, stages=stages)
+                        q = quantize(model, source_data(src), cfg, kd=kd, stages=stages)
                         return dict(score(q), seconds=round(time.time() - t0, 2))
 
                     store.run(dict(key, stage=stage), run)
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
 
             def mixed() -> dict:
                 t0 = time.time()
-                q = quantize(model, source_data(), QuantConfig(a_bits=3, target_size=size, quantize_first_last=True,
+                q = quantize(model, source_data(src), QuantConfig(a_bits=3, target_size=size, quantize_first_last=True,
                                                       num_calib=a.num, seed=a.seed))
                 plan = q.quant_plan  # type: ignore[attr-defined]
                 return dict(score(q), seconds=round(time.time() - t0, 2), target_bytes=size,
