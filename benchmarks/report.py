@@ -334,6 +334,11 @@ def section_deploy_onnx() -> str:
     return "\n".join(out) + "\n"
 
 
+def _smh_cell(r: dict | None) -> str:
+    """An SMH-benchmark row as `exact / jpeg (steps)`, or `-` when absent."""
+    return f"{r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} ({r['steps']})" if r else "-"
+
+
 def _smh_equal_steps(rows: list[dict]) -> list[str]:
     """The width baseline rerun at the SMH rows' step counts (`smh_resnet32_equal_steps.json`), beside both."""
     f = RESULTS / "smh_resnet32_equal_steps.json"
@@ -344,14 +349,11 @@ def _smh_equal_steps(rows: list[dict]) -> list[str]:
            "| data | fraction | smh (steps) | width, equal time (steps) | width, equal steps |",
            "|---|---:|---|---|---|"]
 
-    def cell(r: dict | None) -> str:
-        return f"{r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} ({r['steps']})" if r else "-"
-
     for r in sorted((x for x in rows if x["method"] == "smh"), key=lambda r: (-r["fraction"], r["data"])):
         k = (r["data"], r["fraction"])
         w = next((x for x in rows if x["method"] == "width" and (x["data"], x["fraction"]) == k), None)
         we = next((x for x in e["rows"] if x["method"] == "width" and (x["data"], x["fraction"]) == k), None)
-        out.append(f"| {k[0]} | {k[1]:g} | {cell(r)} | {cell(w)} | {cell(we)} |")
+        out.append(f"| {k[0]} | {k[1]:g} | {_smh_cell(r)} | {_smh_cell(w)} | {_smh_cell(we)} |")
     out.append(SMH_EQUAL_STEPS)
     return out
 
@@ -367,14 +369,11 @@ def _smh_long(rows: list[dict]) -> list[str]:
            "", "| method | 300 s: exact / JPEG (steps) | "
            f"{budget:.0f} s: exact / JPEG (steps) |", "|---|---|---|"]
 
-    def cell(r: dict | None) -> str:
-        return f"{r['top1_exact']:.2f} / {r['top1_jpeg']:.2f} ({r['steps']})" if r else "-"
-
     for m in ("smh", "width"):
         k = (m, "cifar10:train-jpeg", 0.25)
         short = next((x for x in rows if (x["method"], x["data"], x["fraction"]) == k), None)
         long = next((x for x in e["rows"] if (x["method"], x["data"], x["fraction"]) == k), None)
-        out.append(f"| {m} | {cell(short)} | {cell(long)} |")
+        out.append(f"| {m} | {_smh_cell(short)} | {_smh_cell(long)} |")
     out.append(SMH_LONG)
     return out
 
