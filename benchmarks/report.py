@@ -385,12 +385,12 @@ SMH_LONG = (
     "1500 (its step count comes from a timing probe at the start, which ran slow — likely a short Python check I ran "
     "beside it at that moment); at its measured rate (1.42 steps/s) the full 1500 s would be ~2130 steps, still half "
     "the baseline's. The long rows ran on a 2-core AMD EPYC, the 300 s rows on a 2-core Intel Xeon (steps per second: "
-    "SMH 1.42 vs 1.61, width 2.59 vs 2.34), and the commit recorded in the JSON is marked dirty only because "
+    "SMH 1.42 vs 1.53, width 2.59 vs 2.43), and the commit recorded in the JSON is marked dirty only because "
     "`lowbit.json` was being written at the time. The real-data target at 25 % (within 1 pt of the teacher's 92.8) "
     "stays far off for both (width 12.7 pt below, SMH 24.0): on this machine neither is converged after 25 minutes, "
     "and SMH pays a full-width forward pass plus the X·Y product every step. A faster SMH step is not to be had: "
     "measured alone (`smh_step_cost.json`, script in its meta; fwd + bwd + SGD at batch 128), a 25 % SMH step costs "
-    "what the full-width ResNet-32's does (0.48 vs 0.44 s; an unrecorded repeat gave 0.46 vs 0.48), of which the "
+    "what the full-width ResNet-32's does (0.48 vs 0.44 s), of which the "
     "X·Y product is 2 ms, while width 8 takes 0.20 s: the virtual weights are full size by design, so at equal time "
     "SMH can only win by what each step learns, which needs converged runs.")
 
@@ -491,8 +491,8 @@ LOWBIT_MEAN_READING = (
 LOWBIT_NOW = (
     "\nThis grid runs with the reconstruction loss at the AdaRound/BRECQ reference scale (`round_norm sum`, the "
     "library default since 2026-12-03; probe round 6 below found the old per-weight mean 100-1000x too weak on the "
-    "rounding). The previous complete grid, its targets and its reading are in the next section; this grid is complete too (80 rows; the "
-    "ResNet-56 MixMix rows from W3A3 KD on ran on a MixMix set re-synthesized from the same seed and config after "
+    "rounding). The previous complete grid, its targets and its reading are in the next section; this grid is "
+    "complete too (80 rows; the ResNet-56 MixMix rows from W3A3 KD on ran on a MixMix set re-synthesized from the same seed and config after "
     "the cache was lost, on a 2-core AMD EPYC session machine; every earlier row ran on the 2-core Intel Xeon, so "
     "their `seconds` compare across machines only roughly). What the reference scale changed on ResNet-20: "
     "BRECQ at W2A4 rose on every source (real 74.8 -> 84.9, bn-stats 62.3 -> 76.5, MixMix 70.5 -> 78.9) and is now "
