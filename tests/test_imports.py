@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "datafree"
 
 # Rooms from the bottom up; a module may import its own room or lower ones, never a higher one.
 ROOMS = [
-    ("core", ["_version", "errors", "utils", "registry", "config", "parallel"]),
+    ("core", ["_version", "errors", "utils", "registry", "config", "parallel", "schema"]),
     ("models", ["models"]),
     ("data", ["data", "train"]),
     ("synthesis", ["synth"]),

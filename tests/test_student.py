@@ -111,7 +111,7 @@ def test_cli_distill_fixed_data_and_corrupt_checkpoint(digits_teacher, tmp_path,
     (tmp_path / "student.pt.ckpt" / "state.pt").write_bytes(b"garbage")
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "unreadable" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert "corrupt" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert main(["distill", "small_cnn", "--weights", w, "--student", "small_cnn", "--out", out]) == 2
     assert "exactly one" in capsys.readouterr().err
 

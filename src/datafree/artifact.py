@@ -17,9 +17,10 @@ from . import continual, hashing, prune, student  # noqa: F401  (register their 
 from . import quant  # noqa: F401
 from ._version import __version__
 from .compress import COMPRESSORS, transforms_of
-from .errors import DatafreeError
+from .errors import DatafreeError, first_line
 from .models.loading import create_model, fingerprint, load_state_dict_
 from .models.spec import InputSpec
+from .schema import Schema
 from .utils import load_tensors, save_atomic
 
 FORMAT = "datafree-artifact-v1"
@@ -70,29 +71,38 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, teacher: Optional[n
 
 
 def read_artifact(path: str | os.PathLike) -> Optional[dict]:
-    """The stored object if `path` is an artifact (this format or the legacy quantized one), else None; never runs code."""
+    """The stored object if `path` is an artifact (this format or the legacy quantized one), else None; never runs code.
+    A torch file that cannot be read (truncated, damaged) is a DatafreeError calling it corrupt, not None."""
     p = Path(path)
     if not p.is_file():
         return None
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK":  # torch files are zip archives; anything else is not ours
         return None
-    return _as_artifact(obj)
+    obj = load_tensors(p, "is corrupt or truncated (it cannot be read back)", "re-create it")
+    return _as_artifact(obj, str(p))
 
 
-def _as_artifact(obj: Any) -> Optional[dict]:
+def _as_artifact(obj: Any, where: str = "the file") -> Optional[dict]:
     """A loaded object as an artifact dict (legacy quantized files converted), or None when it is none."""
     if not isinstance(obj, dict):
         return None
     if obj.get("format") == LEGACY_QUANTIZED:
-        return _from_legacy_quantized(obj)
+        return _from_legacy_quantized(obj, where)
     return obj if obj.get("format") == FORMAT else None
 
 
-def _from_legacy_quantized(obj: dict) -> dict:
-    """A datafree 0.1 quantized file as an artifact: one `quantize` transform."""
-    src = obj.get("source") or {}
+def _from_legacy_quantized(obj: dict, where: str) -> dict:
+    """A datafree 0.1 quantized file as an artifact: one `quantize` transform (its fields checked first)."""
+    s = Schema(where, "re-create it with `datafree quantize`")
+    src = s.get(obj, "source", dict)
+    s.get(src, "model", str, "source")
+    s.integer(src, "num_classes", "source", lo=1, required=False, nullable=True)
+    for k, t in (("input_spec", dict), ("config", dict), ("plan", list), ("act_quant", list), ("state_dict", dict)):
+        s.get(obj, k, t)
+    s.get(obj, "library_version", (str, type(None)), required=False)
+    s.get(obj, "teacher_fingerprint", (str, type(None)), required=False)
     return {"format": FORMAT, "library_version": obj.get("library_version"), "legacy": LEGACY_QUANTIZED,
             "base": {"model": src.get("model"), "num_classes": src.get("num_classes"), "arch": None},
             "input_spec": obj["input_spec"],
@@ -100,6 +110,35 @@ def _from_legacy_quantized(obj: dict) -> dict:
                             "act_quant": obj["act_quant"]}],
             "teacher_fingerprint": obj.get("teacher_fingerprint"), "state_dict": obj["state_dict"],
             "extra": obj.get("extra", {})}
+
+
+def check_artifact(obj: dict, where: str) -> Schema:
+    """Check an artifact's fields (types, known compressors, valid configs, finite tensors) before anything is built."""
+    s = Schema(where, "re-create it with the datafree command that wrote it")
+    s.mapping(obj, "(top level)")
+    s.get(obj, "format", str)
+    s.get(obj, "library_version", (str, type(None)), required=False)
+    base = s.get(obj, "base", dict)
+    s.get(base, "model", str, "base")
+    if not base["model"]:
+        s.fail("base.model", "is empty")
+    s.integer(base, "num_classes", "base", lo=1, required=False, nullable=True)
+    s.get(base, "weights", (str, type(None)), "base", required=False)
+    s.get(base, "arch", (str, type(None)), "base", required=False)
+    s.spec(obj, InputSpec)
+    ts = s.get(obj, "transforms", list)
+    for i, t in enumerate(ts):
+        f = f"transforms[{i}]"
+        s.mapping(t, f)
+        name = s.get(t, "compressor", str, f)
+        if name not in COMPRESSORS:
+            raise DatafreeError(f"{where} applies compressor {name!r}, which this datafree {__version__} does not know; "
+                                "upgrade datafree")
+        s.config(COMPRESSORS.get(name).config_cls, s.get(t, "config", dict, f), f + ".config")
+    s.get(obj, "teacher_fingerprint", (str, type(None)), required=False)
+    s.tensors(s.get(obj, "state_dict", dict), "state_dict")
+    s.get(obj, "extra", dict, required=False)
+    return s
 
 
 def is_artifact(path: str | os.PathLike) -> bool:
@@ -112,14 +151,15 @@ def load_artifact(path: str | os.PathLike, model_file: Optional[str] = None) -> 
     p = Path(path)
     if not p.is_file():
         raise DatafreeError(f"model file {str(p)!r} not found; check the path")
-    obj = _as_artifact(load_tensors(p, "is corrupt or not a datafree artifact", "re-create it"))
+    obj = _as_artifact(load_tensors(p, "is corrupt, truncated or not a datafree artifact", "re-create it"), str(p))
     if obj is None:
         raise DatafreeError(f"{str(p)!r} is not a datafree artifact (a plain state dict loads with MODEL --weights FILE)")
     return build_artifact(obj, str(p), model_file)
 
 
 def build_artifact(obj: dict, where: str, model_file: Optional[str] = None) -> nn.Module:
-    """The model an artifact object describes."""
+    """The model an artifact object describes (every field checked against the rebuilt architecture first)."""
+    s = check_artifact(obj, where)
     base = obj["base"]
     ref = str(base.get("model") or "")
     spec = InputSpec.from_dict(obj["input_spec"])
@@ -133,13 +173,18 @@ def build_artifact(obj: dict, where: str, model_file: Optional[str] = None) -> n
         raise DatafreeError(f"{where} was built from a different architecture than {model_file or ref} "
                             f"(fingerprint {base['arch']} vs {arch_fingerprint(model)}); give the model file it was made from")
     sd = obj["state_dict"]
-    for t in obj["transforms"]:
-        name = t.get("compressor")
-        if name not in COMPRESSORS:
-            raise DatafreeError(f"{where} applies compressor {name!r}, which this datafree {__version__} does not know; "
-                                "upgrade datafree")
-        model = COMPRESSORS.get(name).rebuild(model, t, sd)
-    load_state_dict_(model, sd, where)
+    for i, t in enumerate(obj["transforms"]):
+        name, field = t["compressor"], f"transforms[{i}]"
+        c = COMPRESSORS.get(name)
+        if c.check is not None:
+            c.check(s, model, t, field)
+        try:
+            model = c.rebuild(model, t, sd)
+        except DatafreeError as e:
+            s.fail(field, f"({name}) cannot be rebuilt on {ref}: {e}")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            s.fail(field, f"({name}) cannot be rebuilt on {ref} ({type(e).__name__}: {first_line(e)})")
+    load_state_dict_(model, sd, f"{where}: field 'state_dict': its tensors")
     model.input_spec = spec  # type: ignore[attr-defined]
     model.transforms = list(obj["transforms"])  # type: ignore[attr-defined]
     model.source = {"model": ref, "num_classes": base.get("num_classes"), "artifact": where,  # type: ignore[attr-defined]

@@ -14,7 +14,8 @@ from .cliopts import (_configured, _hash_config, _hash_options, _kd_config, _kd_
 from . import parallel
 from .errors import DatafreeError, first_line
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input: an option, a file, a dataset spec
+EXIT_INTERNAL = 3  # a defect of datafree (reported as an internal error)
 
 
 def _model_args(p: argparse.ArgumentParser, positional: str = "model", help_extra: str = "") -> None:
@@ -50,6 +51,14 @@ def _floats(s: Optional[str], what: str) -> Optional[tuple]:
         raise DatafreeError(f"{what} must be comma-separated numbers, got {s!r}") from None
 
 
+def _ints(s: str, what: str) -> tuple[int, ...]:
+    """Comma-separated integers; `1.7` or `3.0` is refused, never truncated."""
+    try:
+        return tuple(int(v) for v in s.split(","))
+    except ValueError:
+        raise DatafreeError(f"{what} must be comma-separated integers, got {s!r}") from None
+
+
 def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Optional[str] = None,
                 input_spec: Any = None, num_classes: Optional[int] = None):
     import torch
@@ -58,11 +67,11 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
 
     spec = input_spec
     if name is None and (a.input_shape or a.mean or a.std):
-        shape = _floats(a.input_shape, "--input-shape")
+        shape = _ints(a.input_shape, "--input-shape") if a.input_shape else None
         if not (shape and a.mean and a.std and a.num_classes):
             raise DatafreeError("--input-shape, --mean, --std and --num-classes go together; give all four")
         try:
-            spec = InputSpec(tuple(int(v) for v in shape), _floats(a.mean, "--mean"), _floats(a.std, "--std"), a.num_classes)
+            spec = InputSpec(shape, _floats(a.mean, "--mean"), _floats(a.std, "--std"), a.num_classes)
         except DatafreeError as e:
             raise DatafreeError(f"bad input spec: {e}") from None
     if name is None:
@@ -995,10 +1004,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = argv[1:]
     a = parser.parse_args(argv)
     debug = bool(os.environ.get("DATAFREE_DEBUG"))
+    ok = False
     try:
         if hasattr(a, "device"):
             _setup(a)
-        return a.func(a)
+        code = a.func(a)
+        ok = code == 0
+        return code
     except DatafreeError as e:
         print(f"datafree: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -1012,15 +1024,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"datafree: error: cannot read or write{where}: {e.strerror or e} (free space or choose another path; "
               "finished shards and checkpoints are kept)", file=sys.stderr)
         return 1
-    except (RuntimeError, ValueError) as e:
+    except Exception as e:  # not anticipated: say so, instead of guessing at the user's input
         if debug:
             raise
-        first = first_line(e, 300)
-        print(f"datafree: error: {first} (check the model's input spec and data; DATAFREE_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        return 1
+        stage = f"running `datafree {a.cmd}`" if getattr(a, "cmd", None) else "starting"
+        print(f"datafree: internal error while {stage}: {type(e).__name__}: {first_line(e, 300)}; please report it, "
+              "DATAFREE_DEBUG=1 shows the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
     finally:
-        parallel.shutdown()
+        parallel.shutdown(ok)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ import torch.nn as nn
 from .config import Config
 from .data.source import SourceLike
 from .registry import Registry
+from .schema import Schema
 
 Rebuild = Callable[[nn.Module, dict, dict], nn.Module]  # (fresh base model, transform record, state dict) -> model
 Apply = Callable[..., nn.Module]  # (model, data, config, teacher=..., progress=...) -> compressed model
+# (schema of the file, the model this transform applies to, transform record, its field name): raise on a bad record
+Check = Callable[[Schema, nn.Module, dict, str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,14 +27,16 @@ class Compressor:
     apply: Apply
     rebuild: Rebuild
     summary: str = ""
+    check: Optional[Check] = None  # validates a stored transform record before `rebuild` reads it
 
 
 COMPRESSORS: Registry[Compressor] = Registry("compressor")
 
 
-def register_compressor(name: str, config_cls: type[Config], apply: Apply, rebuild: Rebuild, summary: str = "") -> Compressor:
+def register_compressor(name: str, config_cls: type[Config], apply: Apply, rebuild: Rebuild, summary: str = "",
+                        check: Optional[Check] = None) -> Compressor:
     """Register a compressor under `name`."""
-    return COMPRESSORS.register(name)(Compressor(name, config_cls, apply, rebuild, summary))
+    return COMPRESSORS.register(name)(Compressor(name, config_cls, apply, rebuild, summary, check))
 
 
 def list_compressors() -> list[str]:

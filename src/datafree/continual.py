@@ -15,6 +15,7 @@ from .data.base import TensorData
 from .data.source import SourceLike
 from .distill import Distiller, KDConfig, kd_loss
 from .errors import DatafreeError
+from .schema import Schema
 from .models.loading import head_of
 from .utils import predict
 
@@ -107,8 +108,16 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
     return expand_head(model, int(t["num_classes"]))
 
 
+def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
+    """A stored extend record: the new class count, above the old one."""
+    n = s.integer(t, "num_classes", field, lo=2)
+    old = s.integer(t, "from_classes", field, lo=1, required=False)
+    if old is not None and old >= n:  # type: ignore[operator]
+        s.fail(f"{field}.num_classes", f"is {n}, not more than from_classes {old}")
+
+
 register_compressor("extend", ContinualConfig, _apply, _rebuild,
-                    "add classes: grow the head, train on new-class data plus inverted old-class samples")
+                    "add classes: grow the head, train on new-class data plus inverted old-class samples", _check)
 
 
 def split_accuracy(model: nn.Module, data: TensorData, old_classes: int) -> dict[str, float]:

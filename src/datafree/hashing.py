@@ -14,6 +14,7 @@ from .config import Config, check, opt
 from .data.source import SourceLike
 from .distill import KDConfig
 from .errors import DatafreeError
+from .schema import Schema, submodule
 
 _HASHABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -236,6 +237,19 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
     return model
 
 
+def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
+    """A stored hash record: (layer, tensor) entries the model has, positive matrix sizes."""
+    for k in ("n", "M"):
+        s.integer(t, k, field, lo=1)
+    for i, e in enumerate(s.get(t, "entries", list, field)):
+        f = f"{field}.entries[{i}]"
+        if not (isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, str) for v in e)):
+            s.fail(f, "must be a [layer, tensor] pair of names")
+        mod = submodule(s, model, e[0], f)
+        if not isinstance(getattr(mod, e[1], None), torch.Tensor):
+            s.fail(f, f"names tensor {e[1]!r} of {e[0]!r}, which that layer does not have")
+
+
 register_compressor("hash", HashConfig, _apply, _rebuild,
                     "Structured Multi-Hashing: all conv/linear tensors read from one low-rank virtual matrix X·Y, "
-                    "trained by KD")
+                    "trained by KD", _check)

@@ -65,12 +65,24 @@ def init(device: str = "cpu") -> str:
     return device
 
 
-def shutdown() -> None:
-    """Leave the process group (if any)."""
+def shutdown(ok: bool = True) -> None:
+    """Leave the process group (if any). After a run that ended well every rank first meets the others at a barrier,
+    so no rank tears its connections down while a peer is still finishing a collective or setting up; objects that
+    hold the group (a DistributedDataParallel wrapper in a reference cycle) are collected while the interpreter is
+    whole, not during its teardown."""
+    import gc
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if ok and dist.get_world_size() > 1:
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer already left after an error of its own: nothing left to wait for
+            pass
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

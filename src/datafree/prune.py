@@ -13,6 +13,7 @@ from .config import Config, check
 from .data.source import SourceLike
 from .distill import KDConfig, distill_
 from .errors import DatafreeError, first_line
+from .schema import Schema
 from .models.measure import count_flops_params  # noqa: F401  (re-exported: prune reports FLOPs)
 from .models.resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
 
@@ -203,8 +204,15 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
     return model
 
 
+def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
+    """A stored prune record: the kept channel counts (positive integers) when structured."""
+    for i, c in enumerate(s.get(t, "channels", list, field, required=False) or []):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            s.fail(f"{field}.channels[{i}]", f"must be a positive integer, got {c!r}")
+
+
 register_compressor("prune", PruneConfig, _apply, _rebuild,
-                    "remove channels (structured, FLOPs drop) or weights (unstructured), then KD fine-tuning")
+                    "remove channels (structured, FLOPs drop) or weights (unstructured), then KD fine-tuning", _check)
 
 
 def _check_sparsity(s: float) -> None:

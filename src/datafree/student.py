@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import torch.nn as nn
 
 from .data.base import TensorData
@@ -13,8 +14,9 @@ from .data.source import SourceLike
 from . import parallel
 from .compress import no_rebuild, record_transform, register_compressor
 from .distill import Distiller, KDConfig
-from .errors import DatafreeError
-from .models.loading import fingerprint
+from .errors import DatafreeError, first_line
+from .schema import Schema
+from .models.loading import fingerprint, load_state_dict_
 from .utils import load_tensors, remove_stale_temps, save_atomic
 
 STATE = "state.pt"
@@ -24,7 +26,32 @@ CHECKPOINT_VERSION = 2  # 2: one state.pt holding the data source's state (pools
 
 
 def _load(path: Path) -> Any:
-    return load_tensors(path, "is an unreadable checkpoint or not a datafree one", "delete it or pass --overwrite")
+    return load_tensors(path, "is corrupt, truncated or not a datafree run checkpoint", "delete it or pass --overwrite")
+
+
+def check_state(st: dict, where: str) -> dict:
+    """A run checkpoint's fields: the student's tensors (finite), the distiller's optimizer, schedule, RNG, step,
+    history and source state, the seconds used."""
+    s = Schema(where, "delete it or pass --overwrite")
+    s.tensors(s.get(st, "student", dict), "student")
+    d = s.get(st, "distiller", dict)
+    for k in ("opt", "sched"):
+        s.get(d, k, dict, "distiller")
+    g = s.get(d, "gen", torch.Tensor, "distiller")
+    if g.dtype != torch.uint8 or g.dim() != 1:
+        s.fail("distiller.gen", f"must be a 1-D uint8 RNG state, got {g.dtype} of shape {tuple(g.shape)}")
+    s.integer(d, "step", "distiller", lo=0)
+    for i, h in enumerate(s.get(d, "history", list, "distiller")):
+        f = f"distiller.history[{i}]"
+        s.integer(s.mapping(h, f), "step", f, lo=1)
+        s.get(h, "loss", float, f)
+        s.get(h, "val_top1", float, f, required=False)
+    if s.get(d, "elapsed", float, "distiller", required=False) is not None and d["elapsed"] < 0:
+        s.fail("distiller.elapsed", f"is negative ({d['elapsed']})")
+    s.get(d, "source", (dict, type(None)), "distiller")
+    if s.get(st, "seconds", float, required=False) is not None and st["seconds"] < 0:
+        s.fail("seconds", f"is negative ({st['seconds']})")
+    return st
 
 
 class RunCheckpoint:
@@ -50,12 +77,30 @@ class RunCheckpoint:
             st = _load(sp)
             old = st.get("identity") if isinstance(st, dict) else None
             if not isinstance(old, dict):
-                raise DatafreeError(f"{sp} is not a datafree run checkpoint; delete it or pass --overwrite")
+                raise DatafreeError(f"{sp} is not a datafree run checkpoint (no field 'identity'); delete it or pass "
+                                    "--overwrite")
             if old != self.identity:
                 diff = sorted(k for k in set(self.identity) | set(old) if self.identity.get(k) != old.get(k))
                 raise DatafreeError(f"{self.dir} holds a checkpoint of a different run (differs in {', '.join(diff)}); "
                                     "choose another --checkpoint-dir or pass --overwrite")
-            self.state = st
+            self.state = check_state(st, str(sp))
+
+    def restore(self, student: nn.Module, distiller: Distiller, steps: int) -> float:
+        """Load the saved student and distiller state into these objects (each field checked); returns the seconds
+        the run had used."""
+        st, where = self.state, str((self.dir or Path(".")) / STATE)
+        assert st is not None
+        s = Schema(where, "delete it or pass --overwrite")
+        if st["distiller"]["step"] > steps:
+            s.fail("distiller.step", f"is {st['distiller']['step']}, past this run's {steps} steps")
+        load_state_dict_(student, st["student"], f"{where}: field 'student': its tensors")
+        try:
+            distiller.load_state_dict(st["distiller"])
+        except DatafreeError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            s.fail("distiller", f"does not fit this run ({type(e).__name__}: {first_line(e, 120)})")
+        return float(st.get("seconds", 0.0))
 
     def save(self, student: nn.Module, distiller: Distiller, extra: dict) -> None:
         """Write the run's state (atomic; rank 0 under torchrun)."""
@@ -79,9 +124,7 @@ def distill_student_(student: nn.Module, teacher: nn.Module, kd: KDConfig, data:
     ck = RunCheckpoint(checkpoint_dir, {"teacher": fingerprint(teacher), "kd": kd.to_dict(), "source": ident}, overwrite)
     seconds_before = 0.0
     if ck.state is not None:
-        student.load_state_dict(ck.state["student"])
-        dist.load_state_dict(ck.state["distiller"])
-        seconds_before = float(ck.state.get("seconds", 0.0))
+        seconds_before = ck.restore(student, dist, kd.steps)
         if progress:
             print(f"resuming from {checkpoint_dir}: {dist.step}/{kd.steps} steps done", flush=True)
 
@@ -138,5 +181,10 @@ def record_distill(student: nn.Module, teacher: nn.Module, kd: KDConfig, **extra
     return record_transform(student, "distill", kd, teacher=fingerprint(teacher), **extra)
 
 
+def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
+    """A stored distill record: the teacher's fingerprint, if any."""
+    s.get(t, "teacher", (str, type(None)), field, required=False)
+
+
 register_compressor("distill", KDConfig, _apply, no_rebuild,
-                    "train a (smaller) student to match the teacher's logits on a data source")
+                    "train a (smaller) student to match the teacher's logits on a data source", _check)

@@ -119,4 +119,9 @@ def load_tensors(path: str | os.PathLike, problem: str, fix: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except LOAD_ERRORS as e:
-        raise DatafreeError(f"{str(path)!r} {problem} ({first_line(e, 120)}); {fix}") from None
+        why = first_line(e, 120)
+        if "Weights only load failed" in why:  # torch's long advice about weights_only is not the user's problem
+            why = "it is damaged or holds objects other than tensors"
+        elif isinstance(e, (zipfile.BadZipFile, EOFError)) or "central directory" in why or "zip archive" in why:
+            why = f"truncated or damaged: {why}"
+        raise DatafreeError(f"{str(path)!r} {problem} ({why}); {fix}") from None

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import DatafreeError
 from ..models.spec import InputSpec
+from ..schema import Schema
 from ..utils import atomic_write, remove_stale_temps
 from .base import TensorData
 
@@ -105,8 +106,40 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise DatafreeError(f"{m} is not a JSON object, so {str(d)!r} is not a synthetic set; re-run `datafree "
                             "synthesize` with --overwrite to rebuild it")
     if man.get("format") != FORMAT:
-        raise DatafreeError(f"{m} is not a {FORMAT} manifest")
+        raise DatafreeError(f"{m}: field 'format' is {man.get('format')!r}, so this is not a {FORMAT} manifest; "
+                            "re-create the set with `datafree synthesize`")
+    s = Schema(str(m), "re-run the same `datafree synthesize` command with --overwrite to rebuild the set")
+    s.get(man, "complete", bool)
+    s.get(man, "method", str)
+    s.integer(man, "num", lo=1)
+    s.integer(man, "shard_size", lo=1)
+    s.spec(man, InputSpec)
+    s.integer(man, "seed", required=False)
+    s.get(man, "config", dict, required=False)
+    s.get(man, "teacher_fingerprint", (str, type(None)), required=False)
+    s.get(man, "library_version", (str, type(None)), required=False)
+    for k, v in (s.get(man, "shard_stats", dict, required=False) or {}).items():
+        if not k.isdigit() or not isinstance(v, dict):
+            s.fail(f"shard_stats.{k}", "must map a shard number to a record")
     return man
+
+
+def _check_shard(p: Path, x: np.ndarray, y: np.ndarray, logits: np.ndarray, spec: InputSpec, n: int) -> None:
+    """One shard's arrays against the manifest: n samples of the model's input shape, labels in range, finite values."""
+    s = Schema(str(p), "delete it and re-run the same `datafree synthesize` command")
+    k = spec.num_classes
+    for name, a, shape in (("x", x, (n, *spec.shape)), ("y", y, (n,)), ("logits", logits, (n, k))):
+        if tuple(a.shape) != shape:
+            s.fail(name, f"has shape {tuple(a.shape)}, expected {shape} (the manifest's input spec and shard size)")
+    if x.dtype.kind != "f" or logits.dtype.kind != "f":
+        s.fail("x" if x.dtype.kind != "f" else "logits", "must hold floats")
+    if y.dtype.kind not in "iu":
+        s.fail("y", f"must hold integer labels, got {y.dtype}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= k):
+        s.fail("y", f"holds labels outside 0..{k - 1}")
+    for name, a in (("x", x), ("logits", logits)):
+        if not np.isfinite(a).all():
+            s.fail(name, f"holds {int((~np.isfinite(a)).sum())} NaN or infinite values")
 
 
 class SyntheticSet:
@@ -119,28 +152,34 @@ class SyntheticSet:
             raise DatafreeError(f"synthetic set {str(self.path)!r} is incomplete (interrupted?); re-run the same `datafree synthesize` command to finish it")
         xs, ys, ls = [], [], []
         shards = sorted(p for p in self.path.iterdir() if _SHARD.match(p.name))
-        num, size = self.manifest.get("num"), self.manifest.get("shard_size")
-        if isinstance(num, int) and isinstance(size, int) and size > 0:
-            have = {int(_SHARD.match(p.name).group(1)) for p in shards}  # type: ignore[union-attr]
-            missing = [i for i in range(-(-num // size)) if i not in have]
-            if missing:
-                names = ", ".join(f"shard_{i:05d}.npz" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
-                raise DatafreeError(f"synthetic set {str(self.path)!r} lacks {len(missing)} of its shards ({names}); "
-                                    "re-run the same `datafree synthesize` command to re-make them")
+        num, size = int(self.manifest["num"]), int(self.manifest["shard_size"])
+        have = {int(_SHARD.match(p.name).group(1)) for p in shards}  # type: ignore[union-attr]
+        missing = [i for i in range(-(-num // size)) if i not in have]
+        if missing:
+            names = ", ".join(f"shard_{i:05d}.npz" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            raise DatafreeError(f"synthetic set {str(self.path)!r} lacks {len(missing)} of its shards ({names}); "
+                                "re-run the same `datafree synthesize` command to re-make them")
+        spec = InputSpec.from_dict(self.manifest["input_spec"])
         for p in shards:
+            i = int(_SHARD.match(p.name).group(1))  # type: ignore[union-attr]
+            if i * size >= num:
+                raise DatafreeError(f"shard {p} is beyond the set's {num} samples; delete it and re-run the same "
+                                    "`datafree synthesize` command")
             try:
-                with np.load(p) as d:
-                    xs.append(torch.from_numpy(d["x"]))
-                    ys.append(torch.from_numpy(d["y"]))
-                    ls.append(torch.from_numpy(d["logits"]))
+                with np.load(p, allow_pickle=False) as d:
+                    arrays = {k: d[k] for k in ("x", "y", "logits")}
             except Exception as e:  # truncated zip, missing arrays, bad pickle: all the same to the user
                 raise DatafreeError(f"shard {p} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]}); delete it "
                                     "and re-run the same `datafree synthesize` command") from None
+            _check_shard(p, arrays["x"], arrays["y"], arrays["logits"], spec, min(size, num - i * size))
+            xs.append(torch.from_numpy(arrays["x"]))
+            ys.append(torch.from_numpy(arrays["y"]))
+            ls.append(torch.from_numpy(arrays["logits"]))
         if not xs:
             raise DatafreeError(f"synthetic set {str(self.path)!r} has no shards")
         name = f"synthetic:{self.manifest.get('method')}"
-        self.data = TensorData(torch.cat(xs), torch.cat(ys), torch.cat(ls), name=name)
-        self.input_spec = InputSpec.from_dict(self.manifest["input_spec"])
+        self.data = TensorData(torch.cat(xs).float(), torch.cat(ys).long(), torch.cat(ls).float(), name=name)
+        self.input_spec = spec
 
     def __len__(self) -> int:
         return len(self.data)

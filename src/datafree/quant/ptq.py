@@ -14,6 +14,7 @@ from ..data.source import SourceLike, draw
 from ..compress import record_transform, register_compressor
 from ..distill import KDConfig
 from ..errors import DatafreeError
+from ..schema import Schema, submodule
 from ..models.loading import input_spec_of
 from ..utils import model_device, set_module
 from .graph import LAYOUTS, act_quantizers, apply_layout, layout_of, tensor_quants
@@ -330,10 +331,42 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
     model = apply_layout(model, t.get("layout", "inputs"), sub8_own_range=bool(t.get("sub8_own_range", False)))
     for q, on in zip(quant_layers(model), t["act_quant"]):
         q.act_quant = bool(on)
-    for q, on in zip(tensor_quants(model, own_only=True), t.get("tensor_quant", [])):
+    own = tensor_quants(model, own_only=True)
+    if "tensor_quant" in t and len(t["tensor_quant"]) != len(own):
+        raise DatafreeError(f"tensor_quant has {len(t['tensor_quant'])} entries for the {len(own)} quantized tensors "
+                            "of this model")
+    for q, on in zip(own, t.get("tensor_quant", [])):
         q.act_quant = bool(on)
     return model
 
 
+def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
+    """A stored quantize record: a plan of conv/linear layers (and BNs) the model has, valid bits, one flag per layer."""
+    plan = s.get(t, "plan", list, field)
+    for i, e in enumerate(plan):
+        f = f"{field}.plan[{i}]"
+        s.mapping(e, f)
+        layer = submodule(s, model, s.get(e, "name", str, f), f + ".name")
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            s.fail(f + ".name", f"names a {type(layer).__name__}, not a convolution or linear layer")
+        bn = s.get(e, "bn", (str, type(None)), f, required=False)
+        if bn is not None and not isinstance(submodule(s, model, bn, f + ".bn"), nn.modules.batchnorm._BatchNorm):
+            s.fail(f + ".bn", f"names {bn!r}, which is not a BatchNorm layer")
+        for k in ("w_bits", "a_bits"):
+            if not _bits_ok(s.integer(e, k, f)):  # type: ignore[arg-type]
+                s.fail(f"{f}.{k}", f"must be 2-8 or {FLOAT_BITS}, got {e[k]}")
+    for key in ("act_quant", "tensor_quant"):
+        flags = s.get(t, key, list, field, required=key == "act_quant")
+        for i, v in enumerate(flags or []):
+            if not isinstance(v, bool):
+                s.fail(f"{field}.{key}[{i}]", f"must be true/false, got {type(v).__name__}")
+    if len(t["act_quant"]) != len(plan):
+        s.fail(f"{field}.act_quant", f"has {len(t['act_quant'])} entries for {len(plan)} planned layers")
+    layout = s.get(t, "layout", str, field, required=False)
+    if layout is not None and layout not in LAYOUTS:
+        s.fail(f"{field}.layout", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    s.get(t, "sub8_own_range", bool, field, required=False)
+
+
 register_compressor("quantize", QuantConfig, _apply, _rebuild,
-                    "fold BN, per-channel weights and per-tensor inputs on a b-bit grid, calibrated on a source")
+                    "fold BN, per-channel weights and per-tensor inputs on a b-bit grid, calibrated on a source", _check)
