@@ -10,6 +10,7 @@ from datafree.synth import js_divergence, make_config, synthesize
 from datafree.synth.priors import tv_l2_norm
 
 from .test_synth import _bn_loss
+from tests.conftest import measured
 
 
 def test_tv_l2_norm_matches_direct_sum():
@@ -44,12 +45,12 @@ def test_deepinversion_matches_bn_and_targets(digits_teacher):
     teacher, _ = digits_teacher
     cfg = make_config("deepinversion", num=40, batch_size=40, iterations=150, lr=0.1)  # default α_f (1)
     data = synthesize(teacher, "deepinversion", cfg, progress=False)
-    assert (data.logits.argmax(1) == data.y).float().mean() > 0.9  # CE reaches the targets
+    assert measured("di.target_share", (data.logits.argmax(1) == data.y).float().mean()) > 0.9  # CE reaches the targets
     spec = teacher.input_spec
     lo, hi = spec.pixel_bounds()
     assert (data.x >= lo - 1e-6).all() and (data.x <= hi + 1e-6).all()  # clamped to valid pixels
     noise = torch.maximum(torch.minimum(torch.randn(40, *spec.shape), hi), lo)
-    assert _bn_loss(teacher, data.x, "l2") < 0.5 * _bn_loss(teacher, noise, "l2")
+    assert measured("di.bn_ratio_to_noise", _bn_loss(teacher, data.x, "l2") / _bn_loss(teacher, noise, "l2")) < 0.5
 
 
 def test_adaptive_deepinversion_needs_a_student_and_seeks_disagreement(digits_teacher):
@@ -70,4 +71,4 @@ def test_adaptive_deepinversion_needs_a_student_and_seeks_disagreement(digits_te
     with torch.no_grad():
         js_di = js_divergence(di.logits, student(di.x), 3.0).item()
         js_adi = js_divergence(adi.logits, student(adi.x), 3.0).item()
-    assert js_adi > js_di
+    assert measured("adi.js_gain", js_adi - js_di) > 0

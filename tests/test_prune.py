@@ -10,6 +10,7 @@ from datafree.distill import KDConfig, distill_
 from datafree.models.spec import DIGITS_SPEC
 from datafree.prune import (count_flops_params, finalize_unstructured_, prunable_chains, prune_structured_,
                             prune_unstructured_, pruned_state_dict)
+from tests.conftest import measured
 
 
 def test_flops_and_params_by_hand():
@@ -87,7 +88,7 @@ def test_cli_prune_structured_with_finetuning(digits_teacher, tmp_path, capsys):
                  "--finetune-steps", "150", "--out", out, "--eval", "digits:test", "--json", "--no-progress"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["flops_after"] < 0.6 * info["flops_before"] and info["params_after"] < info["params_before"]
-    assert info["top1"] > info["teacher_top1"] - 5.0  # KD on real digits recovers most of the accuracy
+    assert measured("prune.drop", info["teacher_top1"] - info["top1"]) < 5.0  # KD on real digits recovers most of the accuracy
     assert main(["evaluate", "small_cnn", "--weights", out, "--data", "digits:test", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(info["top1"])
     assert main(["prune", "small_cnn", "--weights", w, "--sparsity", "1.5", "--structured", "--out", out]) == 2
