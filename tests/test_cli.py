@@ -211,3 +211,33 @@ def test_freeze_bn_on_a_student_from_scratch_is_flagged(digits_teacher, tmp_path
     assert "--freeze-bn keeps a new student's BN statistics" in capsys.readouterr().err
     assert cli_main(base + ["--student-weights", w, "--out", str(tmp_path / "b.pt")]) == 0
     assert "--freeze-bn" not in capsys.readouterr().err
+
+
+def test_unanticipated_error_says_it_is_internal_and_debug_shows_the_traceback(digits_teacher, monkeypatch, capsys):
+    """A defect of ours is not blamed on the user's input spec: one line, 'internal error while ...', exit 3."""
+    import datafree.metrics as metrics
+
+    _, w = digits_teacher
+
+    def broken(*a, **k):
+        raise RuntimeError("The size of tensor a (52) must match the size of tensor b (54)")
+
+    monkeypatch.setattr(metrics, "evaluate", broken)
+    argv = ["evaluate", "small_cnn", "--weights", w, "--data", "digits:test"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("datafree: internal error while running `datafree evaluate`: RuntimeError: The size of tensor")
+    assert "please report it" in err and "DATAFREE_DEBUG=1" in err and "input spec" not in err
+    monkeypatch.setenv("DATAFREE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        main(argv)
+
+
+@pytest.mark.parametrize("shape", ["1.7,8,8", "1,8.0,8", "1,8,x"])
+def test_input_shape_integers_are_never_truncated(digits_teacher, capsys, shape):
+    _, w = digits_teacher
+    rc = main(["evaluate", "small_cnn", "--weights", w, "--input-shape", shape, "--mean", "0.3", "--std", "0.38",
+               "--num-classes", "10", "--data", "digits:test"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"datafree: error: --input-shape must be comma-separated integers, got {shape!r}"

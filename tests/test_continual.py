@@ -46,6 +46,7 @@ def test_inverted_old_classes_beat_forgetting(old_digits):
     for method in ("finetune-new", "lwf", "deepinversion"):
         m = extend_classes(old, new, 10, ContinualConfig(method=method), kd=kd, synthetic=inv, progress=False)
         acc[method] = split_accuracy(m, test, 5)
+    # measured in test_bounds.json, 20 runs: finetune-new old 0.0 / new 98.3..100; deepinversion's margins 63.7..84.1 and 30.3..40.3 pt
     assert measured("continual.finetune_old", acc["finetune-new"]["top1_old"]) < 20.0  # catastrophic forgetting
     assert measured("continual.finetune_new", acc["finetune-new"]["top1_new"]) > 90.0
     assert measured("continual.di_old_minus_finetune_old",

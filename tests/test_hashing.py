@@ -88,7 +88,8 @@ def test_hashed_tiny_model_trains_by_kd_above_floor_and_round_trips(digits_teach
     kd = df.KDConfig.preset("hash", steps=300, batch_size=64, val_every=1000)
     h = hash_distill(m, df.load_dataset("digits:train", m.input_spec), HashConfig(fraction=0.25), kd, progress=False)
     top1 = df.evaluate(h, digits_test)["top1"]
-    assert measured("hash.top1", top1) >= 92.0, top1  # teacher ~98; 25 % of its variables, 300 KD steps on real digits (measured 97.8)
+    # teacher ~98; 25 % of its variables, 300 KD steps on real digits (measured in test_bounds.json, 20 runs: 96.4..98.6)
+    assert measured("hash.top1", top1) >= 92.0, top1
     save_artifact(h, tmp_path / "h.pt", teacher=m)
     back = load_artifact(tmp_path / "h.pt")
     with torch.no_grad():

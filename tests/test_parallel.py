@@ -123,7 +123,7 @@ def test_ddp_distill_trains_like_one_process_and_rank0_alone_reports(teacher_w, 
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     assert len(lines) == 1, out  # one report for the job, not one per rank
     info = json.loads(lines[0])
-    assert info["steps"] == 60 and measured("ddp.val_top1", info["val_top1"]) > 80.0, info["val_top1"]
+    assert info["steps"] == 60 and measured("ddp.val_top1", info["val_top1"]) > 80.0, info["val_top1"]  # measured in test_bounds.json, 20 runs: 97.2..98.9
     assert max_diff(weights(tmp_path / "one.pt"), weights(tmp_path / "two.pt")) < 1e-4
 
 

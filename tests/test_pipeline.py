@@ -9,6 +9,7 @@ from tests.conftest import measured
 
 
 def test_fp32_teacher_accuracy_floor(digits_teacher, digits_test):
+    # measured in test_bounds.json, 20 runs: 97.2..98.9
     assert measured("teacher.top1", df.evaluate(digits_teacher[0], digits_test)["top1"]) > 93.0
 
 
@@ -17,12 +18,12 @@ def test_quantize_real_vs_bn_stats_and_first_last(digits_teacher, digits_test):
     fp = df.evaluate(m, digits_test)["top1"]
     real = df.load_dataset("digits:train", m.input_spec)
     q8 = df.quantize(m, real, df.QuantConfig(w_bits=8, a_bits=8))
-    assert measured("pipeline.w8a8_drop", fp - df.evaluate(q8, digits_test)["top1"]) <= 1.0
+    assert measured("pipeline.w8a8_drop", fp - df.evaluate(q8, digits_test)["top1"]) <= 1.0  # measured in test_bounds.json, 20 runs: -0.56..0.28
     syn = df.synthesize(m, "bn-stats", df.make_config("bn-stats", num=256, iterations=100), progress=False)
     q4 = df.quantize(m, syn, df.QuantConfig(w_bits=4, a_bits=4, quantize_first_last=True))
     bits = [(q.w_bits, q.a_bits) for q in quant_layers(q4)]
     assert bits == [(4, 4)] * 4
-    assert measured("pipeline.w4a4_bnstats_drop", fp - df.evaluate(q4, digits_test)["top1"]) < 6.0
+    assert measured("pipeline.w4a4_bnstats_drop", fp - df.evaluate(q4, digits_test)["top1"]) < 6.0  # measured in test_bounds.json, 20 runs: -0.83..1.94
     q4d = df.quantize(m, syn, df.QuantConfig(w_bits=4, a_bits=4))
     bits = [(q.w_bits, q.a_bits) for q in quant_layers(q4d)]
     assert bits[0] == (8, 8) and bits[-1] == (8, 8) and bits[1] == (4, 4)

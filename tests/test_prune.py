@@ -88,7 +88,8 @@ def test_cli_prune_structured_with_finetuning(digits_teacher, tmp_path, capsys):
                  "--finetune-steps", "150", "--out", out, "--eval", "digits:test", "--json", "--no-progress"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["flops_after"] < 0.6 * info["flops_before"] and info["params_after"] < info["params_before"]
-    assert measured("prune.drop", info["teacher_top1"] - info["top1"]) < 5.0  # KD on real digits recovers most of the accuracy
+    # KD on real digits recovers most of the accuracy (measured in test_bounds.json, 20 runs: drop -0.28..2.5 pt)
+    assert measured("prune.drop", info["teacher_top1"] - info["top1"]) < 5.0
     assert main(["evaluate", "small_cnn", "--weights", out, "--data", "digits:test", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(info["top1"])
     assert main(["prune", "small_cnn", "--weights", w, "--sparsity", "1.5", "--structured", "--out", out]) == 2

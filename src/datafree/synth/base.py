@@ -19,7 +19,7 @@ from ..config import Config, check, opt
 from ..data.base import TensorData
 from ..data.grid import save_grid
 from ..data.synthetic import SyntheticSet, SyntheticSetWriter
-from ..errors import DatafreeError
+from ..errors import DatafreeError, first_line
 from ..models.loading import fingerprint, input_spec_of
 from ..models.spec import InputSpec
 from ..registry import Registry
@@ -247,8 +247,14 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
         todo = [i for i in range(n_shards) if i not in done and mine(i)]
         state_file = Path(out) / SYNTH_STATE if out is not None else None
         if state_file is not None and done and state_file.exists() and (rank == 0 or not stateful):
-            synth.load_state_dict(load_tensors(state_file, "is an unreadable synthesizer state",
-                                               "delete the directory or pass --overwrite"))
+            state = load_tensors(state_file, "is a corrupt or truncated synthesizer state",
+                                 "delete the directory or pass --overwrite")
+            try:
+                synth.load_state_dict(state)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+                raise DatafreeError(f"{state_file} does not hold the state of this {method} synthesizer "
+                                    f"({type(e).__name__}: {first_line(e, 100)}); delete the directory or pass "
+                                    "--overwrite") from None
         per_batch = getattr(cfg, "iterations", 0) if cls.iterative else 1
         bar = None
         if progress and todo and rank == 0:
