@@ -90,11 +90,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--only", type=int, nargs="*", help="run just these run indices (others kept from the file)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--select", nargs="*", help="only the bound tests whose id contains one of these strings")
     a = ap.parse_args()
     out = Path(a.out)
     done = json.loads(out.read_text()) if out.exists() else {"runs": []}
     have = {r["run"] for r in done["runs"]}
-    ids = bound_tests()
+    ids = [i for i in bound_tests() if not a.select or any(k in i for k in a.select)]
     for cfg in plan(a.runs):
         if cfg["run"] in have or (a.only is not None and cfg["run"] not in a.only):
             continue
@@ -106,7 +107,7 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         done["meta"] = {"tests": ids, "commit": commit.stdout.strip(), "machine": os.uname().machine,
                         "cpus": os.cpu_count(), "runs_planned": a.runs,
-                        "command": "python -m benchmarks.test_bounds --runs " + str(a.runs)}
+                        "command": " ".join(["python -m benchmarks.test_bounds"] + sys.argv[1:])}
         done["bounds"] = summarize(done["runs"])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(done, indent=1))

@@ -107,7 +107,7 @@ def test_feature_term_pulls_penultimate_features(digits_teacher):
     with torch.no_grad():
         m(x), q(x)
     after = F.mse_loss(feats[id(q)], feats[id(m)]).item()
-    assert after < 0.7 * before
+    assert measured("feature_term.after_over_before", after / before) < 0.7  # measured in test_bounds_reconstruct.json, 20 runs: 0.19..0.25
     assert len(m.fc._forward_pre_hooks) == 1 and len(q.fc._forward_pre_hooks) == 1  # distill_ removed its taps
 
 
