@@ -96,6 +96,7 @@ def main() -> None:
     done = json.loads(out.read_text()) if out.exists() else {"runs": []}
     have = {r["run"] for r in done["runs"]}
     ids = [i for i in bound_tests() if not a.select or any(k in i for k in a.select)]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     for cfg in plan(a.runs):
         if cfg["run"] in have or (a.only is not None and cfg["run"] not in a.only):
             continue
@@ -104,8 +105,7 @@ def main() -> None:
               f"({r['seconds']} s)", flush=True)
         done["runs"].append(r)
         done["runs"].sort(key=lambda x: x["run"])
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        done["meta"] = {"tests": ids, "commit": commit.stdout.strip(), "machine": os.uname().machine,
+        done["meta"] = {"tests": ids, "commit": commit.strip(), "machine": os.uname().machine,
                         "cpus": os.cpu_count(), "runs_planned": a.runs,
                         "command": " ".join(["python -m benchmarks.test_bounds"] + sys.argv[1:])}
         done["bounds"] = summarize(done["runs"])

@@ -58,3 +58,18 @@ def measured(name: str, value: float) -> float:
         with open(BOUNDS_LOG, "a") as f:
             f.write(json.dumps({"bound": name, "value": float(value)}) + "\n")
     return float(value)
+
+
+def write_legacy_quantized(teacher, data, path):
+    """Quantize `teacher` on `data` as datafree 0.1 did (W4A4, per-layer-input layout: no tensor quantizers, float
+    biases) and write it in the 0.1 file format; returns the quantized model."""
+    from datafree.artifact import LEGACY_QUANTIZED
+    from datafree.quant import QuantConfig, quant_layers
+
+    q = df.quantize(teacher, data, QuantConfig(w_bits=4, a_bits=4, layout="inputs"))
+    torch.save({"format": LEGACY_QUANTIZED, "library_version": "0.1.0",
+                "source": {"model": "small_cnn", "num_classes": None}, "input_spec": q.input_spec.to_dict(),
+                "config": q.quant_config.to_dict(), "plan": q.quant_plan,
+                "act_quant": [layer.act_quant for layer in quant_layers(q)], "teacher_fingerprint": None,
+                "state_dict": q.state_dict(), "extra": {}}, path)
+    return q

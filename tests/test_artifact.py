@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import datafree as df
-from datafree.artifact import LEGACY_QUANTIZED, load_artifact, save_artifact
+from datafree.artifact import load_artifact, save_artifact
 from datafree.cli import main
 from datafree.compress import COMPRESSORS, compress
 from datafree.continual import ContinualConfig
 from datafree.distill import KDConfig
 from datafree.prune import PruneConfig
 from datafree.quant import QuantConfig
+from tests.conftest import write_legacy_quantized
 
 
 def _case(name, teacher, real):
@@ -68,15 +69,7 @@ def test_pruned_artifact_still_loads_as_weights_of_the_zoo_model(digits_teacher,
 
 def test_legacy_quantized_file_still_loads(digits_teacher, digits_test, tmp_path):
     teacher, _ = digits_teacher
-    # datafree 0.1 files hold the per-layer-input layout (no tensor quantizers, float biases)
-    q = df.quantize(teacher, df.load_dataset("digits:train", teacher.input_spec),
-                    QuantConfig(w_bits=4, a_bits=4, layout="inputs"))
-    from datafree.quant import quant_layers
-    legacy = {"format": LEGACY_QUANTIZED, "library_version": "0.1.0", "source": {"model": "small_cnn", "num_classes": None},
-              "input_spec": q.input_spec.to_dict(), "config": q.quant_config.to_dict(), "plan": q.quant_plan,
-              "act_quant": [l.act_quant for l in quant_layers(q)], "teacher_fingerprint": None,
-              "state_dict": q.state_dict(), "extra": {}}
-    torch.save(legacy, tmp_path / "old.pt")
+    q = write_legacy_quantized(teacher, df.load_dataset("digits:train", teacher.input_spec), tmp_path / "old.pt")
     assert torch.equal(df.predict(df.load_quantized(tmp_path / "old.pt"), digits_test), df.predict(q, digits_test))
 
 

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import datafree as df
-from datafree.artifact import LEGACY_QUANTIZED
 from datafree.cli import main
-from datafree.quant import QuantConfig
+from tests.conftest import write_legacy_quantized
 
 DROP, TRUNC = object(), object()
 
@@ -70,15 +69,7 @@ def files(tmp_path_factory, digits_teacher):
         out = d / f"{name}.pt"
         assert main(argv + ["--out", str(out), "--no-progress"]) == 0, name
         f[name] = out
-    q = df.quantize(m, df.load_dataset("digits:train", m.input_spec).subset(64),
-                    QuantConfig(w_bits=4, a_bits=4, layout="inputs"))
-    from datafree.quant import quant_layers
-
-    legacy = {"format": LEGACY_QUANTIZED, "library_version": "0.1.0", "source": {"model": "small_cnn", "num_classes": None},
-              "input_spec": q.input_spec.to_dict(), "config": q.quant_config.to_dict(), "plan": q.quant_plan,
-              "act_quant": [layer.act_quant for layer in quant_layers(q)], "teacher_fingerprint": None,
-              "state_dict": q.state_dict(), "extra": {}}
-    torch.save(legacy, d / "legacy.pt")
+    write_legacy_quantized(m, df.load_dataset("digits:train", m.input_spec).subset(64), d / "legacy.pt")
     f["legacy"] = d / "legacy.pt"
     ck = d / "run.ckpt"
     f["distill_args"] = ["distill", *M, "--student", "small_cnn", "--data", "digits:train", "--steps", "4",

@@ -20,7 +20,7 @@ from .compress import COMPRESSORS, transforms_of
 from .errors import DatafreeError, first_line
 from .models.loading import create_model, fingerprint, load_state_dict_
 from .models.spec import InputSpec
-from .schema import Schema
+from .schema import MISFIT_ERRORS, Schema
 from .utils import load_tensors, save_atomic
 
 FORMAT = "datafree-artifact-v1"
@@ -98,7 +98,7 @@ def _from_legacy_quantized(obj: dict, where: str) -> dict:
     s = Schema(where, "re-create it with `datafree quantize`")
     src = s.get(obj, "source", dict)
     s.get(src, "model", str, "source")
-    s.integer(src, "num_classes", "source", lo=1, required=False, nullable=True)
+    s.number(src, "num_classes", "source", lo=1, required=False, nullable=True)
     for k, t in (("input_spec", dict), ("config", dict), ("plan", list), ("act_quant", list), ("state_dict", dict)):
         s.get(obj, k, t)
     s.get(obj, "library_version", (str, type(None)), required=False)
@@ -122,7 +122,7 @@ def check_artifact(obj: dict, where: str) -> Schema:
     s.get(base, "model", str, "base")
     if not base["model"]:
         s.fail("base.model", "is empty")
-    s.integer(base, "num_classes", "base", lo=1, required=False, nullable=True)
+    s.number(base, "num_classes", "base", lo=1, required=False, nullable=True)
     s.get(base, "weights", (str, type(None)), "base", required=False)
     s.get(base, "arch", (str, type(None)), "base", required=False)
     s.spec(obj, InputSpec)
@@ -182,7 +182,7 @@ def build_artifact(obj: dict, where: str, model_file: Optional[str] = None) -> n
             model = c.rebuild(model, t, sd)
         except DatafreeError as e:
             s.fail(field, f"({name}) cannot be rebuilt on {ref}: {e}")
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        except MISFIT_ERRORS as e:
             s.fail(field, f"({name}) cannot be rebuilt on {ref} ({type(e).__name__}: {first_line(e)})")
     load_state_dict_(model, sd, f"{where}: field 'state_dict': its tensors")
     model.input_spec = spec  # type: ignore[attr-defined]

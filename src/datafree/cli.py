@@ -42,21 +42,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _floats(s: Optional[str], what: str) -> Optional[tuple]:
+def _numbers(s: Optional[str], what: str, kind: type = float) -> Optional[tuple]:
+    """Comma-separated numbers of `kind` (None stays None); for int, `1.7` or `3.0` is refused, never truncated."""
     if s is None:
         return None
     try:
-        return tuple(float(v) for v in s.split(","))
+        return tuple(kind(v) for v in s.split(","))
     except ValueError:
-        raise DatafreeError(f"{what} must be comma-separated numbers, got {s!r}") from None
-
-
-def _ints(s: str, what: str) -> tuple[int, ...]:
-    """Comma-separated integers; `1.7` or `3.0` is refused, never truncated."""
-    try:
-        return tuple(int(v) for v in s.split(","))
-    except ValueError:
-        raise DatafreeError(f"{what} must be comma-separated integers, got {s!r}") from None
+        noun = "integers" if kind is int else "numbers"
+        raise DatafreeError(f"{what} must be comma-separated {noun}, got {s!r}") from None
 
 
 def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Optional[str] = None,
@@ -67,11 +61,11 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
 
     spec = input_spec
     if name is None and (a.input_shape or a.mean or a.std):
-        shape = _ints(a.input_shape, "--input-shape") if a.input_shape else None
+        shape = _numbers(a.input_shape, "--input-shape", int)
         if not (shape and a.mean and a.std and a.num_classes):
             raise DatafreeError("--input-shape, --mean, --std and --num-classes go together; give all four")
         try:
-            spec = InputSpec(shape, _floats(a.mean, "--mean"), _floats(a.std, "--std"), a.num_classes)
+            spec = InputSpec(shape, _numbers(a.mean, "--mean"), _numbers(a.std, "--std"), a.num_classes)
         except DatafreeError as e:
             raise DatafreeError(f"bad input spec: {e}") from None
     if name is None:

@@ -110,9 +110,9 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
 
 def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
     """A stored extend record: the new class count, above the old one."""
-    n = s.integer(t, "num_classes", field, lo=2)
-    old = s.integer(t, "from_classes", field, lo=1, required=False)
-    if old is not None and old >= n:  # type: ignore[operator]
+    n = s.number(t, "num_classes", field, lo=2)
+    old = s.number(t, "from_classes", field, lo=1, required=False)
+    if old is not None and old >= n:
         s.fail(f"{field}.num_classes", f"is {n}, not more than from_classes {old}")
 
 

@@ -240,7 +240,7 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
 def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
     """A stored hash record: (layer, tensor) entries the model has, positive matrix sizes."""
     for k in ("n", "M"):
-        s.integer(t, k, field, lo=1)
+        s.number(t, k, field, lo=1)
     for i, e in enumerate(s.get(t, "entries", list, field)):
         f = f"{field}.entries[{i}]"
         if not (isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, str) for v in e)):

@@ -206,9 +206,7 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
 
 def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
     """A stored prune record: the kept channel counts (positive integers) when structured."""
-    for i, c in enumerate(s.get(t, "channels", list, field, required=False) or []):
-        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-            s.fail(f"{field}.channels[{i}]", f"must be a positive integer, got {c!r}")
+    s.items(t, "channels", int, field, required=False, lo=1)
 
 
 register_compressor("prune", PruneConfig, _apply, _rebuild,

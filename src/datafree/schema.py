@@ -12,6 +12,8 @@ from .errors import DatafreeError
 Types = Union[type, tuple[type, ...]]
 _NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping",
           tuple: "a list", type(None): "null", torch.Tensor: "a tensor"}
+# what loading a stored state into an object it does not fit raises (optimizer, RNG, module, synthesizer state)
+MISFIT_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError)
 
 
 def _kind(t: Types) -> str:
@@ -21,6 +23,14 @@ def _kind(t: Types) -> str:
 
 def _got(v: Any) -> str:
     return "null" if v is None else type(v).__name__
+
+
+def _is(v: Any, types: Types) -> bool:
+    """isinstance, except that a bool is never an int and an int is a float."""
+    ts = types if isinstance(types, tuple) else (types,)
+    if isinstance(v, bool):
+        return bool in ts
+    return isinstance(v, ts) or (float in ts and isinstance(v, int))
 
 
 class Schema:
@@ -39,40 +49,43 @@ class Schema:
             self.fail(field, f"must be a mapping, got {_got(obj)}")
         return obj
 
-    def get(self, obj: dict, key: str, types: Types, field: str = "", required: bool = True, default: Any = None) -> Any:
-        """obj[key], which must have one of `types` (bool is never an int here; an int is a float)."""
-        name = f"{field}.{key}" if field else key
-        if key not in obj:
-            if required:
-                self.fail(name, "is missing")
-            return default
-        v = obj[key]
-        ts = types if isinstance(types, tuple) else (types,)
-        ok = isinstance(v, ts) and not (isinstance(v, bool) and bool not in ts)
-        if not ok and float in ts and isinstance(v, int) and not isinstance(v, bool):
-            ok = True
-        if not ok:
+    def value(self, v: Any, types: Types, name: str) -> Any:
+        """`v` (the field `name`) must have one of `types`, and be finite if it is a float."""
+        if not _is(v, types):
             self.fail(name, f"must be {_kind(types)}, got {_got(v)}")
         if isinstance(v, float) and not math.isfinite(v):
             self.fail(name, f"is {v}, not a finite number")
         return v
 
-    def integer(self, obj: dict, key: str, field: str = "", lo: Optional[int] = None, hi: Optional[int] = None,
-                required: bool = True, nullable: bool = False) -> Optional[int]:
-        """An int field within [lo, hi]."""
-        v = self.get(obj, key, (int, type(None)) if nullable else int, field, required)
+    def get(self, obj: dict, key: str, types: Types, field: str = "", required: bool = True) -> Any:
+        """obj[key], which must have one of `types` (None when absent and not required)."""
         name = f"{field}.{key}" if field else key
+        if key not in obj:
+            if required:
+                self.fail(name, "is missing")
+            return None
+        return self.value(obj[key], types, name)
+
+    def _in_range(self, v: Any, name: str, lo: Optional[float], hi: Optional[float]) -> None:
         if v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi)):
             rng = f"in [{lo}, {hi}]" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
             self.fail(name, f"must be {rng}, got {v}")
+
+    def number(self, obj: dict, key: str, field: str = "", lo: Optional[float] = None, hi: Optional[float] = None,
+               required: bool = True, nullable: bool = False, kind: type = int) -> Any:
+        """An int (or, with kind=float, a finite number) field within [lo, hi]."""
+        v = self.get(obj, key, (kind, type(None)) if nullable else kind, field, required)
+        self._in_range(v, f"{field}.{key}" if field else key, lo, hi)
         return v
 
-    def str_list(self, obj: dict, key: str, field: str = "", required: bool = True) -> Optional[list]:
-        """A list of strings."""
-        v = self.get(obj, key, list, field, required)
-        for i, s in enumerate(v or []):
-            if not isinstance(s, str):
-                self.fail(f"{field}.{key}[{i}]" if field else f"{key}[{i}]", f"must be a string, got {_got(s)}")
+    def items(self, obj: dict, key: str, types: Types, field: str = "", required: bool = True,
+              lo: Optional[float] = None, container: Types = list) -> Optional[list]:
+        """A list field whose every element has one of `types` (and is >= lo)."""
+        v = self.get(obj, key, container, field, required)
+        name = f"{field}.{key}" if field else key
+        for i, x in enumerate(v or []):
+            self.value(x, types, f"{name}[{i}]")
+            self._in_range(x, f"{name}[{i}]", lo, None)
         return v
 
     def tensors(self, obj: Any, field: str, finite: bool = True) -> dict[str, torch.Tensor]:
@@ -92,15 +105,10 @@ class Schema:
         """An input spec dict (shape C,H,W of positive ints, mean/std per channel, num_classes) built as `cls`."""
         name = f"{field}.{key}" if field else key
         d = self.get(obj, key, dict, field)
-        shape = self.get(d, "shape", (list, tuple), name)
-        for i, s in enumerate(shape):
-            if isinstance(s, bool) or not isinstance(s, int):
-                self.fail(f"{name}.shape[{i}]", f"must be an integer, got {_got(s)}")
+        self.items(d, "shape", int, name, container=(list, tuple))
         for k in ("mean", "std"):
-            for i, s in enumerate(self.get(d, k, (list, tuple), name)):
-                if isinstance(s, bool) or not isinstance(s, (int, float)):
-                    self.fail(f"{name}.{k}[{i}]", f"must be a number, got {_got(s)}")
-        self.integer(d, "num_classes", name, lo=1)
+            self.items(d, k, float, name, container=(list, tuple))
+        self.number(d, "num_classes", name, lo=1)
         try:
             return cls.from_dict(d)
         except DatafreeError as e:
@@ -126,39 +134,22 @@ class Schema:
 
 def _check_type(s: Schema, v: Any, hint: Any, field: str) -> None:
     """A JSON value against a simple annotation: bool, int, float, str, Optional[...], tuple/list of those."""
+    import types
     import typing
 
-    if hint is None or hint is Any:
-        return
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union or str(origin) == "types.UnionType" or type(hint).__name__ == "UnionType":
+    if origin in (Union, types.UnionType):
         if v is None and type(None) in args:
             return
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
-            return _check_type(s, v, inner[0], field)
-        return
-    if origin in (tuple, list):
-        if not isinstance(v, (list, tuple)):
-            s.fail(field, f"must be a list, got {_got(v)}")
-        elem = args[0] if args else None
+            _check_type(s, v, inner[0], field)
+    elif origin in (tuple, list):
+        s.value(v, (list, tuple), field)
         for i, x in enumerate(v):
-            _check_type(s, x, elem, f"{field}[{i}]")
-        return
-    if hint is bool:
-        if not isinstance(v, bool):
-            s.fail(field, f"must be true/false, got {_got(v)}")
-    elif hint is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            s.fail(field, f"must be an integer, got {_got(v)}")
-    elif hint is float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            s.fail(field, f"must be a number, got {_got(v)}")
-        if not math.isfinite(float(v)):
-            s.fail(field, f"is {v}, not a finite number")
-    elif hint is str:
-        if not isinstance(v, str):
-            s.fail(field, f"must be a string, got {_got(v)}")
+            _check_type(s, x, args[0] if args else None, f"{field}[{i}]")
+    elif hint in (bool, int, float, str):
+        s.value(v, hint, field)
 
 
 def submodule(s: Schema, model: torch.nn.Module, name: Any, field: str) -> torch.nn.Module:

@@ -15,24 +15,25 @@ from . import parallel
 from .compress import no_rebuild, record_transform, register_compressor
 from .distill import Distiller, KDConfig
 from .errors import DatafreeError, first_line
-from .schema import Schema
+from .schema import MISFIT_ERRORS, Schema
 from .models.loading import fingerprint, load_state_dict_
 from .utils import load_tensors, remove_stale_temps, save_atomic
 
 STATE = "state.pt"
 SAVE_AFTER_SYNTH_S = 30.0  # checkpoint after source updates once this much synthesis time is unsaved
 PRINT_EVERY_S = 10.0  # at most one progress line per this many seconds for source updates
+FIX = "delete it or pass --overwrite"  # what to do about a checkpoint that cannot be used
 CHECKPOINT_VERSION = 2  # 2: one state.pt holding the data source's state (pools included); loaded with weights_only
 
 
 def _load(path: Path) -> Any:
-    return load_tensors(path, "is corrupt, truncated or not a datafree run checkpoint", "delete it or pass --overwrite")
+    return load_tensors(path, "is corrupt, truncated or not a datafree run checkpoint", FIX)
 
 
 def check_state(st: dict, where: str) -> dict:
     """A run checkpoint's fields: the student's tensors (finite), the distiller's optimizer, schedule, RNG, step,
     history and source state, the seconds used."""
-    s = Schema(where, "delete it or pass --overwrite")
+    s = Schema(where, FIX)
     s.tensors(s.get(st, "student", dict), "student")
     d = s.get(st, "distiller", dict)
     for k in ("opt", "sched"):
@@ -40,17 +41,15 @@ def check_state(st: dict, where: str) -> dict:
     g = s.get(d, "gen", torch.Tensor, "distiller")
     if g.dtype != torch.uint8 or g.dim() != 1:
         s.fail("distiller.gen", f"must be a 1-D uint8 RNG state, got {g.dtype} of shape {tuple(g.shape)}")
-    s.integer(d, "step", "distiller", lo=0)
+    s.number(d, "step", "distiller", lo=0)
     for i, h in enumerate(s.get(d, "history", list, "distiller")):
         f = f"distiller.history[{i}]"
-        s.integer(s.mapping(h, f), "step", f, lo=1)
+        s.number(s.mapping(h, f), "step", f, lo=1)
         s.get(h, "loss", float, f)
         s.get(h, "val_top1", float, f, required=False)
-    if s.get(d, "elapsed", float, "distiller", required=False) is not None and d["elapsed"] < 0:
-        s.fail("distiller.elapsed", f"is negative ({d['elapsed']})")
+    s.number(d, "elapsed", "distiller", lo=0, required=False, kind=float)
     s.get(d, "source", (dict, type(None)), "distiller")
-    if s.get(st, "seconds", float, required=False) is not None and st["seconds"] < 0:
-        s.fail("seconds", f"is negative ({st['seconds']})")
+    s.number(st, "seconds", lo=0, required=False, kind=float)
     return st
 
 
@@ -88,9 +87,10 @@ class RunCheckpoint:
     def restore(self, student: nn.Module, distiller: Distiller, steps: int) -> float:
         """Load the saved student and distiller state into these objects (each field checked); returns the seconds
         the run had used."""
-        st, where = self.state, str((self.dir or Path(".")) / STATE)
-        assert st is not None
-        s = Schema(where, "delete it or pass --overwrite")
+        st = self.state
+        assert st is not None and self.dir is not None
+        where = str(self.dir / STATE)
+        s = Schema(where, FIX)
         if st["distiller"]["step"] > steps:
             s.fail("distiller.step", f"is {st['distiller']['step']}, past this run's {steps} steps")
         load_state_dict_(student, st["student"], f"{where}: field 'student': its tensors")
@@ -98,7 +98,7 @@ class RunCheckpoint:
             distiller.load_state_dict(st["distiller"])
         except DatafreeError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        except MISFIT_ERRORS as e:
             s.fail("distiller", f"does not fit this run ({type(e).__name__}: {first_line(e, 120)})")
         return float(st.get("seconds", 0.0))
 

@@ -353,13 +353,10 @@ def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
         if bn is not None and not isinstance(submodule(s, model, bn, f + ".bn"), nn.modules.batchnorm._BatchNorm):
             s.fail(f + ".bn", f"names {bn!r}, which is not a BatchNorm layer")
         for k in ("w_bits", "a_bits"):
-            if not _bits_ok(s.integer(e, k, f)):  # type: ignore[arg-type]
+            if not _bits_ok(s.number(e, k, f)):
                 s.fail(f"{f}.{k}", f"must be 2-8 or {FLOAT_BITS}, got {e[k]}")
     for key in ("act_quant", "tensor_quant"):
-        flags = s.get(t, key, list, field, required=key == "act_quant")
-        for i, v in enumerate(flags or []):
-            if not isinstance(v, bool):
-                s.fail(f"{field}.{key}[{i}]", f"must be true/false, got {type(v).__name__}")
+        s.items(t, key, bool, field, required=key == "act_quant")
     if len(t["act_quant"]) != len(plan):
         s.fail(f"{field}.act_quant", f"has {len(t['act_quant'])} entries for {len(plan)} planned layers")
     layout = s.get(t, "layout", str, field, required=False)

@@ -23,6 +23,7 @@ from ..errors import DatafreeError, first_line
 from ..models.loading import fingerprint, input_spec_of
 from ..models.spec import InputSpec
 from ..registry import Registry
+from ..schema import MISFIT_ERRORS
 from ..utils import frozen_eval, load_tensors, model_device, save_atomic
 from .priors import jitter_flip
 
@@ -251,7 +252,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
                                  "delete the directory or pass --overwrite")
             try:
                 synth.load_state_dict(state)
-            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            except MISFIT_ERRORS as e:
                 raise DatafreeError(f"{state_file} does not hold the state of this {method} synthesizer "
                                     f"({type(e).__name__}: {first_line(e, 100)}); delete the directory or pass "
                                     "--overwrite") from None
