@@ -13,7 +13,7 @@ import argparse
 import time
 
 from datafree import load_dataset
-from datafree.audit import audit
+from datafree.evaluation.audit import audit
 from datafree.synth import make_config
 from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 

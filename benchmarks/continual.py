@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from datafree import load_dataset
-from datafree.continual import ContinualConfig, extend_classes, split_accuracy
-from datafree.distill import KDConfig
+from datafree.compressors.continual import ContinualConfig, extend_classes, split_accuracy
+from datafree.kd.loop import KDConfig
 from datafree.models import create_model, load_model
 from datafree.synth import make_config, synthesize
-from datafree.train import train_classifier_
+from datafree.data.train import train_classifier_
 from .common import RowStore, command_line, data_root, git_commit, machine, row_label
 
 METHODS = ("finetune-new", "lwf", "deepinversion")

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from datafree.metrics import teacher_view
+from datafree.evaluation.metrics import teacher_view
 from .common import RowStore, cached_set, command_line, git_commit, machine, pretrained
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from datafree import evaluate, load_dataset
-from datafree.distill import Distiller, KDConfig
+from datafree.kd.loop import Distiller, KDConfig
 from datafree.models import create_model
-from datafree.sources import GeneratorSource, PoolSource, RoundsConfig
-from datafree.student import distill_student_
+from datafree.kd.sources import GeneratorSource, PoolSource, RoundsConfig
+from datafree.compressors.student import distill_student_
 from datafree.synth import SYNTHESIZERS, make_config
 from datafree.synth.base import StepCallback
 from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
@@ -54,7 +54,7 @@ def probe_step_seconds(teacher, kd: KDConfig, data, n: int = 8, repeats: int = 3
 def probe_generator(teacher, method: str, cfg, kd_step_s: float, reps: int = 2) -> dict:
     """Seconds per generator step (train-first methods) or per round (round methods), and per fresh-batch KD step,
     measured now with the same teacher and a fresh student."""
-    from datafree.utils import frozen_eval
+    from datafree.core.utils import frozen_eval
 
     s = create_model("resnet20").eval()
     eng = SYNTHESIZERS.get(method)(teacher, cfg.replace(iterations=reps if SYNTHESIZERS.get(method).fresh_samples
@@ -261,7 +261,7 @@ def plot(path: str = "benchmarks/results/kd_resnet56_resnet20.json", png: str = 
     """Top-1 (test-exact) against wall-clock seconds: a curve per streamed row, a marker per fixed-budget row."""
     import json
 
-    from datafree.metrics import plot_curves
+    from datafree.evaluation.metrics import plot_curves
 
     rows = json.loads(Path(path).read_text())["rows"]
     curves, points, hlines = {}, {}, {}

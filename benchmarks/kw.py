@@ -12,8 +12,8 @@ import copy
 import time
 
 from datafree import evaluate, load_dataset, predict, quantize
-from datafree.distill import KDConfig
-from datafree.quant import QuantConfig, finetune_quantized_
+from datafree.kd.loop import KDConfig
+from datafree.compressors.quant import QuantConfig, finetune_quantized_
 from datafree.synth import make_config
 from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
 

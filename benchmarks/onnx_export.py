@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from datafree import load_dataset, predict, quantize
-from datafree.quant import QuantConfig
-from datafree.quant.export import export_onnx, median_latency, ort_predict, ort_session
+from datafree.compressors.quant import QuantConfig
+from datafree.compressors.quant.export import export_onnx, median_latency, ort_predict, ort_session
 from .common import cached_set, data_root, git_commit, machine, pretrained
 
 

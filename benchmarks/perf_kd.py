@@ -12,7 +12,7 @@ import time
 import torch
 
 from datafree.data.base import TensorData
-from datafree.distill import Distiller, KDConfig
+from datafree.kd.loop import Distiller, KDConfig
 from datafree.models import create_model
 from .common import RowStore, command_line, git_commit, machine, pretrained
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import git_commit, machine, pretrained  # noqa: E402
 from datafree.synth import make_config
 from datafree.synth.base import StepCallback
-from datafree.utils import frozen_eval
+from datafree.core.utils import frozen_eval
 from datafree.synth.bn_stats import BNStatsSynthesizer
 
 

@@ -23,8 +23,8 @@ import torch
 from datafree import quantize
 from datafree.data import TensorData
 from datafree.models import create_model
-from datafree.quant import QuantConfig
-from datafree.quant.export import export_onnx
+from datafree.compressors.quant import QuantConfig
+from datafree.compressors.quant.export import export_onnx
 from .common import RowStore, command_line, git_commit, machine
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from datafree import evaluate, load_dataset, predict, quantize
-from datafree.quant import QuantConfig
+from datafree.compressors.quant import QuantConfig
 from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
 
 METHODS = ("gaussian", "inception", "bn-stats", "bn-stats+inception")

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from datafree import evaluate, load_dataset
-from datafree.distill import KDConfig
+from datafree.kd.loop import KDConfig
 from datafree.models import create_model, load_model
-from datafree.sources import GeneratorSource, RoundsConfig
-from datafree.student import distill_student_
+from datafree.kd.sources import GeneratorSource, RoundsConfig
+from datafree.compressors.student import distill_student_
 from datafree.synth import make_config
-from datafree.train import train_classifier_
+from datafree.data.train import train_classifier_
 from .common import RowStore, command_line, data_root, git_commit, machine
 
 SWEEP = {  # setting name -> config overrides; the same four knobs for both methods

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from datafree.data.synthetic import SyntheticSet, read_manifest
-from datafree.metrics import teacher_view
+from datafree.evaluation.metrics import teacher_view
 from datafree.synth import SYNTHESIZERS
 from .common import git_commit, machine
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from datafree import load_dataset
-from datafree.audit import auroc
+from datafree.evaluation.audit import auroc
 from datafree.data.base import TensorData
-from datafree.metrics import SCORES, similarity_per_batch
+from datafree.evaluation.metrics import SCORES, similarity_per_batch
 from datafree.models.spec import MNIST_SPEC
 from .common import RowStore, command_line, data_root, git_commit, machine, pretrained
 

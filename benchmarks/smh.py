@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from datafree import evaluate, load_dataset, save_artifact
-from datafree.distill import Distiller, KDConfig
-from datafree.hashing import HashConfig, make_hashed
+from datafree.kd.loop import Distiller, KDConfig
+from datafree.compressors.hashing import HashConfig, make_hashed
 from datafree.models.zoo import CifarResNet
-from datafree.student import distill_student_
+from datafree.compressors.student import distill_student_
 from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 DATA = ("cifar10:train-jpeg", "fast", "bn-stats")

@@ -22,7 +22,7 @@ def digits_teacher(tmp_path_factory):
     """small_cnn trained on digits:train (a few seconds), saved to disk; returns (model, weights path)."""
     d = tmp_path_factory.mktemp("teacher")
     m = df.create_model("small_cnn")
-    from datafree.train import train_classifier_
+    from datafree.data.train import train_classifier_
 
     train_classifier_(m, df.load_dataset("digits:train", m.input_spec), epochs=12, seed=SEED)
     path = d / "small_cnn.pt"
@@ -63,8 +63,8 @@ def measured(name: str, value: float) -> float:
 def write_legacy_quantized(teacher, data, path):
     """Quantize `teacher` on `data` as datafree 0.1 did (W4A4, per-layer-input layout: no tensor quantizers, float
     biases) and write it in the 0.1 file format; returns the quantized model."""
-    from datafree.artifact import LEGACY_QUANTIZED
-    from datafree.quant import QuantConfig, quant_layers
+    from datafree.compressors.artifact import LEGACY_QUANTIZED
+    from datafree.compressors.quant import QuantConfig, quant_layers
 
     q = df.quantize(teacher, data, QuantConfig(w_bits=4, a_bits=4, layout="inputs"))
     torch.save({"format": LEGACY_QUANTIZED, "library_version": "0.1.0",

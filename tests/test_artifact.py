@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import datafree as df
-from datafree.artifact import load_artifact, save_artifact
+from datafree.compressors.artifact import load_artifact, save_artifact
 from datafree.cli import main
-from datafree.compress import COMPRESSORS, compress
-from datafree.continual import ContinualConfig
-from datafree.distill import KDConfig
-from datafree.prune import PruneConfig
-from datafree.quant import QuantConfig
+from datafree.compressors.base import COMPRESSORS, compress
+from datafree.compressors.continual import ContinualConfig
+from datafree.kd.loop import KDConfig
+from datafree.compressors.prune import PruneConfig
+from datafree.compressors.quant import QuantConfig
 from tests.conftest import write_legacy_quantized
 
 
@@ -34,7 +34,7 @@ def _case(name, teacher, real):
         new = real.only_classes(range(5, 10)).subset(64)
         return new, ContinualConfig(method="lwf"), {"num_classes": 10, "kd": kd, "_model": t5}
     if name == "hash":
-        from datafree.hashing import HashConfig
+        from datafree.compressors.hashing import HashConfig
 
         return real, HashConfig(fraction=0.3), {"kd": kd, "progress": False}
     raise AssertionError(f"compressor {name!r} has no contract case; add one to tests/test_artifact.py")

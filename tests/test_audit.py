@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import datafree as df
-from datafree.audit import audit, auroc, nearest
+from datafree.evaluation.audit import audit, auroc, nearest
 from datafree.cli import main
 from datafree.data.base import TensorData
-from datafree.errors import DatafreeError
-from datafree.utils import frozen_eval
+from datafree.core.errors import DatafreeError
+from datafree.core.utils import frozen_eval
 
 
 def test_nearest_and_auroc_against_direct_computations():
@@ -28,7 +28,7 @@ def test_nearest_and_auroc_against_direct_computations():
 
 
 def test_leak_null_is_the_share_under_random_equal_splits():
-    from datafree.audit import leak_null
+    from datafree.evaluation.audit import leak_null
 
     m = 5
     null = leak_null(torch.tensor([0, 0, 0, 0]), m, permutations=4000)  # one hub: all-or-nothing shares
@@ -73,7 +73,7 @@ def test_cli_audit(digits_teacher, tmp_path, capsys):
 
 
 def test_similarity_per_batch_is_the_score_of_each_batch_and_detects_noise(digits_teacher):
-    from datafree.metrics import similarity, similarity_per_batch
+    from datafree.evaluation.metrics import similarity, similarity_per_batch
 
     m, _ = digits_teacher
     test = df.load_dataset("digits:test", m.input_spec)
@@ -87,7 +87,7 @@ def test_similarity_per_batch_is_the_score_of_each_batch_and_detects_noise(digit
 
 
 def test_similarity_bn_plus_onehot_adds_the_mean_neg_log_max_softmax(digits_teacher):
-    from datafree.metrics import similarity_per_batch
+    from datafree.evaluation.metrics import similarity_per_batch
 
     m, _ = digits_teacher
     test = df.load_dataset("digits:test", m.input_spec)

@@ -228,7 +228,7 @@ def test_disk_full_while_saving_is_one_line_and_leaves_no_tmp(env, capsys, monke
     """ENOSPC during the final write: a one-line error naming the path, no *.tmp, nothing half-written."""
     import errno
 
-    import datafree.utils as u
+    import datafree.core.utils as u
 
     real = u.atomic_write
 

@@ -22,7 +22,7 @@ def test_teacher_view_against_hand_counts():
     import torch
 
     from datafree.data import TensorData
-    from datafree.metrics import teacher_view
+    from datafree.evaluation.metrics import teacher_view
 
     logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0], [0, 0, 0]])  # argmax 0, 1, 1, 0 (ties -> first)
     d = TensorData(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]), logits)

@@ -158,7 +158,7 @@ def test_library_errors_name_the_option_and_the_cli_its_flag(tmp_path, capsys):
                                         ("extend", "continual")])
 def test_cli_kd_defaults_are_the_library_presets(cmd, preset):
     from datafree.cli import _kd_config, build_parser
-    from datafree.distill import KDConfig
+    from datafree.kd.loop import KDConfig
 
     req = {"quantize": ["--calib", "x", "--out", "o"], "distill": ["--student", "s", "--data", "d", "--out", "o"],
            "prune": ["--structured", "--sparsity", "0.5", "--out", "o"],
@@ -171,7 +171,7 @@ def test_cli_kd_defaults_are_the_library_presets(cmd, preset):
 
 def test_config_versions_round_trip_and_old_dicts_load():
     import datafree as df
-    from datafree.distill import KDConfig
+    from datafree.kd.loop import KDConfig
 
     d = KDConfig(lr=3e-3).to_dict()
     assert d["config_version"] == KDConfig.version == 1
@@ -215,7 +215,7 @@ def test_freeze_bn_on_a_student_from_scratch_is_flagged(digits_teacher, tmp_path
 
 def test_unanticipated_error_says_it_is_internal_and_debug_shows_the_traceback(digits_teacher, monkeypatch, capsys):
     """A defect of ours is not blamed on the user's input spec: one line, 'internal error while ...', exit 3."""
-    import datafree.metrics as metrics
+    import datafree.evaluation.metrics as metrics
 
     _, w = digits_teacher
 

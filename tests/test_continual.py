@@ -5,10 +5,10 @@ import torch
 
 import datafree as df
 from datafree.cli import main
-from datafree.continual import ContinualConfig, expand_head, extend_classes, split_accuracy
-from datafree.distill import KDConfig
+from datafree.compressors.continual import ContinualConfig, expand_head, extend_classes, split_accuracy
+from datafree.kd.loop import KDConfig
 from datafree.synth import make_config, synthesize
-from datafree.train import train_classifier_
+from datafree.data.train import train_classifier_
 from tests.conftest import measured
 
 

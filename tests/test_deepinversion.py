@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import datafree as df
-from datafree.errors import DatafreeError
+from datafree.core.errors import DatafreeError
 from datafree.synth import js_divergence, make_config, synthesize
 from datafree.synth.priors import tv_l2_norm
 

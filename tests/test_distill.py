@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 import datafree as df
 from datafree.cli import main
-from datafree.distill import KDConfig, augment_batch, kd_loss
-from datafree.quant import quant_layers
+from datafree.kd.loop import KDConfig, augment_batch, kd_loss
+from datafree.compressors.quant import quant_layers
 from tests.conftest import measured
 
 
@@ -87,7 +87,7 @@ def test_cli_finetune_and_similarity(digits_teacher, tmp_path, capsys):
 
 def test_feature_term_pulls_penultimate_features(digits_teacher):
     m, _ = digits_teacher
-    from datafree.distill import distill_
+    from datafree.kd.loop import distill_
     from datafree.models import head_of
 
     assert head_of(m) == "fc"
@@ -114,7 +114,7 @@ def test_feature_term_pulls_penultimate_features(digits_teacher):
 def test_mix_batch_is_a_convex_combination_of_pairs():
     import torch
 
-    from datafree.distill import mix_batch
+    from datafree.kd.loop import mix_batch
 
     x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 2, 2).contiguous()
     y = mix_batch(x, torch.Generator().manual_seed(0), 0.4)
@@ -126,7 +126,7 @@ def test_mix_batch_is_a_convex_combination_of_pairs():
 
 
 def test_pool_smaller_than_a_batch_is_repeated_to_full_batches(digits_teacher):
-    from datafree.distill import Distiller
+    from datafree.kd.loop import Distiller
 
     m, _ = digits_teacher
     small = df.load_dataset("digits:train", m.input_spec).subset(10)

@@ -6,7 +6,7 @@ import datafree as df
 from datafree.cli import main
 
 pytest.importorskip("onnxruntime")
-from datafree.quant.export import SyntheticCalibrationReader, export_onnx, ort_predict, ort_session  # noqa: E402
+from datafree.compressors.quant.export import SyntheticCalibrationReader, export_onnx, ort_predict, ort_session  # noqa: E402
 
 
 @pytest.mark.parametrize("bits", [8, 4])

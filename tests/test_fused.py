@@ -8,15 +8,15 @@ import torch
 import torch.nn as nn
 
 import datafree as df
-from datafree.errors import DatafreeError
+from datafree.core.errors import DatafreeError
 from datafree.models.spec import DIGITS_SPEC
 from datafree.models.zoo import CifarResNet, MobileNetV2
-from datafree.quant.graph import TensorQuant, act_quantizers, tensor_quants
-from datafree.quant.layers import QuantLayer, quant_layers
+from datafree.compressors.quant.graph import TensorQuant, act_quantizers, tensor_quants
+from datafree.compressors.quant.layers import QuantLayer, quant_layers
 
 
 def _trained(model: nn.Module) -> nn.Module:
-    from datafree.train import train_classifier_
+    from datafree.data.train import train_classifier_
 
     model.input_spec = DIGITS_SPEC
     train_classifier_(model, df.load_dataset("digits:train", DIGITS_SPEC), epochs=4, seed=0)
@@ -87,7 +87,7 @@ def _name_of(model, module):
 
 
 def _fused_ops(path):
-    from datafree.quant.export import optimized_ops
+    from datafree.compressors.quant.export import optimized_ops
 
     return collections.Counter(optimized_ops(path))
 
@@ -95,7 +95,7 @@ def _fused_ops(path):
 @pytest.mark.parametrize("name,bits", [("resnet", 8), ("mobilenet", 8), ("resnet", 4)])
 def test_onnxruntime_runs_the_fused_layout_on_integer_kernels(tiny_resnet, tiny_mobilenet, tmp_path, name, bits):
     pytest.importorskip("onnxruntime")
-    from datafree.quant.export import export_onnx, ort_predict, ort_session
+    from datafree.compressors.quant.export import export_onnx, ort_predict, ort_session
 
     model = tiny_resnet if name == "resnet" else tiny_mobilenet
     data, test = df.load_dataset("digits:train", DIGITS_SPEC), df.load_dataset("digits:test", DIGITS_SPEC)
@@ -121,7 +121,7 @@ def test_exported_int32_biases_match_the_simulation(tiny_resnet, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from datafree.quant.export import export_onnx
+    from datafree.compressors.quant.export import export_onnx
 
     q = df.quantize(tiny_resnet, df.load_dataset("digits:train", DIGITS_SPEC), df.QuantConfig(num_calib=64))
     g = onnx.load(str(export_onnx(q, tmp_path / "q.onnx"))).graph
@@ -134,7 +134,7 @@ def test_exported_int32_biases_match_the_simulation(tiny_resnet, tmp_path):
 
 
 def test_fused_artifact_round_trip_and_files_before_the_fused_layout(tmp_path):
-    from datafree.artifact import load_artifact, save_artifact
+    from datafree.compressors.artifact import load_artifact, save_artifact
     from datafree.data.base import TensorData
 
     torch.manual_seed(0)
@@ -183,8 +183,8 @@ def test_int8_activations_keep_the_clipped_ranges_and_run_every_conv_on_integer_
     """A W4A4 MobileNet: the b-bit activation clip is a float op in the exact file; widened to the int8 grid of the
     same clipped range, every convolution is an integer kernel and the file matches the widened simulation."""
     pytest.importorskip("onnxruntime")
-    from datafree.quant.export import export_onnx, ort_predict, ort_session
-    from datafree.quant.graph import int8_activations_
+    from datafree.compressors.quant.export import export_onnx, ort_predict, ort_session
+    from datafree.compressors.quant.graph import int8_activations_
 
     data, test = df.load_dataset("digits:train", DIGITS_SPEC), df.load_dataset("digits:test", DIGITS_SPEC)
     q = df.quantize(tiny_mobilenet, data, df.QuantConfig(w_bits=4, a_bits=4, num_calib=64))
@@ -258,9 +258,9 @@ def test_sub8_readers_keep_an_8bit_shortcut_and_old_files_rebuild_the_shared_gri
     requantizes to its 4-bit grid); a file made before that rule is rebuilt with the grid its state was made for."""
     import functools
 
-    import datafree.quant.ptq as ptq
-    from datafree.artifact import load_artifact, save_artifact
-    from datafree.quant.graph import apply_layout
+    import datafree.compressors.quant.ptq as ptq
+    from datafree.compressors.artifact import load_artifact, save_artifact
+    from datafree.compressors.quant.graph import apply_layout
 
     from datafree.data.base import TensorData
 

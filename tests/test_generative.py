@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import datafree as df
-from datafree.distill import Distiller, KDConfig
+from datafree.kd.loop import Distiller, KDConfig
 from datafree.models.spec import InputSpec
-from datafree.sources import GeneratorSource, RoundsConfig, stream_source
+from datafree.kd.sources import GeneratorSource, RoundsConfig, stream_source
 from datafree.synth import Generator, make_config, synthesize
 from datafree.synth.gen_losses import (activation_loss, adversarial_loss, info_entropy_loss, info_nce,
                                        inter_sample_diversity, onehot_loss, rdskd_generator_loss)
@@ -190,7 +190,7 @@ def test_round_methods_grow_a_pool_and_fresh_methods_do_not(digits_teacher):
             assert len(src.pool) == 3 and len(src) == 30 and src.teacher_logits
             assert [r["source"]["round"] for r in recs if "source" in r] == [1, 2, 3]
             assert "bn" in recs[0]["source"] and "adv" in recs[2]["source"]  # the student joins after round 1
-    assert isinstance(stream_source("deepinversion"), df.sources.PoolSource)
+    assert isinstance(stream_source("deepinversion"), df.kd.sources.PoolSource)
     with pytest.raises(df.DatafreeError, match="not a generator method"):
         GeneratorSource("deepinversion")
 

@@ -9,8 +9,8 @@ import torch.nn as nn
 
 import datafree as df
 from datafree.cli import main
-from datafree.errors import DatafreeError
-from datafree.hashing import HashConfig, hashable_tensors, make_hashed, materialize
+from datafree.core.errors import DatafreeError
+from datafree.compressors.hashing import HashConfig, hashable_tensors, make_hashed, materialize
 from tests.conftest import measured
 
 
@@ -81,8 +81,8 @@ def test_svd_init_at_full_rank_is_the_teacher(digits_teacher, digits_test):
 
 
 def test_hashed_tiny_model_trains_by_kd_above_floor_and_round_trips(digits_teacher, digits_test, tmp_path):
-    from datafree.artifact import load_artifact, save_artifact
-    from datafree.hashing import hash_distill
+    from datafree.compressors.artifact import load_artifact, save_artifact
+    from datafree.compressors.hashing import hash_distill
 
     m, w = digits_teacher
     kd = df.KDConfig.preset("hash", steps=300, batch_size=64, val_every=1000)

@@ -6,7 +6,7 @@ import torch
 import datafree as df
 from datafree.cli import main
 from datafree.models.ensemble import Ensemble, parse_teacher_ref
-from datafree.synth.bn_hooks import bn_layers
+from datafree.models.bn_hooks import bn_layers
 from datafree.synth.bn_stats import cutmix
 
 
@@ -44,7 +44,7 @@ def test_cli_mixmix_from_a_pool_serves_a_single_model(digits_teacher, tmp_path, 
     m, w = digits_teacher
     w2 = tmp_path / "second.pt"
     torch.manual_seed(5)
-    from datafree.train import train_classifier_
+    from datafree.data.train import train_classifier_
 
     m2 = df.create_model("small_cnn")
     train_classifier_(m2, df.load_dataset("digits:train", m2.input_spec), epochs=2, seed=1)

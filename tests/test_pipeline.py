@@ -4,7 +4,7 @@ import torch
 
 import datafree as df
 from datafree.cli import main
-from datafree.quant import quant_layers
+from datafree.compressors.quant import quant_layers
 from tests.conftest import measured
 
 

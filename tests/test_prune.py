@@ -6,9 +6,9 @@ import torch.nn as nn
 
 import datafree as df
 from datafree.cli import main
-from datafree.distill import KDConfig, distill_
+from datafree.kd.loop import KDConfig, distill_
 from datafree.models.spec import DIGITS_SPEC
-from datafree.prune import (count_flops_params, finalize_unstructured_, prunable_chains, prune_structured_,
+from datafree.compressors.prune import (count_flops_params, finalize_unstructured_, prunable_chains, prune_structured_,
                             prune_unstructured_, pruned_state_dict)
 from tests.conftest import measured
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from datafree.quant import QuantLayer, act_qparams, fake_quant, quant_layers, quantize_int, weight_scales
-from datafree.quant.quantizer import mse_range
+from datafree.compressors.quant import QuantLayer, act_qparams, fake_quant, quant_layers, quantize_int, weight_scales
+from datafree.compressors.quant.quantizer import mse_range
 
 
 def test_signed_weight_grid_by_hand():
@@ -99,7 +99,7 @@ def test_folded_bn_reestimation_equals_pytorch_bn_reestimation():
 
 
 def test_weight_rounding_is_a_swappable_module():
-    from datafree.quant import QuantLayer, WeightRounding
+    from datafree.compressors.quant import QuantLayer, WeightRounding
 
     class Floor(WeightRounding):
         def forward(self, w_over_s):
@@ -122,7 +122,7 @@ def test_weight_rounding_is_a_swappable_module():
 
 def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
     import datafree as df
-    from datafree.quant import STAGES, QuantConfig, quantize, with_stage
+    from datafree.compressors.quant import STAGES, QuantConfig, quantize, with_stage
 
     m, _ = digits_teacher
     data = df.load_dataset("digits:train", m.input_spec).subset(64)
@@ -149,7 +149,7 @@ def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
 def test_quantize_draws_its_calibration_samples_from_any_source(digits_teacher):
     import datafree as df
     from datafree.data.source import Batch, Source
-    from datafree.quant import QuantConfig, quantize
+    from datafree.compressors.quant import QuantConfig, quantize
 
     m, _ = digits_teacher
     real = df.load_dataset("digits:train", m.input_spec)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 import datafree as df
 from datafree.models.spec import DIGITS_SPEC
 from datafree.models.zoo import CifarResNet
-from datafree.quant.layers import quant_layers
-from datafree.quant.reconstruct import AdaRoundRounding, find_blocks, reconstruct_, rounding_is_valid
+from datafree.compressors.quant.layers import quant_layers
+from datafree.compressors.quant.reconstruct import AdaRoundRounding, find_blocks, reconstruct_, rounding_is_valid
 from tests.conftest import measured
 
 
@@ -49,7 +49,7 @@ def test_adaround_on_a_model_without_residual_blocks(digits_teacher):
 
 def test_brecq_blocks_come_from_tracing_and_lower_block_error():
     torch.manual_seed(0)
-    from datafree.train import train_classifier_
+    from datafree.data.train import train_classifier_
 
     m = CifarResNet(8, 10, in_channels=1)
     m.input_spec = DIGITS_SPEC
@@ -71,7 +71,7 @@ def test_brecq_blocks_come_from_tracing_and_lower_block_error():
 
 
 def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digits_teacher, tmp_path):
-    from datafree.quant.graph import act_quantizers
+    from datafree.compressors.quant.graph import act_quantizers
 
     m, _ = digits_teacher
     calib = df.load_dataset("digits:train", m.input_spec).subset(128)
@@ -125,9 +125,9 @@ def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digit
 
 
 def test_frozen_finetune_keeps_the_learned_integers_and_trains_steps_and_biases(digits_teacher, monkeypatch):
-    from datafree.distill import KDConfig
-    from datafree.quant.qat import FrozenRounding
-    from datafree.quant.quantizer import WeightRounding
+    from datafree.kd.loop import KDConfig
+    from datafree.compressors.quant.qat import FrozenRounding
+    from datafree.compressors.quant.quantizer import WeightRounding
 
     m, _ = digits_teacher
     calib = df.load_dataset("digits:train", m.input_spec).subset(256)
@@ -157,7 +157,7 @@ def test_frozen_finetune_keeps_the_learned_integers_and_trains_steps_and_biases(
     with pytest.raises(df.DatafreeError, match="train or frozen"):
         df.finetune_quantized_(q, m, calib, KDConfig(steps=5), progress=False, weights="fixed")
     # an interrupted fine-tuning leaves no frozen layer behind and the weights on their integers
-    import datafree.quant.qat as qat
+    import datafree.compressors.quant.qat as qat
 
     def boom(*a, **k):
         assert all(isinstance(l.rounding, FrozenRounding) and not l.weight.requires_grad for l in quant_layers(q))
@@ -181,7 +181,7 @@ def test_frozen_finetune_keeps_the_learned_integers_and_trains_steps_and_biases(
 def test_pareto_search_finds_the_brute_force_optimum():
     import itertools
 
-    from datafree.quant.mixed import pareto_bits
+    from datafree.compressors.quant.mixed import pareto_bits
 
     g = torch.Generator().manual_seed(0)
     names = [f"l{i}" for i in range(5)]
@@ -196,8 +196,8 @@ def test_pareto_search_finds_the_brute_force_optimum():
 
 
 def test_mixed_precision_plan_meets_the_budget_and_ships(digits_teacher, tmp_path):
-    from datafree.artifact import load_artifact, save_artifact
-    from datafree.quant.mixed import layer_sensitivity
+    from datafree.compressors.artifact import load_artifact, save_artifact
+    from datafree.compressors.quant.mixed import layer_sensitivity
 
     m, _ = digits_teacher
     data = df.load_dataset("digits:train", m.input_spec).subset(128)
@@ -242,7 +242,7 @@ def test_round_norm_sum_is_the_mean_loss_rescaled():
 
 
 def test_qdrop_keeps_each_activation_float_with_its_probability_and_only_while_learning(digits_teacher):
-    from datafree.quant.quantizer import drop_quant
+    from datafree.compressors.quant.quantizer import drop_quant
 
     x = torch.linspace(-1, 1, 20000)
     xq = torch.round(x * 4) / 4

@@ -5,9 +5,9 @@ import torch
 
 import datafree as df
 from datafree.cli import main
-from datafree.distill import KDConfig
-from datafree.sources import PoolSource, RoundsConfig
-from datafree.student import distill_student_
+from datafree.kd.loop import KDConfig
+from datafree.kd.sources import PoolSource, RoundsConfig
+from datafree.compressors.student import distill_student_
 from datafree.synth import make_config
 from tests.conftest import measured
 
@@ -42,7 +42,7 @@ def test_rounds_resume_after_interruption_matches_uninterrupted(digits_teacher, 
                               checkpoint_every=4)
     assert r_full["steps"] == 12 and r_full["samples"] == 48
 
-    import datafree.sources as sources
+    import datafree.kd.sources as sources
     real_synth, calls = sources.synthesize, {"n": 0}
 
     def flaky(*args, **kw):
@@ -81,7 +81,7 @@ def test_pieces_visit_exactly_what_one_run_visits(digits_teacher):
         rec = seen[key]
         student.register_forward_pre_hook(lambda m, inp: rec.append(inp[0][:, 0, 4, 4].round().long().tolist()))
         kd = KDConfig(steps=250, batch_size=4, lr=1e-4, augment=False, freeze_bn=True)
-        from datafree.distill import Distiller
+        from datafree.kd.loop import Distiller
         d = Distiller(student, teacher, kd, source=data)
         for n in pieces:
             state = d.state_dict()  # a checkpoint between pieces, restored into a fresh loop

@@ -1,14 +1,14 @@
 """datafree: compress a trained classifier without its training data."""
 from ._version import __version__
 from .data import DATASET_SPECS, SyntheticSet, TensorData, load_dataset, save_grid
-from .errors import DatafreeError
-from .metrics import evaluate, model_size_bits, predict, similarity
+from .core.errors import DatafreeError
+from .evaluation.metrics import evaluate, model_size_bits, predict, similarity
 from .models import InputSpec, create_model, fingerprint, list_models, load_model
-from .distill import KDConfig, distill_, kd_loss
-from .quant import QuantConfig, finetune_quantized_, quantize
-from .artifact import is_artifact, load_artifact, load_quantized, save_artifact, save_quantized
-from .compress import compress, list_compressors
-from .hashing import HashConfig, materialize
+from .kd.loop import KDConfig, distill_, kd_loss
+from .compressors.quant import QuantConfig, finetune_quantized_, quantize
+from .compressors.artifact import is_artifact, load_artifact, load_quantized, save_artifact, save_quantized
+from .compressors.base import compress, list_compressors
+from .compressors.hashing import HashConfig, materialize
 from .data.source import Batch, DataSource, TensorSource
 from .synth import list_synthesizers, make_config, synthesize
 

@@ -10,12 +10,12 @@ from typing import Optional
 import torch
 
 from .data.real import load_dataset
-from .distill import KDConfig
-from .metrics import evaluate
+from .kd.loop import KDConfig
+from .evaluation.metrics import evaluate
 from .models import create_model, load_model
-from .quant import QuantConfig, quantize
+from .compressors.quant import QuantConfig, quantize
 from .synth import make_config, synthesize
-from .train import train_classifier_
+from .data.train import train_classifier_
 
 DEMO_METHODS = ("gaussian", "inception", "bn-stats")
 
@@ -65,7 +65,7 @@ def export_speed(teacher: torch.nn.Module, calib, test, out: Path) -> Optional[d
 
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
         return None
-    from .quant.export import check_export, export_onnx
+    from .compressors.quant.export import check_export, export_onnx
 
     q8 = quantize(teacher, calib, QuantConfig(w_bits=8, a_bits=8, quantize_first_last=True, num_calib=len(calib)))
     path = export_onnx(q8, out / "small_cnn_w8a8.onnx")

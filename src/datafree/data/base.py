@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DatafreeError
+from ..core.errors import DatafreeError
 from ..models.spec import InputSpec
 
 

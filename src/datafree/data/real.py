@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..errors import DatafreeError
+from ..core.errors import DatafreeError
 from ..models.spec import InputSpec
 from .base import TensorData, images_to_tensor
 

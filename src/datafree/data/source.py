@@ -8,7 +8,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import torch
 import torch.nn as nn
 
-from ..errors import DatafreeError
+from ..core.errors import DatafreeError
 from ..models.spec import InputSpec
 from .base import TensorData, concat_data
 

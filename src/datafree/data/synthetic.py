@@ -10,10 +10,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import DatafreeError
+from ..core.errors import DatafreeError
 from ..models.spec import InputSpec
-from ..schema import Schema
-from ..utils import atomic_write, remove_stale_temps
+from ..core.schema import Schema
+from ..core.utils import atomic_write, remove_stale_temps
 from .base import TensorData
 
 FORMAT = "datafree-synthetic-v1"

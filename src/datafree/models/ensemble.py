@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import DatafreeError
+from ..core.errors import DatafreeError
 
 
 class Ensemble(nn.Module):

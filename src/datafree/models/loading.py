@@ -12,9 +12,9 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..errors import DatafreeError, first_line
+from ..core.errors import DatafreeError, first_line
 from .resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
-from ..utils import load_tensors
+from ..core.utils import load_tensors
 from .spec import InputSpec
 from .zoo import MODELS
 

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..errors import DatafreeError
+from ..core.errors import DatafreeError
 
 CIFAR_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as used by the shared CIFAR ResNet checkpoints
 CIFAR_STD = (0.229, 0.224, 0.225)

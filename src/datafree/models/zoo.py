@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import DatafreeError
-from ..registry import Registry
+from ..core.errors import DatafreeError
+from ..core.registry import Registry
 from .spec import CIFAR10_SPEC, DIGITS_SPEC, MNIST_SPEC, InputSpec
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")

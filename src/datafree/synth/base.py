@@ -13,18 +13,18 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn as nn
 
-from .. import parallel
+from ..core import parallel
 from .._version import __version__
-from ..config import Config, check, opt
+from ..core.config import Config, check, opt
 from ..data.base import TensorData
 from ..data.grid import save_grid
 from ..data.synthetic import SyntheticSet, SyntheticSetWriter
-from ..errors import DatafreeError, first_line
+from ..core.errors import DatafreeError, first_line
 from ..models.loading import fingerprint, input_spec_of
 from ..models.spec import InputSpec
-from ..registry import Registry
-from ..schema import MISFIT_ERRORS
-from ..utils import frozen_eval, load_tensors, model_device, save_atomic
+from ..core.registry import Registry
+from ..core.schema import MISFIT_ERRORS
+from ..core.utils import frozen_eval, load_tensors, model_device, save_atomic
 from .priors import jitter_flip
 
 SYNTHESIZERS: Registry[type["Synthesizer"]] = Registry("synthesis method")
@@ -216,7 +216,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
         raise DatafreeError(f"method {method!r} needs a student model; use `datafree distill --method {method}` "
                             "(it synthesizes with the current student in the loop) or pass student=")
     if cls.needs_bn:
-        from .bn_hooks import require_bn
+        from ..models.bn_hooks import require_bn
 
         require_bn(teacher, method)
     spec = input_spec_of(teacher)

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import check, opt
+from ..core.config import check, opt
 from .base import PixelConfig, StepCallback, Synthesizer, register_synthesizer
-from .bn_hooks import BNStatHooks, bn_loss
+from ..models.bn_hooks import BNStatHooks, bn_loss
 from .priors import total_variation
 
 

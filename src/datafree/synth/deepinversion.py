@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import check, opt
-from ..errors import DatafreeError
+from ..core.config import check, opt
+from ..core.errors import DatafreeError
 from .base import PixelConfig, register_synthesizer
-from .bn_hooks import bn_loss
+from ..models.bn_hooks import bn_loss
 from .bn_stats import BNMatchingSynthesizer
 from .priors import tv_l2_norm
 

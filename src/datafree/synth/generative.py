@@ -16,13 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import check, opt
+from ..core.config import check, opt
 from ..data.augment import augment_batch, resized_crop
-from ..errors import DatafreeError
+from ..core.errors import DatafreeError
 from ..models.loading import head_of
 from ..models.spec import InputSpec
 from .base import StepCallback, SynthConfig, Synthesizer, register_synthesizer
-from .bn_hooks import BNStatHooks, bn_layers, bn_loss
+from ..models.bn_hooks import BNStatHooks, bn_layers, bn_loss
 from .gen_losses import (activation_loss, adversarial_loss, info_entropy_loss, info_nce, inter_sample_diversity,
                          onehot_loss, rdskd_generator_loss)
 

@@ -6,7 +6,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..config import check
+from ..core.config import check
 from .base import PixelConfig, StepCallback, Synthesizer, register_synthesizer
 from .priors import total_variation
 

@@ -7,10 +7,10 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from .config import Config
-from .data.source import SourceLike
-from .registry import Registry
-from .schema import Schema
+from ..core.config import Config
+from ..data.source import SourceLike
+from ..core.registry import Registry
+from ..core.schema import Schema
 
 Rebuild = Callable[[nn.Module, dict, dict], nn.Module]  # (fresh base model, transform record, state dict) -> model
 Apply = Callable[..., nn.Module]  # (model, data, config, teacher=..., progress=...) -> compressed model

@@ -9,12 +9,12 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .compress import record_transform, register_compressor
-from .config import Config, check, opt
-from .data.source import SourceLike
-from .distill import KDConfig
-from .errors import DatafreeError
-from .schema import Schema, submodule
+from .base import record_transform, register_compressor
+from ..core.config import Config, check, opt
+from ..data.source import SourceLike
+from ..kd.loop import KDConfig
+from ..core.errors import DatafreeError
+from ..core.schema import Schema, submodule
 
 _HASHABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 

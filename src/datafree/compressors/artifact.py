@@ -15,13 +15,13 @@ import torch.nn as nn
 
 from . import continual, hashing, prune, student  # noqa: F401  (register their compressors)
 from . import quant  # noqa: F401
-from ._version import __version__
-from .compress import COMPRESSORS, transforms_of
-from .errors import DatafreeError, first_line
-from .models.loading import create_model, fingerprint, load_state_dict_
-from .models.spec import InputSpec
-from .schema import MISFIT_ERRORS, Schema
-from .utils import load_tensors, save_atomic
+from .._version import __version__
+from .base import COMPRESSORS, transforms_of
+from ..core.errors import DatafreeError, first_line
+from ..models.loading import create_model, fingerprint, load_state_dict_
+from ..models.spec import InputSpec
+from ..core.schema import MISFIT_ERRORS, Schema
+from ..core.utils import load_tensors, save_atomic
 
 FORMAT = "datafree-artifact-v1"
 LEGACY_QUANTIZED = "datafree-quantized-v1"  # written by datafree 0.1 `quantize`; still loads

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import DatafreeError
-from ..utils import batch_moments
+from ...core.errors import DatafreeError
+from ...core.utils import batch_moments
 from .quantizer import RangeObserver, WeightRounding, drop_quant, fake_quant, round_ste, signed_range, unsigned_range, weight_scales
 
 FLOAT_BITS = 32

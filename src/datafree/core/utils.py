@@ -21,7 +21,7 @@ LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFil
                KeyError, TypeError, AttributeError)
 
 if TYPE_CHECKING:  # annotations only: utils imports nothing of the package above errors
-    from .data.base import TensorData
+    from ..data.base import TensorData
 
 
 @contextlib.contextmanager

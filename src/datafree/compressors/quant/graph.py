@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import DatafreeError
+from ...core.errors import DatafreeError
 from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from .quantizer import act_qparams, drop_quant, fake_quant, unsigned_range
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data.base import TensorData
-from ..errors import DatafreeError
+from ...data.base import TensorData
+from ...core.errors import DatafreeError
 from .graph import float_twin, tensor_quants
 from .layers import FLOAT_BITS
 from .ptq import quant_layers
@@ -269,7 +269,7 @@ def check_export(path: str | os.PathLike, model: nn.Module, data: Optional[Tenso
         info["integer_ops"] = {k: v for k, v in sorted(ops.items()) if k in INTEGER_OPS}
         info["float_ops"] = {k: v for k, v in sorted(ops.items()) if k in FLOAT_COMPUTE_OPS}
         if data is not None:
-            from ..utils import predict
+            from ...core.utils import predict
 
             sim = predict(model, data)
             ort = ort_predict(ort_session(path), data)
@@ -330,7 +330,7 @@ class SyntheticCalibrationReader:
         if isinstance(source, TensorData):
             self.data = source
         else:
-            from ..data.synthetic import SyntheticSet
+            from ...data.synthetic import SyntheticSet
 
             self.data = SyntheticSet(source).data
         self.input_name = input_name

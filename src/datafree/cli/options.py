@@ -6,12 +6,12 @@ import dataclasses
 import re
 from typing import Any, Optional, Sequence
 
-from .errors import DatafreeError
+from ..core.errors import DatafreeError
 
 
 def _kd_config(a: argparse.Namespace, steps: int, **fixed: Any):
     """The subcommand's KD preset with the options given on the command line."""
-    from .distill import KDConfig
+    from ..kd.loop import KDConfig
 
     kw = {n: getattr(a, "kd__" + n) for n in a._kd_flags}
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -20,7 +20,7 @@ def _kd_config(a: argparse.Namespace, steps: int, **fixed: Any):
 
 def _synth_config(a: argparse.Namespace, method: str, **fixed: Any):
     """The method's config from the synthesis options given; an option the method does not have is an error."""
-    from .synth import make_config
+    from ..synth import make_config
 
     kw = {n: getattr(a, "synth__" + n) for n in a._synth_flags}
     return _configured(a._synth_flags, lambda: make_config(method, strict=True, **{**kw, **fixed}))
@@ -67,7 +67,7 @@ def _add_config_options(p: Any, fields: dict[str, Any], names: Sequence[str], de
 
 def _kd_options(p: argparse.ArgumentParser, preset: str, names: Sequence[str]) -> None:
     """The KD option group of a subcommand: fields of KDConfig, defaults from the named preset."""
-    from .distill import KDConfig
+    from ..kd.loop import KDConfig
 
     g = p.add_argument_group(f"distillation (KD preset '{preset}')")
     flags = _add_config_options(g, _config_fields(KDConfig), names, KDConfig.preset(preset), "kd__")
@@ -77,7 +77,7 @@ def _kd_options(p: argparse.ArgumentParser, preset: str, names: Sequence[str]) -
 def _synth_options(p: argparse.ArgumentParser, names: Optional[Sequence[str]] = None,
                    flags: Optional[dict[str, str]] = None, help_extra: str = "") -> None:
     """Synthesis options from the registered methods' config fields declared for the CLI (method defaults apply)."""
-    from .synth import SYNTHESIZERS
+    from ..synth import SYNTHESIZERS
 
     fields: dict[str, Any] = {}
     for m in SYNTHESIZERS.names():
@@ -112,27 +112,27 @@ def _config_from(a: argparse.Namespace, cls: type, prefix: str, **fixed: Any):
 
 def _hash_options(p: argparse.ArgumentParser) -> None:
     """The hashing option group: HashConfig's fields declared for the CLI."""
-    from .hashing import HashConfig
+    from ..compressors.hashing import HashConfig
 
     _config_options(p, HashConfig, "hashing", "hash__")
 
 
 def _hash_config(a: argparse.Namespace, **fixed: Any):
     """HashConfig from the hashing options given."""
-    from .hashing import HashConfig
+    from ..compressors.hashing import HashConfig
 
     return _config_from(a, HashConfig, "hash__", **fixed)
 
 
 def _quant_options(p: argparse.ArgumentParser) -> None:
     """The quantization option group: QuantConfig's fields declared for the CLI."""
-    from .quant import QuantConfig
+    from ..compressors.quant import QuantConfig
 
     _config_options(p, QuantConfig, "quantization", "q__")
 
 
 def _quant_config(a: argparse.Namespace, **fixed: Any):
     """QuantConfig from the quantization options given."""
-    from .quant import QuantConfig
+    from ..compressors.quant import QuantConfig
 
     return _config_from(a, QuantConfig, "q__", **fixed)

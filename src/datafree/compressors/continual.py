@@ -9,15 +9,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .compress import record_transform, register_compressor
-from .config import Config, check
-from .data.base import TensorData
-from .data.source import SourceLike
-from .distill import Distiller, KDConfig, kd_loss
-from .errors import DatafreeError
-from .schema import Schema
-from .models.loading import head_of
-from .utils import predict
+from .base import record_transform, register_compressor
+from ..core.config import Config, check
+from ..data.base import TensorData
+from ..data.source import SourceLike
+from ..kd.loop import Distiller, KDConfig, kd_loss
+from ..core.errors import DatafreeError
+from ..core.schema import Schema
+from ..models.loading import head_of
+from ..core.utils import predict
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 

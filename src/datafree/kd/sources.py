@@ -11,16 +11,16 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .config import Config, check
-from .data.base import TensorData, concat_data
-from .data.source import Batch, Source, TensorSource
-from .data.real import DATASET_SPECS, is_dataset_spec, load_dataset
-from .data.synthetic import SyntheticSet
-from .errors import DatafreeError
-from .models.loading import fingerprint, input_spec_of
-from .synth.base import SYNTHESIZERS, StepCallback, SynthConfig, make_config, synthesize
-from .synth.generative import GenerativeSynthesizer, TrainedGenerator
-from .utils import frozen_eval
+from ..core.config import Config, check
+from ..data.base import TensorData, concat_data
+from ..data.source import Batch, Source, TensorSource
+from ..data.real import DATASET_SPECS, is_dataset_spec, load_dataset
+from ..data.synthetic import SyntheticSet
+from ..core.errors import DatafreeError
+from ..models.loading import fingerprint, input_spec_of
+from ..synth.base import SYNTHESIZERS, StepCallback, SynthConfig, make_config, synthesize
+from ..synth.generative import GenerativeSynthesizer, TrainedGenerator
+from ..core.utils import frozen_eval
 
 
 def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: int = 0,
@@ -163,7 +163,7 @@ class GeneratorSource(PoolSource):
         if self.engine is None:
             cls = SYNTHESIZERS.get(self.method)
             if cls.needs_bn:
-                from .synth.bn_hooks import require_bn
+                from ..models.bn_hooks import require_bn
 
                 require_bn(teacher, self.method)
             self.engine = cls(teacher, self.synth_config, student)  # type: ignore[assignment]

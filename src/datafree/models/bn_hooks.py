@@ -6,8 +6,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..errors import DatafreeError
-from ..utils import batch_moments
+from ..core.errors import DatafreeError
+from ..core.utils import batch_moments
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

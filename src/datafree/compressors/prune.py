@@ -8,14 +8,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .compress import record_transform, register_compressor
-from .config import Config, check
-from .data.source import SourceLike
-from .distill import KDConfig, distill_
-from .errors import DatafreeError, first_line
-from .schema import Schema
-from .models.measure import count_flops_params  # noqa: F401  (re-exported: prune reports FLOPs)
-from .models.resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
+from .base import record_transform, register_compressor
+from ..core.config import Config, check
+from ..data.source import SourceLike
+from ..kd.loop import KDConfig, distill_
+from ..core.errors import DatafreeError, first_line
+from ..core.schema import Schema
+from ..models.measure import count_flops_params  # noqa: F401  (re-exported: prune reports FLOPs)
+from ..models.resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
 
 
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.base import TensorData
-from ..errors import DatafreeError
+from ...data.base import TensorData
+from ...core.errors import DatafreeError
 from .graph import TensorQuant, act_quantizers, float_twin
 from .layers import FLOAT_BITS, QuantLayer, as_buffer_, as_parameter_, quant_layers
 from .quantizer import WeightRounding, signed_range

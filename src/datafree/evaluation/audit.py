@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.base import TensorData
-from .errors import DatafreeError
-from .models.loading import head_of, input_spec_of
-from .utils import frozen_eval, model_device
+from ..data.base import TensorData
+from ..core.errors import DatafreeError
+from ..models.loading import head_of, input_spec_of
+from ..core.utils import frozen_eval, model_device
 
 
 @torch.no_grad()
@@ -121,7 +121,7 @@ def audit(model: nn.Module, synthetic: TensorData, train: TensorData, held_out: 
             out["closest_pairs"] = [{"synthetic": int(i), "train": int(i_syn[i]), "distance": round(float(d_syn[i] / scale), 5)}
                                     for i in closest]
             if pairs_png:
-                from .data.grid import save_grid
+                from ..data.grid import save_grid
 
                 pair_x = torch.stack([v for i in closest for v in (synthetic.x[i], train.x[i_syn[i]])])
                 save_grid(pair_x, spec, pairs_png, max_images=2 * num_pairs)

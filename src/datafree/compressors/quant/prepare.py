@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..utils import set_module
+from ...core.utils import set_module
 from .layers import QuantLayer
 
 _FOLDABLE_BN = (nn.BatchNorm1d, nn.BatchNorm2d)

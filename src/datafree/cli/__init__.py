@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .cliopts import (_configured, _hash_config, _hash_options, _kd_config, _kd_options, _quant_config,  # noqa: F401
+from .options import (_configured, _hash_config, _hash_options, _kd_config, _kd_options, _quant_config,  # noqa: F401
                       _quant_options, _synth_config, _synth_options)
-from . import parallel
-from .errors import DatafreeError, first_line
+from ..core import parallel
+from ..core.errors import DatafreeError, first_line
 
 EXIT_USAGE = 2  # bad input: an option, a file, a dataset spec
 EXIT_INTERNAL = 3  # a defect of datafree (reported as an internal error)
@@ -57,7 +57,7 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
                 input_spec: Any = None, num_classes: Optional[int] = None):
     import torch
 
-    from .models import InputSpec, load_model
+    from ..models import InputSpec, load_model
 
     spec = input_spec
     if name is None and (a.input_shape or a.mean or a.std):
@@ -73,7 +73,7 @@ def _load_model(a: argparse.Namespace, name: Optional[str] = None, weights: Opti
         if getattr(a, "model_file", None) and not os.path.isfile(name):
             raise DatafreeError(f"--model-file is for files written by datafree; {name} is not one")
         if os.path.isfile(name):  # a file written by datafree: compress it further (transforms chain)
-            from .artifact import build_artifact, read_artifact
+            from ..compressors.artifact import build_artifact, read_artifact
 
             obj = read_artifact(name)
             if obj is None:
@@ -156,9 +156,9 @@ def _check_out(a: argparse.Namespace, kind: str = "file", attr: str = "out",
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from .data.real import DATASET_SPECS
-    from .models import MODELS
-    from .synth import SYNTHESIZERS
+    from ..data.real import DATASET_SPECS
+    from ..models import MODELS
+    from ..synth import SYNTHESIZERS
 
     print("models:")
     for n in MODELS.names():
@@ -166,7 +166,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     print("synthesis methods:")
     for n in SYNTHESIZERS.names():
         print(f"  {n:20s} {(SYNTHESIZERS.get(n).__doc__ or '').strip().splitlines()[0]}")
-    from .artifact import COMPRESSORS
+    from ..compressors.artifact import COMPRESSORS
 
     print("compressors (each writes one artifact format that evaluate/export read):")
     for n in COMPRESSORS.names():
@@ -179,9 +179,9 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def cmd_synthesize(a: argparse.Namespace) -> int:
     _check_out(a, "dir")
-    from .data.synthetic import read_manifest
-    from .metrics import teacher_view
-    from .synth import SYNTHESIZERS, synthesize
+    from ..data.synthetic import read_manifest
+    from ..evaluation.metrics import teacher_view
+    from ..synth import SYNTHESIZERS, synthesize
 
     model = _load_model(a)
     if a.teachers:
@@ -207,7 +207,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
 
 def _ensemble(a: argparse.Namespace, first: Any) -> Any:
     """MODEL plus the --teachers pool (NAME:WEIGHTS or file.py:factory:WEIGHTS, or one .txt file listing them)."""
-    from .models.ensemble import Ensemble, parse_teacher_ref
+    from ..models.ensemble import Ensemble, parse_teacher_ref
 
     refs = list(a.teachers)
     if len(refs) == 1 and refs[0].endswith(".txt"):
@@ -226,10 +226,10 @@ def _ensemble(a: argparse.Namespace, first: Any) -> Any:
 
 def cmd_quantize(a: argparse.Namespace) -> int:
     _check_out(a, "file")
-    from .data.real import load_dataset
-    from .metrics import evaluate
-    from .quant import quantize
-    from .sources import load_source
+    from ..data.real import load_dataset
+    from ..evaluation.metrics import evaluate
+    from ..compressors.quant import quantize
+    from ..kd.sources import load_source
 
     cfg = _quant_config(a, seed=a.seed)
     model = _load_model(a)
@@ -248,7 +248,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     human = f"saved W{cfg.w_bits}A{cfg.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
     qi = getattr(qm, "quant_info", {})
     if "mixed" in qi:
-        from .quant.mixed import plan_table
+        from ..compressors.quant.mixed import plan_table
 
         mx = qi["mixed"]
         info.update(avg_bits=round(mx["avg_bits"], 3), plan=[{k: e[k] for k in ("name", "w_bits", "a_bits")}
@@ -270,14 +270,14 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .data.real import load_dataset
-    from .metrics import evaluate
+    from ..data.real import load_dataset
+    from ..evaluation.metrics import evaluate
 
     teacher = None
     model = _load_model(a)
     src = getattr(model, "source", {})
     if a.teacher_weights:  # the FP32 model to report agreement with: the file's base model (or MODEL) at these weights
-        from .models import load_model
+        from ..models import load_model
 
         ref = src.get("model_file") or src["model"]
         teacher = load_model(ref, a.teacher_weights, num_classes=src.get("num_classes"),
@@ -296,8 +296,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_similarity(a: argparse.Namespace) -> int:
-    from .metrics import similarity
-    from .sources import load_source
+    from ..evaluation.metrics import similarity
+    from ..kd.sources import load_source
 
     model = _load_model(a)
     data = load_source(a.data, model, num=a.num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
@@ -309,7 +309,7 @@ def cmd_similarity(a: argparse.Namespace) -> int:
     if a.per_batch:
         import statistics
 
-        from .metrics import similarity_per_batch
+        from ..evaluation.metrics import similarity_per_batch
 
         if a.per_batch < 2:
             raise DatafreeError(f"--per-batch must be >= 2 samples, got {a.per_batch}")
@@ -323,9 +323,9 @@ def cmd_similarity(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     _check_out(a, "file")
-    from .quant.export import check_export, export_onnx, ort_quantize_static
-    from .quant.graph import act_quantizers, int8_activations_
-    from .quant.layers import quant_layers
+    from ..compressors.quant.export import check_export, export_onnx, ort_quantize_static
+    from ..compressors.quant.graph import act_quantizers, int8_activations_
+    from ..compressors.quant.layers import quant_layers
 
     model = _load_model(a)
     quantized = bool(quant_layers(model))
@@ -342,7 +342,7 @@ def cmd_export(a: argparse.Namespace) -> int:
             raise DatafreeError("--calibrate-with onnxruntime needs --calib: a synthetic set, a method or a dataset spec")
         if a.num_calib < 1:
             raise DatafreeError(f"--num-calib must be >= 1, got {a.num_calib}")
-        from .sources import load_source
+        from ..kd.sources import load_source
 
         calib = load_source(a.calib, model, num=a.num_calib, seed=a.seed, data_root=a.data_root,
                             progress=not a.no_progress)
@@ -376,7 +376,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         info["int8_activations"] = widened
     human = f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB): {kind}"
     if a.check:
-        from .data.real import load_dataset
+        from ..data.real import load_dataset
 
         data = load_dataset(a.check, model.input_spec, a.data_root)  # type: ignore[attr-defined]
         for k in ("latency_batch", "ort_threads", "reps"):
@@ -386,7 +386,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         info.update(r)
         ref = "FP32 PyTorch model" if not quantized else "PyTorch simulation"
         if a.int8_activations and widened:  # (refused above together with --calibrate-with onnxruntime)
-            from .utils import top1
+            from ..core.utils import top1
 
             ref = "widened PyTorch simulation"
             info["top1_sim_original"] = round(top1(original, data), 2)
@@ -406,7 +406,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def _save_artifact(model: Any, out: str, **kw: Any) -> Path:
     """save_artifact on rank 0 (the only process without torchrun); the other ranks wait until the file exists."""
-    from .artifact import save_artifact
+    from ..compressors.artifact import save_artifact
 
     path = save_artifact(model, out, **kw) if parallel.is_main() else Path(out)
     parallel.barrier()
@@ -420,8 +420,8 @@ def _kd_steps(steps: int, epochs: int, n: int, batch_size: int) -> int:
 
 def _write_curve(curve: list[dict], out: str, title: str) -> str:
     """Validation curve beside the output: OUT.curve.json and OUT.curve.png (top-1 against wall-clock seconds)."""
-    from .metrics import plot_curves
-    from .utils import atomic_write
+    from ..evaluation.metrics import plot_curves
+    from ..core.utils import atomic_write
 
     stem = str(Path(out).with_suffix(""))
     if not parallel.is_main():
@@ -435,7 +435,7 @@ def _write_curve(curve: list[dict], out: str, title: str) -> str:
 def _kd_data(a: argparse.Namespace, teacher: Any) -> tuple[Any, int, int, str]:
     """The KD loop's data from --method (rounds or a generator, the student in the loop) or --data (fixed): returns
     (source, KD steps, steps between checkpoints, its name)."""
-    from .sources import RoundsConfig, load_source, stream_source
+    from ..kd.sources import RoundsConfig, load_source, stream_source
 
     if (a.method is None) == (a.data is None):
         raise DatafreeError("give --method (synthesize in rounds with the student in the loop) or --data "
@@ -461,10 +461,10 @@ def _kd_data(a: argparse.Namespace, teacher: Any) -> tuple[Any, int, int, str]:
 
 def cmd_distill(a: argparse.Namespace) -> int:
     _check_out(a, "file")
-    from .data.real import load_dataset
-    from .metrics import evaluate
-    from .models import input_spec_of
-    from .student import distill_student_, record_distill
+    from ..data.real import load_dataset
+    from ..evaluation.metrics import evaluate
+    from ..models import input_spec_of
+    from ..compressors.student import distill_student_, record_distill
 
     teacher = _load_model(a)
     spec = input_spec_of(teacher)
@@ -503,11 +503,11 @@ def cmd_distill(a: argparse.Namespace) -> int:
 def cmd_hash(a: argparse.Namespace) -> int:
     _check_out(a, "file")
     _check_out(a, "file", attr="materialize")
-    from .data.real import load_dataset
-    from .hashing import hash_distill, materialize
-    from .metrics import evaluate
-    from .models import input_spec_of
-    from .utils import save_atomic
+    from ..data.real import load_dataset
+    from ..compressors.hashing import hash_distill, materialize
+    from ..evaluation.metrics import evaluate
+    from ..models import input_spec_of
+    from ..core.utils import save_atomic
 
     cfg = _hash_config(a, seed=a.seed)
     teacher = _load_model(a)
@@ -546,10 +546,10 @@ def cmd_hash(a: argparse.Namespace) -> int:
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from .audit import audit, summary_line
-    from .data.real import load_dataset
-    from .data.synthetic import SyntheticSet
-    from .utils import atomic_write
+    from ..evaluation.audit import audit, summary_line
+    from ..data.real import load_dataset
+    from ..data.synthetic import SyntheticSet
+    from ..core.utils import atomic_write
 
     if a.out:
         _check_out(a, "dir", inputs=("set",))
@@ -585,11 +585,11 @@ def cmd_prune(a: argparse.Namespace) -> int:
     _check_out(a, "file")
     import copy
 
-    from .data.real import load_dataset
-    from .metrics import evaluate
-    from .prune import PruneConfig, count_flops_params, finish_pruning_, prune_
-    from .sources import load_source
-    from .student import distill_student_
+    from ..data.real import load_dataset
+    from ..evaluation.metrics import evaluate
+    from ..compressors.prune import PruneConfig, count_flops_params, finish_pruning_, prune_
+    from ..kd.sources import load_source
+    from ..compressors.student import distill_student_
 
     teacher = _load_model(a)
     before = count_flops_params(teacher)
@@ -652,10 +652,10 @@ def _class_list(s: str) -> list[int]:
 
 def cmd_extend(a: argparse.Namespace) -> int:
     _check_out(a, "file")
-    from .continual import ContinualConfig, extend_classes, split_accuracy
-    from .data.real import load_dataset
-    from .models import input_spec_of
-    from .sources import load_source
+    from ..compressors.continual import ContinualConfig, extend_classes, split_accuracy
+    from ..data.real import load_dataset
+    from ..models import input_spec_of
+    from ..kd.sources import load_source
 
     old = _load_model(a)
     spec = input_spec_of(old)
@@ -692,7 +692,7 @@ def cmd_extend(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(out=a.out, progress=not a.no_progress)
     return 0
@@ -711,7 +711,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _kd_data_options(s: argparse.ArgumentParser, specs: str, preset: str = "student") -> None:
     """Where a KD loop gets its data (--method stream or --data), its length, checkpoints and validation."""
-    from .synth import SYNTHESIZERS
+    from ..synth import SYNTHESIZERS
 
     s.add_argument("--method", choices=SYNTHESIZERS.names(), help="synthesis method as a stream: pixel methods and "
                    "cmi/fast synthesize in rounds into a growing pool; dafl/rdskd train a generator first, then every "
@@ -741,9 +741,9 @@ def _kd_data_options(s: argparse.ArgumentParser, specs: str, preset: str = "stud
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
-    from .data.real import DATASET_SPECS
-    from .synth import SYNTHESIZERS
+    from .._version import __version__
+    from ..data.real import DATASET_SPECS
+    from ..synth import SYNTHESIZERS
 
     fmt = _HelpFormatter
     p = argparse.ArgumentParser(prog="datafree", formatter_class=fmt,

@@ -10,14 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import parallel
-from .config import Config, check, opt
-from .data.augment import augment_batch, mix_batch  # noqa: F401  (re-exported)
-from .data.base import TensorData
-from .data.source import DataSource, SourceLike, as_source
-from .errors import DatafreeError
-from .models.loading import head_of
-from .utils import frozen_eval, model_device, top1
+from ..core import parallel
+from ..core.config import Config, check, opt
+from ..data.augment import augment_batch, mix_batch  # noqa: F401  (re-exported)
+from ..data.base import TensorData
+from ..data.source import DataSource, SourceLike, as_source
+from ..core.errors import DatafreeError
+from ..models.loading import head_of
+from ..core.utils import frozen_eval, model_device, top1
 
 
 @dataclasses.dataclass

@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .data.base import TensorData
-from .errors import DatafreeError
-from .models.measure import count_flops_params, model_size_bits  # noqa: F401  (part of the metrics API)
-from .utils import frozen_eval, model_device, predict
+from ..data.base import TensorData
+from ..core.errors import DatafreeError
+from ..models.measure import count_flops_params, model_size_bits  # noqa: F401  (part of the metrics API)
+from ..core.utils import frozen_eval, model_device, predict
 
 
 def evaluate(model: nn.Module, data: TensorData, teacher: Optional[nn.Module] = None, batch_size: int = 256,
@@ -34,7 +34,7 @@ def similarity(model: nn.Module, data: TensorData, batch_size: int = 256, form: 
     Per BN layer, the data set's per-channel input mean/variance (over all samples) is compared with the
     stored running statistics by the same loss the bn-stats synthesizer minimizes; `score` is the sum.
     """
-    from .synth.bn_hooks import BNStatHooks, bn_loss, require_bn
+    from ..models.bn_hooks import BNStatHooks, bn_loss, require_bn
 
     require_bn(model, "similarity")
     dev = model_device(model)
@@ -68,8 +68,8 @@ def similarity_per_batch(model: nn.Module, data: TensorData, batch_size: int = 6
     unlike the training data: `bn` is the BN-statistics divergence; `bn+oh` adds the batch-mean one-hot loss
     −log max softmax (DAFL's authenticity term; nats like the KL terms), the model's own expectation of confident
     outputs on its training data."""
-    from .synth.bn_hooks import BNStatHooks, bn_loss, require_bn
-    from .synth.gen_losses import onehot_loss
+    from ..models.bn_hooks import BNStatHooks, bn_loss, require_bn
+    from ..synth.gen_losses import onehot_loss
 
     require_bn(model, "similarity")
     if score not in SCORES:

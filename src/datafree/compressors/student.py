@@ -9,15 +9,15 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .data.base import TensorData
-from .data.source import SourceLike
-from . import parallel
-from .compress import no_rebuild, record_transform, register_compressor
-from .distill import Distiller, KDConfig
-from .errors import DatafreeError, first_line
-from .schema import MISFIT_ERRORS, Schema
-from .models.loading import fingerprint, load_state_dict_
-from .utils import load_tensors, remove_stale_temps, save_atomic
+from ..data.base import TensorData
+from ..data.source import SourceLike
+from ..core import parallel
+from .base import no_rebuild, record_transform, register_compressor
+from ..kd.loop import Distiller, KDConfig
+from ..core.errors import DatafreeError, first_line
+from ..core.schema import MISFIT_ERRORS, Schema
+from ..models.loading import fingerprint, load_state_dict_
+from ..core.utils import load_tensors, remove_stale_temps, save_atomic
 
 STATE = "state.pt"
 SAVE_AFTER_SYNTH_S = 30.0  # checkpoint after source updates once this much synthesis time is unsaved

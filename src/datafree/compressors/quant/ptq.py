@@ -8,15 +8,15 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 import torch.nn as nn
 
-from ..config import Config, check, opt
-from ..data.base import TensorData
-from ..data.source import SourceLike, draw
-from ..compress import record_transform, register_compressor
-from ..distill import KDConfig
-from ..errors import DatafreeError
-from ..schema import Schema, submodule
-from ..models.loading import input_spec_of
-from ..utils import model_device, set_module
+from ...core.config import Config, check, opt
+from ...data.base import TensorData
+from ...data.source import SourceLike, draw
+from ..base import record_transform, register_compressor
+from ...kd.loop import KDConfig
+from ...core.errors import DatafreeError
+from ...core.schema import Schema, submodule
+from ...models.loading import input_spec_of
+from ...core.utils import model_device, set_module
 from .graph import LAYOUTS, act_quantizers, apply_layout, layout_of, tensor_quants
 from .layers import FLOAT_BITS, quant_layers
 from .prepare import trace_layers, wrap_layers_
