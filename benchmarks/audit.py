@@ -16,6 +16,7 @@ from datafree import load_dataset
 from datafree.evaluation.audit import audit
 from datafree.synth import make_config
 from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 METHODS = ("gaussian", "inception", "bn-stats", "deepinversion", "fast", "dafl", "rdskd", "cmi")
 
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root()
     t0 = time.time()
     model = pretrained(a.model)
-    train = load_dataset("cifar10:train-exact", model.input_spec, root)
-    held = load_dataset("cifar10:test-exact", model.input_spec, root)
+    train = load_dataset("cifar10:train-exact", record_of(model).input_spec, root)
+    held = load_dataset("cifar10:test-exact", record_of(model).input_spec, root)
     meta = {"benchmark": "audit", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": command_line("benchmarks.audit", a), "train": "cifar10:train-exact", "held_out": "cifar10:test-exact"}
     store = RowStore(a.out, meta, selection=("methods",))

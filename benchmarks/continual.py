@@ -21,6 +21,7 @@ from datafree.models import create_model, load_model
 from datafree.synth import make_config, synthesize
 from datafree.data.train import train_classifier_
 from .common import RowStore, command_line, data_root, git_commit, machine, row_label
+from datafree.models.record import record_of
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"benchmark": "continual", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": cmd, "setting": "MNIST split 5+5 (class-incremental, one 10-way head)"}
     store = RowStore(a.out, meta, selection=("methods", "bn_weight"))
-    spec = create_model(a.model, num_classes=5).input_spec
+    spec = record_of(create_model(a.model, num_classes=5)).input_spec
     train = load_dataset("mnist:train", spec, root)
     test = load_dataset("mnist:test", spec, root)
     old_path = Path(a.cache) / f"continual_{a.model}_old5_e{a.old_epochs}_s{a.seed}.pt"

@@ -34,6 +34,7 @@ from datafree.compressors.quant.export import check_export, export_onnx, median_
 from datafree.compressors.quant.graph import int8_activations_
 from datafree.core.utils import top1
 from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 FILES = ("fp32", "ours-w8a8", "ours-w4a4-kd", "ours-w4a4-kd-int8act", "ort-synthetic", "ort-real")
 
@@ -70,10 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"skipping {name}: no shared checkpoint; pass --weights {name}=FILE")
             continue
-        tests = {s: load_dataset(f"cifar10:test-{s}", model.input_spec, root) for s in ("exact", "jpeg")}
+        tests = {s: load_dataset(f"cifar10:test-{s}", record_of(model).input_spec, root) for s in ("exact", "jpeg")}
         fp_pred = predict(model, tests["exact"])
         syn, _ = cached_set(model, name, "bn-stats", a.num, a.iterations, a.seed, a.cache)
-        real = load_dataset("cifar10:train-exact", model.input_spec, root).subset(a.num, a.seed)
+        real = load_dataset("cifar10:train-exact", record_of(model).input_spec, root).subset(a.num, a.seed)
         d = Path(a.cache) / "deploy" / name  # kept: the side-by-side pass times every file, also after a resume
         d.mkdir(parents=True, exist_ok=True)
         fp32 = export_onnx(model, d / "fp32.onnx")

@@ -23,10 +23,11 @@ from datafree import evaluate, load_dataset
 from datafree.kd.loop import Distiller, KDConfig
 from datafree.models import create_model
 from datafree.kd.sources import GeneratorSource, PoolSource, RoundsConfig
-from datafree.compressors.student import distill_student_
+from datafree.kd.run import distill_student_
 from datafree.synth import SYNTHESIZERS, make_config
 from datafree.synth.base import StepCallback
 from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
+from datafree.models.record import record_of
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
 GEN_METHODS = ("dafl", "rdskd", "cmi", "fast")  # generator methods: the budget is split by probes measured in this run
@@ -119,11 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     store = RowStore(a.out, meta, selection=("methods", "budget", "tag", "num", "num_gaussian", "rounds", "bn_weight", "iterations", "bf16",
                                                  "gen_share", "steps_per_round", "g_steps", "width", "kd_fast", "curve_every"))
     teacher = pretrained(TEACHER)
-    tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
+    tests = {s: load_dataset(f"cifar10:test-{s}", record_of(teacher).input_spec, root) for s in ("exact", "jpeg")}
     store.run({"method": "teacher", "tag": "reference"}, lambda: {f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()})
     kd = KDConfig(batch_size=a.batch_size, lr=a.lr, weight_decay=5e-4, temperature=a.temperature, freeze_bn=False,
                   mixup=a.mixup, seed=a.seed, val_every=10 ** 9)
-    real = load_dataset("cifar10:train-exact", teacher.input_spec, root)
+    real = load_dataset("cifar10:train-exact", record_of(teacher).input_spec, root)
     step_s = probe_step_seconds(teacher, kd, real)
     fast_kw: dict = {}  # --kd-fast: the fastest of the speed variants on this CPU (bf16 gains on some CPUs, loses on others)
     fast_step_s = step_s
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             ks = fast_step_s if a.kd_fast else step_s
             plan: dict = {}
             if method == REAL_FULL:
-                data: Any = load_dataset(REAL_FULL, teacher.input_spec, root)
+                data: Any = load_dataset(REAL_FULL, record_of(teacher).input_spec, root)
                 steps = max(1, int(a.budget / ks))
             else:
                 over = {k: v for k, v in {"width": a.width, "bf16": a.bf16}.items() if v}

@@ -16,6 +16,7 @@ from datafree.kd.loop import KDConfig
 from datafree.compressors.quant import QuantConfig, finetune_quantized_
 from datafree.synth import make_config
 from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 CELLS = {"r20-w4a4": ("resnet20", 4, 4), "r20-w3a3": ("resnet20", 3, 3), "r20-w8a8": ("resnet20", 8, 8),
          "r56-w4a4": ("resnet56", 4, 4)}
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         name, wb, ab = CELLS[cell]
         if name not in models:
             m = pretrained(name)
-            tests = {s: load_dataset(f"cifar10:test-{s}", m.input_spec, root) for s in ("exact", "jpeg")}
+            tests = {s: load_dataset(f"cifar10:test-{s}", record_of(m).input_spec, root) for s in ("exact", "jpeg")}
             preds = {s: predict(m, d) for s, d in tests.items()}
             models[name] = (m, tests, preds)
             store.run({"model": name, "w_bits": 32, "a_bits": 32, "source": "none", "stage": "fp32"},
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
         for src in a.sources:
             if src == "real":
-                data = load_dataset("cifar10:train-exact", model.input_spec, root).subset(a.num, a.seed)
+                data = load_dataset("cifar10:train-exact", record_of(model).input_spec, root).subset(a.num, a.seed)
             else:
                 its = make_config(src).iterations if src in GEN_SOURCES else a.iterations
                 data, _ = cached_set(model, name, src, a.num, its, a.seed, a.cache)

@@ -21,6 +21,7 @@ from datafree.models.ensemble import Ensemble
 from datafree.compressors.quant import QuantConfig, with_stage
 from datafree.compressors.quant.mixed import uniform_weight_bytes
 from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 BITS = {"w4a4": (4, 4), "w3a3": (3, 3), "w2a4": (2, 4)}
 SOURCES = ("cifar10:train-exact", "bn-stats", "mixmix")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for name in a.models:
         model = pretrained(name)
-        tests = {s: load_dataset(f"cifar10:test-{s}", model.input_spec, root) for s in ("exact", "jpeg")}
+        tests = {s: load_dataset(f"cifar10:test-{s}", record_of(model).input_spec, root) for s in ("exact", "jpeg")}
 
         def score(qm, tests=tests) -> dict:
             return {f"top1_{s}": evaluate(qm, d)["top1"] for s, d in tests.items()}
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             """A source's samples, loaded or synthesized on the first row that still has to run."""
             nonlocal pool
             if src == "cifar10:train-exact":
-                return load_dataset(src, model.input_spec, root).subset(a.num, a.seed)
+                return load_dataset(src, record_of(model).input_spec, root).subset(a.num, a.seed)
             if src == "mixmix":
                 if pool is None:
                     pool = Ensemble([pretrained(n) for n in CHECKPOINTS])
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.time()
                 q = quantize(model, source_data(src), QuantConfig(a_bits=3, target_size=size, quantize_first_last=True,
                                                       num_calib=a.num, seed=a.seed))
-                plan = q.quant_plan  # type: ignore[attr-defined]
+                plan = record_of(q).quant_plan
                 return dict(score(q), seconds=round(time.time() - t0, 2), target_bytes=size,
-                            avg_bits=round(q.quant_info["mixed"]["avg_bits"], 3),  # type: ignore[attr-defined]
+                            avg_bits=round(record_of(q).reports["quantize"]["mixed"]["avg_bits"], 3),
                             plan=[[e["name"], e["w_bits"]] for e in plan])
 
             r = store.run({"model": name, "w_bits": 3, "a_bits": 3, "source": src, "stage": "mixed"}, mixed)

@@ -19,6 +19,7 @@ from datafree import load_dataset, predict, quantize
 from datafree.compressors.quant import QuantConfig
 from datafree.compressors.quant.export import export_onnx, median_latency, ort_predict, ort_session
 from .common import cached_set, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     model = pretrained(a.model)
     data, _ = cached_set(model, a.model, a.calib, 512, 100, 0)
     q = quantize(model, data, QuantConfig(w_bits=8, a_bits=8, layout=a.layout))
-    test = load_dataset("cifar10:test-exact", model.input_spec, data_root())
+    test = load_dataset("cifar10:test-exact", record_of(model).input_spec, data_root())
     with tempfile.TemporaryDirectory() as d:
         f_int8 = export_onnx(q, Path(d) / "int8.onnx")
         f_fp32 = export_onnx(model, Path(d) / "fp32.onnx")

@@ -19,6 +19,7 @@ import torch
 from datafree.models import create_model
 from datafree.synth.generative import Generator
 from .common import command_line, git_commit, machine
+from datafree.models.record import record_of
 
 SETTINGS = {"mnist": ("lenet5", 100, 16, 256), "cifar": ("resnet20", 256, 32, 128)}  # teacher, latent, width, batch
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         nets = {}
         for layout, cl in (("nchw", False), ("channels_last", True)):
             torch.manual_seed(0)
-            g = Generator(teacher.input_spec, latent, width, channels_last=cl)
+            g = Generator(record_of(teacher).input_spec, latent, width, channels_last=cl)
             nets[layout] = (g, torch.optim.Adam(g.parameters(), 1e-3))
         times: dict[str, dict[str, list[float]]] = {k: {"step": [], "forward": [], "upsample": []} for k in nets}
         g0 = nets["nchw"][0]

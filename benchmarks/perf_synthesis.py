@@ -24,6 +24,7 @@ from datafree.synth import make_config
 from datafree.synth.base import StepCallback
 from datafree.core.utils import frozen_eval
 from datafree.synth.bn_stats import BNStatsSynthesizer
+from datafree.models.record import record_of
 
 
 def naive_loop(model: nn.Module, x0: torch.Tensor, iters: int, lr: float, lo, hi) -> tuple[float, float]:
@@ -128,7 +129,7 @@ def main() -> None:
     rows = []
     for name in a.models:
         model = pretrained(name)
-        spec = model.input_spec
+        spec = record_of(model).input_spec
         lo, hi = (t for t in spec.pixel_bounds())
         x0 = torch.randn(a.batch, *spec.shape, generator=torch.Generator().manual_seed(0)).clamp(lo.min(), hi.max())
         x0 = torch.max(torch.min(x0, hi), lo)

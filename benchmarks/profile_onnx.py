@@ -26,6 +26,7 @@ from datafree.models import create_model
 from datafree.compressors.quant import QuantConfig
 from datafree.compressors.quant.export import export_onnx
 from .common import RowStore, command_line, git_commit, machine
+from datafree.models.record import record_of
 
 
 def node_kinds(opt_path: str) -> dict[str, str]:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         d.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
         model = create_model(name).eval()
-        shape = tuple(model.input_spec.shape)
+        shape = tuple(record_of(model).input_spec.shape)
         files: dict[str, Path] = {}  # exported on the first row that runs (none when every row is stored)
 
         def build() -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 from datafree import evaluate, load_dataset
 from datafree.kd.loop import KDConfig
 from datafree.compressors.prune import count_flops_params, prune_structured_
-from datafree.compressors.student import distill_student_
+from datafree.kd.run import distill_student_
 from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
+from datafree.models.record import record_of
 
 METHODS = ("none", "deepinversion", "bn-stats", "cifar10:train-exact")
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": cmd}
     store = RowStore(a.out, meta, selection=("methods", "bn_weight", "steps", "num"))  # rows at other α_f/steps/num stay
     teacher = pretrained(TEACHER)
-    tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
+    tests = {s: load_dataset(f"cifar10:test-{s}", record_of(teacher).input_spec, root) for s in ("exact", "jpeg")}
     before = count_flops_params(teacher)
     store.run({"method": "unpruned"}, lambda: dict({f"top1_{s}": evaluate(teacher, d)["top1"] for s, d in tests.items()},
                                                   flops=before["flops"], params=before["params"]))
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             synth_s, steps = 0.0, 0
             if method != "none":
                 if method.startswith("cifar10:"):
-                    data = load_dataset(method, teacher.input_spec, root).subset(a.num, a.seed)
+                    data = load_dataset(method, record_of(teacher).input_spec, root).subset(a.num, a.seed)
                 else:
                     kw = {"bf16": a.bf16, "bn_weight": a.bn_weight if method == "deepinversion" else None}
                     data, synth_s = chunked_set(teacher, TEACHER, method, a.num, a.chunk, a.iterations, a.seed, a.cache, **kw)

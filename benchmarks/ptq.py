@@ -13,6 +13,7 @@ from pathlib import Path
 from datafree import evaluate, load_dataset, predict, quantize
 from datafree.compressors.quant import QuantConfig
 from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 METHODS = ("gaussian", "inception", "bn-stats", "bn-stats+inception")
 SETTINGS = (("W8A8", 8, 8, False), ("W4A4", 4, 4, False), ("W4A4-all", 4, 4, True))
@@ -36,12 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     store = RowStore(a.out, meta)
     for name in a.models:
         model = pretrained(name)
-        tests = {s: load_dataset(f"cifar10:{s}", model.input_spec, root) for s in ("test-exact", "test-jpeg")}
+        tests = {s: load_dataset(f"cifar10:{s}", record_of(model).input_spec, root) for s in ("test-exact", "test-jpeg")}
         tpreds = {s: predict(model, d) for s, d in tests.items()}
         # FP32 reference
         store.run({"kind": "fp32", "model": name},
                   lambda: {f"top1_{s.split('-')[1]}": evaluate(model, d)["top1"] for s, d in tests.items()})
-        sources = {"real": load_dataset("cifar10:train-exact", model.input_spec, root).subset(a.num, a.seed)}
+        sources = {"real": load_dataset("cifar10:train-exact", record_of(model).input_spec, root).subset(a.num, a.seed)}
         for method in METHODS:
             sources[method], man = cached_set(model, name, method, a.num, a.iterations, a.seed, a.cache)
             it = man.get("image_iterations", a.num)

@@ -24,10 +24,11 @@ from datafree import evaluate, load_dataset
 from datafree.kd.loop import KDConfig
 from datafree.models import create_model, load_model
 from datafree.kd.sources import GeneratorSource, RoundsConfig
-from datafree.compressors.student import distill_student_
+from datafree.kd.run import distill_student_
 from datafree.synth import make_config
 from datafree.data.train import train_classifier_
 from .common import RowStore, command_line, data_root, git_commit, machine
+from datafree.models.record import record_of
 
 SWEEP = {  # setting name -> config overrides; the same four knobs for both methods
     "dafl": {"lr-low": {"lr": 0.005}, "lr-high": {"lr": 0.08}, "ie-low": {"entropy": 1.0}, "ie-high": {"entropy": 20.0}},
@@ -40,7 +41,7 @@ def teacher_model(cache: str, seed: int, epochs: int, root: str):
     path = Path(cache) / f"lenet5_mnist_e{epochs}_s{seed}.pt"
     if not path.exists():
         m = create_model("lenet5")
-        train_classifier_(m, load_dataset("mnist:train", m.input_spec, root), epochs=epochs, seed=seed, progress=True)
+        train_classifier_(m, load_dataset("mnist:train", record_of(m).input_spec, root), epochs=epochs, seed=seed, progress=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(m.state_dict(), path)
     return load_model("lenet5", str(path))
@@ -72,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
             "pair": "lenet5 (trained on mnist:train) -> lenet5_half from scratch", "test": "mnist:test (10k)"}
     store = RowStore(a.out, meta, selection=("methods", "seeds", "sweep"))
     teacher = teacher_model(a.cache, 0, a.teacher_epochs, root)
-    test = load_dataset("mnist:test", teacher.input_spec, root)
+    test = load_dataset("mnist:test", record_of(teacher).input_spec, root)
     store.run({"method": "teacher", "seed": 0, "setting": "reference"}, lambda: {"top1": evaluate(teacher, test)["top1"]})
-    train = load_dataset("mnist:train", teacher.input_spec, root)
+    train = load_dataset("mnist:train", record_of(teacher).input_spec, root)
 
     def run(method: str, seed: int, setting: str, overrides: dict) -> dict:
         t0 = time.time()

@@ -12,13 +12,14 @@ from pathlib import Path
 from datafree import load_dataset, similarity
 from datafree.synth import make_config, synthesize
 from .common import cached_set, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 
 def main() -> None:
     t0 = time.time()
     name = "resnet20"
     model = pretrained(name)
-    spec, root = model.input_spec, data_root()
+    spec, root = record_of(model).input_spec, data_root()
     sources = {
         "cifar10:test-exact": load_dataset("cifar10:test-exact", spec, root),
         "cifar10:test-jpeg": load_dataset("cifar10:test-jpeg", spec, root),

@@ -24,6 +24,7 @@ from datafree.data.base import TensorData
 from datafree.evaluation.metrics import SCORES, similarity_per_batch
 from datafree.models.spec import MNIST_SPEC
 from .common import RowStore, command_line, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 
 def _jpeg(x01: torch.Tensor, quality: int) -> torch.Tensor:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root()
     t0 = time.time()
     model = pretrained(a.model)
-    spec = model.input_spec
+    spec = record_of(model).input_spec
     ind = load_dataset("cifar10:test-jpeg", spec, root)
     oods = ood_sets(spec, root, 1000, a.seed)
     meta = {"benchmark": "similarity_auroc", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),

@@ -23,8 +23,9 @@ from datafree import evaluate, load_dataset, save_artifact
 from datafree.kd.loop import Distiller, KDConfig
 from datafree.compressors.hashing import HashConfig, make_hashed
 from datafree.models.zoo import CifarResNet
-from datafree.compressors.student import distill_student_
+from datafree.kd.run import distill_student_
 from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+from datafree.models.record import record_of
 
 DATA = ("cifar10:train-jpeg", "fast", "bn-stats")
 
@@ -39,8 +40,8 @@ def width_student(teacher: torch.nn.Module, target: int) -> tuple[torch.nn.Modul
         if best is None or abs(n - target) < abs(best[2] - target):
             best = (m, w, n)
     m, w, _ = best  # type: ignore[misc]
-    m.input_spec = teacher.input_spec  # type: ignore[attr-defined]
-    m.head_name = "linear"  # type: ignore[attr-defined]
+    record_of(m).input_spec = record_of(teacher).input_spec
+    record_of(m).head = "linear"
     return m, w
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root()
     torch.manual_seed(a.seed)
     teacher = pretrained("resnet32")
-    tests = {s: load_dataset(f"cifar10:test-{s}", teacher.input_spec, root) for s in ("exact", "jpeg")}
+    tests = {s: load_dataset(f"cifar10:test-{s}", record_of(teacher).input_spec, root) for s in ("exact", "jpeg")}
     meta = {"benchmark": "smh_resnet32", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
             "command": command_line("benchmarks.smh", a),
             "protocol": f"KD from the full ResNet-32 for {a.budget:.0f} s of training per row (steps = budget / measured "
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     sources, synth = {}, {}
     for name in a.data:
         if ":" in name:
-            sources[name] = load_dataset(name, teacher.input_spec, root)
+            sources[name] = load_dataset(name, record_of(teacher).input_spec, root)
         else:
             d, man = cached_set(teacher, "resnet32", name, a.num_synth, 5 if name == "fast" else 100, a.seed, a.cache)
             sources[name], synth[name] = d, float(man.get("seconds") or 0.0)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                 def row(frac=frac, name=name, method=method) -> dict:
                     if method == "smh":
                         student = make_hashed(teacher, HashConfig(fraction=frac, init=a.init, seed=a.seed))
-                        extra, tag = {"init": a.init, "M": student.hash_info["M"]}, ""
+                        extra, tag = {"init": a.init, "M": record_of(student).reports["hash"]["M"]}, ""
                     else:
                         student, w = width_student(teacher, round(frac * total))
                         extra, tag = {"base_width": w}, f"_w{w}"
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                     with tempfile.TemporaryDirectory() as d:
                         f = Path(d) / "m.pt"
                         if method == "smh":
-                            student.source = teacher.source  # type: ignore[attr-defined]
+                            record_of(student).source = record_of(teacher).source
                             save_artifact(student, f)
                         else:
                             torch.save(student.state_dict(), f)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import datafree as df
+from datafree.models.record import record_of
 
 # Every bound on a trained result (accuracy, loss) goes through `measured`; `python -m benchmarks.test_bounds` re-runs
 # those tests under seeds 0-19 (the digits teacher's and the global RNG), 1 and 2 threads, half of them beside a second
@@ -24,7 +25,7 @@ def digits_teacher(tmp_path_factory):
     m = df.create_model("small_cnn")
     from datafree.data.train import train_classifier_
 
-    train_classifier_(m, df.load_dataset("digits:train", m.input_spec), epochs=12, seed=SEED)
+    train_classifier_(m, df.load_dataset("digits:train", record_of(m).input_spec), epochs=12, seed=SEED)
     path = d / "small_cnn.pt"
     torch.save(m.state_dict(), path)
     return df.load_model("small_cnn", str(path)), str(path)
@@ -32,7 +33,7 @@ def digits_teacher(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_test(digits_teacher):
-    return df.load_dataset("digits:test", digits_teacher[0].input_spec)
+    return df.load_dataset("digits:test", record_of(digits_teacher[0]).input_spec)
 
 
 def shared_or_skip(rel: str) -> Path:
@@ -68,8 +69,8 @@ def write_legacy_quantized(teacher, data, path):
 
     q = df.quantize(teacher, data, QuantConfig(w_bits=4, a_bits=4, layout="inputs"))
     torch.save({"format": LEGACY_QUANTIZED, "library_version": "0.1.0",
-                "source": {"model": "small_cnn", "num_classes": None}, "input_spec": q.input_spec.to_dict(),
-                "config": q.quant_config.to_dict(), "plan": q.quant_plan,
+                "source": {"model": "small_cnn", "num_classes": None}, "input_spec": record_of(q).input_spec.to_dict(),
+                "config": record_of(q).quant_config.to_dict(), "plan": record_of(q).quant_plan,
                 "act_quant": [layer.act_quant for layer in quant_layers(q)], "teacher_fingerprint": None,
                 "state_dict": q.state_dict(), "extra": {}}, path)
     return q

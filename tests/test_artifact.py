@@ -16,6 +16,7 @@ from datafree.kd.loop import KDConfig
 from datafree.compressors.prune import PruneConfig
 from datafree.compressors.quant import QuantConfig
 from tests.conftest import write_legacy_quantized
+from datafree.models.record import record_of
 
 
 def _case(name, teacher, real):
@@ -43,15 +44,15 @@ def _case(name, teacher, real):
 @pytest.mark.parametrize("name", sorted(COMPRESSORS.names()))
 def test_every_compressor_writes_an_artifact_evaluate_reloads(name, digits_teacher, digits_test, tmp_path, capsys):
     teacher, _ = digits_teacher
-    real = df.load_dataset("digits:train", teacher.input_spec).subset(256)
+    real = df.load_dataset("digits:train", record_of(teacher).input_spec).subset(256)
     data, cfg, kw = _case(name, teacher, real)
     model = kw.pop("_model", teacher)
     out = compress(model, name, data, cfg, **kw)
-    assert out.transforms[-1]["compressor"] == name and out.transforms[-1]["config"] == cfg.to_dict()
+    assert record_of(out).transforms[-1]["compressor"] == name and record_of(out).transforms[-1]["config"] == cfg.to_dict()
     path = tmp_path / f"{name}.pt"
     save_artifact(out, path, teacher=model)
     back = load_artifact(path)
-    assert [t["compressor"] for t in back.transforms] == [t["compressor"] for t in out.transforms]
+    assert [t["compressor"] for t in record_of(back).transforms] == [t["compressor"] for t in record_of(out).transforms]
     assert torch.equal(df.predict(out, digits_test), df.predict(back, digits_test))
     assert df.model_size_bits(back) == df.model_size_bits(out)
     code = main(["evaluate", str(path), "--data", "digits:test", "--json"])
@@ -69,7 +70,7 @@ def test_pruned_artifact_still_loads_as_weights_of_the_zoo_model(digits_teacher,
 
 def test_legacy_quantized_file_still_loads(digits_teacher, digits_test, tmp_path):
     teacher, _ = digits_teacher
-    q = write_legacy_quantized(teacher, df.load_dataset("digits:train", teacher.input_spec), tmp_path / "old.pt")
+    q = write_legacy_quantized(teacher, df.load_dataset("digits:train", record_of(teacher).input_spec), tmp_path / "old.pt")
     assert torch.equal(df.predict(df.load_quantized(tmp_path / "old.pt"), digits_test), df.predict(q, digits_test))
 
 
@@ -85,7 +86,7 @@ def test_user_model_file_is_given_explicitly_and_checked(tmp_path, capsys):
     f = tmp_path / "user.py"
     f.write_text(USER)
     ref = f"{f}:make"
-    q = df.quantize(df.load_model(ref), df.load_dataset("digits:train", df.create_model(ref).input_spec).subset(64),
+    q = df.quantize(df.load_model(ref), df.load_dataset("digits:train", record_of(df.create_model(ref)).input_spec).subset(64),
                     QuantConfig(num_calib=64))
     save_artifact(q, tmp_path / "q.pt")
     assert main(["evaluate", str(tmp_path / "q.pt"), "--data", "digits:test"]) == 2
@@ -157,7 +158,7 @@ def test_compressors_chain_through_files(digits_teacher, digits_test, tmp_path, 
                  "--eval", "digits:test", "--json"]) == 0
     capsys.readouterr()
     back = load_artifact(q)
-    assert [t["compressor"] for t in back.transforms] == ["prune", "quantize"]
+    assert [t["compressor"] for t in record_of(back).transforms] == ["prune", "quantize"]
     assert main(["evaluate", str(q), "--data", "digits:test", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["top1"] == df.evaluate(back, digits_test)["top1"] and r["size_bits"] < df.model_size_bits(load_artifact(p)) / 4

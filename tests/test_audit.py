@@ -10,6 +10,7 @@ from datafree.cli import main
 from datafree.data.base import TensorData
 from datafree.core.errors import DatafreeError
 from datafree.core.utils import frozen_eval
+from datafree.models.record import record_of
 
 
 def test_nearest_and_auroc_against_direct_computations():
@@ -39,8 +40,8 @@ def test_leak_null_is_the_share_under_random_equal_splits():
 
 def test_audit_flags_copies_of_training_images_and_not_noise(digits_teacher, tmp_path):
     m, _ = digits_teacher
-    train = df.load_dataset("digits:train", m.input_spec).subset(200)  # equal sizes: the leak test uses all of both
-    held = df.load_dataset("digits:test", m.input_spec).subset(200)
+    train = df.load_dataset("digits:train", record_of(m).input_spec).subset(200)  # equal sizes: the leak test uses all of both
+    held = df.load_dataset("digits:test", record_of(m).input_spec).subset(200)
     g = torch.Generator().manual_seed(0)
     copies = TensorData(train.x[:50] + 0.01 * torch.randn(train.x[:50].shape, generator=g), train.y[:50])
     noise = TensorData(torch.randn(50, *train.x.shape[1:], generator=g), torch.zeros(50, dtype=torch.long))
@@ -76,7 +77,7 @@ def test_similarity_per_batch_is_the_score_of_each_batch_and_detects_noise(digit
     from datafree.evaluation.metrics import similarity, similarity_per_batch
 
     m, _ = digits_teacher
-    test = df.load_dataset("digits:test", m.input_spec)
+    test = df.load_dataset("digits:test", record_of(m).input_spec)
     whole = similarity_per_batch(m, test, len(test))
     assert len(whole) == 1 and abs(whole[0] - similarity(m, test, batch_size=len(test))["score"]) < 1e-4 * max(1, whole[0])
     ind = similarity_per_batch(m, test, 32)
@@ -90,7 +91,7 @@ def test_similarity_bn_plus_onehot_adds_the_mean_neg_log_max_softmax(digits_teac
     from datafree.evaluation.metrics import similarity_per_batch
 
     m, _ = digits_teacher
-    test = df.load_dataset("digits:test", m.input_spec)
+    test = df.load_dataset("digits:test", record_of(m).input_spec)
     bn = similarity_per_batch(m, test, len(test), score="bn")[0]
     both = similarity_per_batch(m, test, len(test), score="bn+oh")[0]
     with torch.no_grad(), frozen_eval(m):

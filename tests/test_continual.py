@@ -10,12 +10,13 @@ from datafree.kd.loop import KDConfig
 from datafree.synth import make_config, synthesize
 from datafree.data.train import train_classifier_
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 @pytest.fixture(scope="module")
 def old_digits(tmp_path_factory):
     m = df.create_model("small_cnn", num_classes=5)
-    train = df.load_dataset("digits:train", m.input_spec).only_classes(range(5))
+    train = df.load_dataset("digits:train", record_of(m).input_spec).only_classes(range(5))
     train_classifier_(m, train, epochs=12, seed=0)
     p = tmp_path_factory.mktemp("old") / "old5.pt"
     torch.save(m.state_dict(), p)
@@ -24,19 +25,19 @@ def old_digits(tmp_path_factory):
 
 def test_only_classes_and_expand_head_keep_old_logits(old_digits):
     old, _ = old_digits
-    d = df.load_dataset("digits:test", old.input_spec)
+    d = df.load_dataset("digits:test", record_of(old).input_spec)
     sub = d.only_classes([5, 7])
     assert set(sub.y.tolist()) == {5, 7} and len(sub) == int(((d.y == 5) | (d.y == 7)).sum())
     big = expand_head(old, 10)
     x = d.x[:8]
     with torch.no_grad():
         assert torch.allclose(big(x)[:, :5], old(x), atol=1e-6)
-    assert big.fc.out_features == 10 and big.input_spec.num_classes == 10 and old.fc.out_features == 5
+    assert big.fc.out_features == 10 and record_of(big).input_spec.num_classes == 10 and old.fc.out_features == 5
 
 
 def test_inverted_old_classes_beat_forgetting(old_digits):
     old, _ = old_digits
-    spec = old.input_spec
+    spec = record_of(old).input_spec
     new = df.load_dataset("digits:train", spec).only_classes(range(5, 10))
     test = df.load_dataset("digits:test", spec)
     inv = synthesize(old, "deepinversion", make_config("deepinversion", num=200, batch_size=100, iterations=100,

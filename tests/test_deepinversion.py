@@ -11,6 +11,7 @@ from datafree.synth.priors import tv_l2_norm
 
 from .test_synth import _bn_loss
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 def test_tv_l2_norm_matches_direct_sum():
@@ -47,7 +48,7 @@ def test_deepinversion_matches_bn_and_targets(digits_teacher):
     data = synthesize(teacher, "deepinversion", cfg, progress=False)
     # measured in test_bounds.json, 20 runs: 0.90..1.00 (the old bound > 0.9 failed once in 20)
     assert measured("di.target_share", (data.logits.argmax(1) == data.y).float().mean()) >= 0.75  # CE reaches the targets
-    spec = teacher.input_spec
+    spec = record_of(teacher).input_spec
     lo, hi = spec.pixel_bounds()
     assert (data.x >= lo - 1e-6).all() and (data.x <= hi + 1e-6).all()  # clamped to valid pixels
     noise = torch.maximum(torch.minimum(torch.randn(40, *spec.shape), hi), lo)

@@ -8,6 +8,7 @@ from datafree.cli import main
 from datafree.kd.loop import KDConfig, augment_batch, kd_loss
 from datafree.compressors.quant import quant_layers
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 def test_kd_loss_matches_manual_kl():
@@ -35,7 +36,7 @@ def test_augment_is_a_padded_crop_and_deterministic():
 
 def test_kd_finetune_recovers_w3a3(digits_teacher, digits_test):
     m, _ = digits_teacher
-    real = df.load_dataset("digits:train", m.input_spec)
+    real = df.load_dataset("digits:train", record_of(m).input_spec)
     q = df.quantize(m, real, df.QuantConfig(w_bits=3, a_bits=3, quantize_first_last=True))
     before = df.evaluate(q, digits_test)["top1"]
     scales0 = [l.w_scale.detach().clone() for l in quant_layers(q)]
@@ -67,7 +68,7 @@ def test_similarity_zero_on_own_statistics_and_ordered(digits_teacher):
     other = df.TensorData(torch.rand(64, 1, 8, 8) * 3, torch.zeros(64, dtype=torch.long))
     assert df.similarity(m, other)["score"] > 100 * max(r["score"], 1e-6)
     t, _ = digits_teacher
-    real = df.similarity(t, df.load_dataset("digits:test", t.input_spec))["score"]
+    real = df.similarity(t, df.load_dataset("digits:test", record_of(t).input_spec))["score"]
     noise = df.similarity(t, df.synthesize(t, "gaussian", df.make_config("gaussian", num=256), progress=False))["score"]
     assert real < noise
 
@@ -79,7 +80,7 @@ def test_cli_finetune_and_similarity(digits_teacher, tmp_path, capsys):
                  "--finetune-steps", "10", "--val", "digits:test", "--out", str(out), "--json", "--eval", "digits:test"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert measured("distill.cli_w4a4_finetune_top1", r["top1"]) > 50  # measured in test_bounds.json, 20 runs: 96.9..98.9
-    assert df.evaluate(df.load_quantized(out), df.load_dataset("digits:test", df.create_model("small_cnn").input_spec))["top1"] == r["top1"]
+    assert df.evaluate(df.load_quantized(out), df.load_dataset("digits:test", record_of(df.create_model("small_cnn")).input_spec))["top1"] == r["top1"]
     assert main(["similarity", "small_cnn", "--weights", w, "--data", "digits:test", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["score"] > 0 and set(s["layers"]) == {"features.1", "features.4", "features.8"}
@@ -91,7 +92,7 @@ def test_feature_term_pulls_penultimate_features(digits_teacher):
     from datafree.models import head_of
 
     assert head_of(m) == "fc"
-    real = df.load_dataset("digits:train", m.input_spec)
+    real = df.load_dataset("digits:train", record_of(m).input_spec)
     q = df.quantize(m, real, df.QuantConfig(w_bits=2, a_bits=2, quantize_first_last=True))
     feats = {}
 
@@ -129,7 +130,7 @@ def test_pool_smaller_than_a_batch_is_repeated_to_full_batches(digits_teacher):
     from datafree.kd.loop import Distiller
 
     m, _ = digits_teacher
-    small = df.load_dataset("digits:train", m.input_spec).subset(10)
+    small = df.load_dataset("digits:train", record_of(m).input_spec).subset(10)
     torch.manual_seed(0)
     s = df.create_model("small_cnn")
     seen = []

@@ -7,12 +7,13 @@ from datafree.cli import main
 
 pytest.importorskip("onnxruntime")
 from datafree.compressors.quant.export import SyntheticCalibrationReader, export_onnx, ort_predict, ort_session  # noqa: E402
+from datafree.models.record import record_of
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_onnxruntime_matches_simulation(digits_teacher, digits_test, tmp_path, bits):
     m, _ = digits_teacher
-    real = df.load_dataset("digits:train", m.input_spec)
+    real = df.load_dataset("digits:train", record_of(m).input_spec)
     q = df.quantize(m, real, df.QuantConfig(w_bits=bits, a_bits=bits, quantize_first_last=True))
     path = export_onnx(q, tmp_path / "q.onnx")
     import onnx
@@ -40,7 +41,7 @@ def test_onnxruntime_matches_simulation(digits_teacher, digits_test, tmp_path, b
 def test_fp32_export_and_calibration_reader(digits_teacher, tmp_path):
     m, _ = digits_teacher
     p = export_onnx(m, tmp_path / "fp.onnx")
-    q = df.quantize(m, df.load_dataset("digits:train", m.input_spec), df.QuantConfig())
+    q = df.quantize(m, df.load_dataset("digits:train", record_of(m).input_spec), df.QuantConfig())
     q8 = export_onnx(q, tmp_path / "q8.onnx")
     assert q8.stat().st_size < 0.4 * p.stat().st_size  # int8 weights, no float copies left behind
     syn = df.synthesize(m, "gaussian", df.make_config("gaussian", num=20), out=str(tmp_path / "g"), progress=False)

@@ -13,12 +13,13 @@ from datafree.models.spec import DIGITS_SPEC
 from datafree.models.zoo import CifarResNet, MobileNetV2
 from datafree.compressors.quant.graph import TensorQuant, act_quantizers, tensor_quants
 from datafree.compressors.quant.layers import QuantLayer, quant_layers
+from datafree.models.record import record_of
 
 
 def _trained(model: nn.Module) -> nn.Module:
     from datafree.data.train import train_classifier_
 
-    model.input_spec = DIGITS_SPEC
+    record_of(model).input_spec = DIGITS_SPEC
     train_classifier_(model, df.load_dataset("digits:train", DIGITS_SPEC), epochs=4, seed=0)
     return model.eval()
 
@@ -142,15 +143,15 @@ def test_fused_artifact_round_trip_and_files_before_the_fused_layout(tmp_path):
     data = TensorData(torch.randn(48, 3, 32, 32))
     x = torch.randn(8, 3, 32, 32)
     q = df.quantize(m, data, df.QuantConfig(num_calib=48, w_bits=4, a_bits=4))
-    assert q.transforms[-1]["layout"] == "fused"
+    assert record_of(q).transforms[-1]["layout"] == "fused"
     save_artifact(q, tmp_path / "q.pt")
     back = load_artifact(tmp_path / "q.pt")
-    assert len(tensor_quants(back)) == len(tensor_quants(q)) and back.input_spec == q.input_spec
+    assert len(tensor_quants(back)) == len(tensor_quants(q)) and record_of(back).input_spec == record_of(q).input_spec
     with torch.no_grad():
         assert torch.equal(back(x), q(x))
     # a file written before the fused layout existed has no `layout`: it is rebuilt as the per-input layout it was
     qi = df.quantize(m, data, df.QuantConfig(num_calib=48, layout="inputs"))
-    del qi.transforms[-1]["layout"], qi.transforms[-1]["tensor_quant"]
+    del record_of(qi).transforms[-1]["layout"], record_of(qi).transforms[-1]["tensor_quant"]
     save_artifact(qi, tmp_path / "old.pt")
     old = load_artifact(tmp_path / "old.pt")
     assert not tensor_quants(old)
@@ -171,7 +172,7 @@ def test_untraceable_model_names_the_way_out():
             return self.fc(y.mean((2, 3)))
 
     m = Branchy().eval()
-    m.input_spec = DIGITS_SPEC
+    record_of(m).input_spec = DIGITS_SPEC
     data = df.load_dataset("digits:train", DIGITS_SPEC).subset(32)
     with pytest.raises(DatafreeError, match="--layout inputs"):
         df.quantize(m, data, df.QuantConfig(num_calib=32))
@@ -278,7 +279,7 @@ def test_sub8_readers_keep_an_8bit_shortcut_and_old_files_rebuild_the_shared_gri
             t = mods[v.target]
             src = t.owner if t.owner is not None else t
             assert src.a_bits == 8, a
-    assert q.transforms[-1]["sub8_own_range"] is True
+    assert record_of(q).transforms[-1]["sub8_own_range"] is True
     save_artifact(q, tmp_path / "new.pt")
     with torch.no_grad():
         assert torch.equal(load_artifact(tmp_path / "new.pt")(x), q(x))
@@ -287,7 +288,7 @@ def test_sub8_readers_keep_an_8bit_shortcut_and_old_files_rebuild_the_shared_gri
     old = df.quantize(m, data, df.QuantConfig(w_bits=4, a_bits=4, num_calib=64, quantize_first_last=True))
     monkeypatch.undo()
     assert old.get_submodule("layer1.0.conv1").input_shared
-    old.transforms[-1].pop("sub8_own_range")
+    record_of(old).transforms[-1].pop("sub8_own_range")
     save_artifact(old, tmp_path / "old.pt")
     back = load_artifact(tmp_path / "old.pt")
     assert len(tensor_quants(back)) == len(tensor_quants(old)) < len(tensor_quants(q)) + 3

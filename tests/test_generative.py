@@ -15,6 +15,7 @@ from datafree.synth import Generator, make_config, synthesize
 from datafree.synth.gen_losses import (activation_loss, adversarial_loss, info_entropy_loss, info_nce,
                                        inter_sample_diversity, onehot_loss, rdskd_generator_loss)
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 GEN_METHODS = ["dafl", "rdskd", "cmi", "fast"]
 
@@ -218,7 +219,7 @@ def test_kd_loop_reuses_logits_the_source_computed(digits_teacher):
 
 def test_kd_bf16_and_channels_last_train_like_fp32(digits_teacher):
     teacher, _ = digits_teacher
-    data = df.load_dataset("digits:train", teacher.input_spec).subset(256, 0)
+    data = df.load_dataset("digits:train", record_of(teacher).input_spec).subset(256, 0)
     out = {}
     for name, kw in {"fp32": {}, "fast": {"bf16": True, "channels_last": True}}.items():
         torch.manual_seed(0)

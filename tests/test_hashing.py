@@ -12,12 +12,13 @@ from datafree.cli import main
 from datafree.core.errors import DatafreeError
 from datafree.compressors.hashing import HashConfig, hashable_tensors, make_hashed, materialize
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 def test_every_tensor_is_its_slice_of_the_virtual_matrix_in_creation_order(digits_teacher):
     m, _ = digits_teacher
     h = make_hashed(m, HashConfig(fraction=0.3))
-    names = [(n, p) for n, p, _, _ in h.smh_entries]
+    names = [(n, p) for n, p, _, _ in record_of(h).hash_entries]
     assert names == hashable_tensors(m)  # conv/linear weights and biases, BN excluded, module order
     assert names[0] == ("features.0", "weight") and names[-1] == ("fc", "bias")
     total = sum(getattr(m.get_submodule(n), p).numel() for n, p in names)
@@ -25,7 +26,7 @@ def test_every_tensor_is_its_slice_of_the_virtual_matrix_in_creation_order(digit
     assert n == math.ceil(math.sqrt(total))
     v = (h.smh_X @ h.smh_Y).reshape(-1)
     off = 0
-    for i, (name, p, o, shape) in enumerate(h.smh_entries):
+    for i, (name, p, o, shape) in enumerate(record_of(h).hash_entries):
         assert o == off and tuple(getattr(m.get_submodule(name), p).shape) == shape
         want = v[off:off + math.prod(shape)].view(shape) * h.smh_scales[i]
         assert torch.allclose(getattr(h.get_submodule(name), p), want)
@@ -41,7 +42,7 @@ def test_variable_count_meets_the_budget(digits_teacher, fraction):
     n, M = h.smh_X.shape
     bn = sum(p.numel() for mod in h.modules() if isinstance(mod, nn.BatchNorm2d) for p in mod.parameters())
     got = sum(p.numel() for p in h.parameters())
-    assert got == 2 * M * n + len(h.smh_entries) + bn  # X, Y, one scale per tensor, BN: nothing else trains
+    assert got == 2 * M * n + len(record_of(h).hash_entries) + bn  # X, Y, one scale per tensor, BN: nothing else trains
     target = round(fraction * total)
     assert target - 2 * n < got <= target
     assert df.model_size_bits(h) == 32 * got
@@ -86,7 +87,7 @@ def test_hashed_tiny_model_trains_by_kd_above_floor_and_round_trips(digits_teach
 
     m, w = digits_teacher
     kd = df.KDConfig.preset("hash", steps=300, batch_size=64, val_every=1000)
-    h = hash_distill(m, df.load_dataset("digits:train", m.input_spec), HashConfig(fraction=0.25), kd, progress=False)
+    h = hash_distill(m, df.load_dataset("digits:train", record_of(m).input_spec), HashConfig(fraction=0.25), kd, progress=False)
     top1 = df.evaluate(h, digits_test)["top1"]
     # teacher ~98; 25 % of its variables, 300 KD steps on real digits (measured in test_bounds.json, 20 runs: 96.4..98.6)
     assert measured("hash.top1", top1) >= 92.0, top1

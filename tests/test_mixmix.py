@@ -8,6 +8,7 @@ from datafree.cli import main
 from datafree.models.ensemble import Ensemble, parse_teacher_ref
 from datafree.models.bn_hooks import bn_layers
 from datafree.synth.bn_stats import cutmix
+from datafree.models.record import record_of
 
 
 def test_cutmix_pastes_a_box_and_weights_labels_by_area():
@@ -47,7 +48,7 @@ def test_cli_mixmix_from_a_pool_serves_a_single_model(digits_teacher, tmp_path, 
     from datafree.data.train import train_classifier_
 
     m2 = df.create_model("small_cnn")
-    train_classifier_(m2, df.load_dataset("digits:train", m2.input_spec), epochs=2, seed=1)
+    train_classifier_(m2, df.load_dataset("digits:train", record_of(m2).input_spec), epochs=2, seed=1)
     torch.save(m2.state_dict(), w2)
     out = tmp_path / "mm"
     assert main(["synthesize", "small_cnn", "--weights", w, "--teachers", f"small_cnn:{w2}", "--method", "mixmix",

@@ -3,6 +3,7 @@ import torch
 
 import datafree as df
 from datafree.models import MODELS
+from datafree.models.record import record_of
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -10,7 +11,7 @@ def test_zoo_forward_shapes(name):
     if name == "resnet110":
         pytest.skip("slow to build; same code as resnet20")
     m = df.create_model(name).eval()
-    spec = m.input_spec
+    spec = record_of(m).input_spec
     with torch.no_grad():
         y = m(torch.zeros(2, *spec.shape))
     assert y.shape == (2, spec.num_classes)

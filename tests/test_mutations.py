@@ -17,6 +17,7 @@ import torch
 import datafree as df
 from datafree.cli import main
 from tests.conftest import write_legacy_quantized
+from datafree.models.record import record_of
 
 DROP, TRUNC = object(), object()
 
@@ -69,7 +70,7 @@ def files(tmp_path_factory, digits_teacher):
         out = d / f"{name}.pt"
         assert main(argv + ["--out", str(out), "--no-progress"]) == 0, name
         f[name] = out
-    write_legacy_quantized(m, df.load_dataset("digits:train", m.input_spec).subset(64), d / "legacy.pt")
+    write_legacy_quantized(m, df.load_dataset("digits:train", record_of(m).input_spec).subset(64), d / "legacy.pt")
     f["legacy"] = d / "legacy.pt"
     ck = d / "run.ckpt"
     f["distill_args"] = ["distill", *M, "--student", "small_cnn", "--data", "digits:train", "--steps", "4",

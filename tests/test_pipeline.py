@@ -6,6 +6,7 @@ import datafree as df
 from datafree.cli import main
 from datafree.compressors.quant import quant_layers
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 def test_fp32_teacher_accuracy_floor(digits_teacher, digits_test):
@@ -16,7 +17,7 @@ def test_fp32_teacher_accuracy_floor(digits_teacher, digits_test):
 def test_quantize_real_vs_bn_stats_and_first_last(digits_teacher, digits_test):
     m, _ = digits_teacher
     fp = df.evaluate(m, digits_test)["top1"]
-    real = df.load_dataset("digits:train", m.input_spec)
+    real = df.load_dataset("digits:train", record_of(m).input_spec)
     q8 = df.quantize(m, real, df.QuantConfig(w_bits=8, a_bits=8))
     assert measured("pipeline.w8a8_drop", fp - df.evaluate(q8, digits_test)["top1"]) <= 1.0  # measured in test_bounds.json, 20 runs: -0.56..0.28
     syn = df.synthesize(m, "bn-stats", df.make_config("bn-stats", num=256, iterations=100), progress=False)
@@ -38,7 +39,7 @@ def test_quantized_file_roundtrip_and_evaluate_json(digits_teacher, digits_test,
     assert code == 0
     capsys.readouterr()
     q = df.load_quantized(out)
-    direct = df.quantize(m, df.load_dataset("digits:train", m.input_spec), df.QuantConfig(w_bits=4, a_bits=4))
+    direct = df.quantize(m, df.load_dataset("digits:train", record_of(m).input_spec), df.QuantConfig(w_bits=4, a_bits=4))
     assert torch.equal(df.predict(q, digits_test), df.predict(direct, digits_test))
     code = main(["evaluate", str(out), "--data", "digits:test", "--json", "--teacher-weights", w])
     r = json.loads(capsys.readouterr().out)

@@ -11,11 +11,12 @@ from datafree.models.spec import DIGITS_SPEC
 from datafree.compressors.prune import (count_flops_params, finalize_unstructured_, prunable_chains, prune_structured_,
                             prune_unstructured_, pruned_state_dict)
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 def test_flops_and_params_by_hand():
     m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(128, 10))
-    m.input_spec = DIGITS_SPEC
+    record_of(m).input_spec = DIGITS_SPEC
     r = count_flops_params(m)
     assert r["flops"] == 2 * 64 * 9 + 128 * 10
     assert r["params"] == 2 * 9 + 2 + 1280 + 10
@@ -74,7 +75,7 @@ def test_unstructured_pruning_keeps_zeros_through_finetuning(digits_teacher):
     total = sum(w.numel() for w in ws)
     zeros = sum(int((w == 0).sum()) for w in ws)
     assert abs(zeros - round(0.6 * total)) <= 1
-    real = df.load_dataset("digits:train", teacher.input_spec)
+    real = df.load_dataset("digits:train", record_of(teacher).input_spec)
     distill_(m, teacher, real, KDConfig(steps=20, batch_size=32, lr=1e-3), progress=False)
     finalize_unstructured_(m)
     ws = [mod.weight for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]

@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from datafree.compressors.quant import QuantLayer, act_qparams, fake_quant, quant_layers, quantize_int, weight_scales
 from datafree.compressors.quant.quantizer import mse_range
+from datafree.models.record import record_of
 
 
 def test_signed_weight_grid_by_hand():
@@ -125,7 +126,7 @@ def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
     from datafree.compressors.quant import STAGES, QuantConfig, quantize, with_stage
 
     m, _ = digits_teacher
-    data = df.load_dataset("digits:train", m.input_spec).subset(64)
+    data = df.load_dataset("digits:train", record_of(m).input_spec).subset(64)
     seen = []
 
     def probe(st):
@@ -136,9 +137,9 @@ def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
                                       "finetune"]
     q = quantize(m, data, QuantConfig(w_bits=4, a_bits=4), stages=stages)
     assert seen and not any(seen[0])  # ran before calibration
-    assert q.transforms[-1]["stages"] == [n for n, _ in stages]
+    assert record_of(q).transforms[-1]["stages"] == [n for n, _ in stages]
     q0 = quantize(m, data, QuantConfig(w_bits=4, a_bits=4))
-    assert [n for n, _ in STAGES] == q0.transforms[-1]["stages"]
+    assert [n for n, _ in STAGES] == record_of(q0).transforms[-1]["stages"]
     x = data.x[:16]
     with torch.no_grad():
         assert torch.equal(q(x), q0(x))  # an observing stage changes nothing
@@ -152,7 +153,7 @@ def test_quantize_draws_its_calibration_samples_from_any_source(digits_teacher):
     from datafree.compressors.quant import QuantConfig, quantize
 
     m, _ = digits_teacher
-    real = df.load_dataset("digits:train", m.input_spec)
+    real = df.load_dataset("digits:train", record_of(m).input_spec)
 
     class Stream(Source):
         """A source that is no stored set: consecutive items, as a generator would hand them out."""

@@ -11,6 +11,7 @@ from datafree.models.zoo import CifarResNet
 from datafree.compressors.quant.layers import quant_layers
 from datafree.compressors.quant.reconstruct import AdaRoundRounding, find_blocks, reconstruct_, rounding_is_valid
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 def test_adaround_starts_at_round_to_nearest_and_its_regularizer_is_the_formula():
@@ -31,7 +32,7 @@ def test_adaround_starts_at_round_to_nearest_and_its_regularizer_is_the_formula(
 
 def test_adaround_on_a_model_without_residual_blocks(digits_teacher):
     m, _ = digits_teacher
-    data = df.load_dataset("digits:train", m.input_spec).subset(128)
+    data = df.load_dataset("digits:train", record_of(m).input_spec).subset(128)
     q = df.quantize(m, data, df.QuantConfig(w_bits=4, a_bits=4, quantize_first_last=True, num_calib=128))
     before = {n: (copy.deepcopy(l.weight.detach()), l.w_scale.detach().clone()) for n, l in q.named_modules()
               if l in quant_layers(q)}
@@ -43,7 +44,7 @@ def test_adaround_on_a_model_without_residual_blocks(digits_teacher):
             assert rounding_is_valid(w0, layer.weight.detach(), s, 4), name  # floor or ceil, on the 4-bit grid
     # measured in test_bounds_reconstruct.json, 20 runs: 0.69..0.80
     assert measured("adaround.mse_after_over_before", sum(r["mse_after"] for r in report) / sum(r["mse_before"] for r in report)) < 1
-    test = df.load_dataset("digits:test", m.input_spec)
+    test = df.load_dataset("digits:test", record_of(m).input_spec)
     assert measured("adaround.w4a4_top1", df.evaluate(q, test)["top1"]) > 50.0  # measured in test_bounds.json, 20 runs: 96.9..99.4
 
 
@@ -52,7 +53,7 @@ def test_brecq_blocks_come_from_tracing_and_lower_block_error():
     from datafree.data.train import train_classifier_
 
     m = CifarResNet(8, 10, in_channels=1)
-    m.input_spec = DIGITS_SPEC
+    record_of(m).input_spec = DIGITS_SPEC
     data = df.load_dataset("digits:train", DIGITS_SPEC)
     train_classifier_(m, data, epochs=3, seed=0)
     m.eval()
@@ -67,15 +68,15 @@ def test_brecq_blocks_come_from_tracing_and_lower_block_error():
     assert measured("brecq.mse_after_over_before", sum(r["mse_after"] for r in report) / sum(r["mse_before"] for r in report)) < 1
     # as a quantize stage, recorded in the config
     q2 = df.quantize(m, calib, df.QuantConfig(w_bits=3, a_bits=4, num_calib=128, reconstruct="adaround", recon_iters=20))
-    assert q2.transforms[-1]["config"]["reconstruct"] == "adaround" and "reconstruct" in q2.transforms[-1]["stages"]
+    assert record_of(q2).transforms[-1]["config"]["reconstruct"] == "adaround" and "reconstruct" in record_of(q2).transforms[-1]["stages"]
 
 
 def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digits_teacher, tmp_path):
     from datafree.compressors.quant.graph import act_quantizers
 
     m, _ = digits_teacher
-    calib = df.load_dataset("digits:train", m.input_spec).subset(128)
-    test = df.load_dataset("digits:test", m.input_spec)
+    calib = df.load_dataset("digits:train", record_of(m).input_spec).subset(128)
+    test = df.load_dataset("digits:test", record_of(m).input_spec)
     cfg = df.QuantConfig(w_bits=4, a_bits=4, quantize_first_last=True, num_calib=128)
     q = df.quantize(m, calib, cfg)
     steps0 = [float(a.a_scale) for a in act_quantizers(q) if a.act_quant]
@@ -117,7 +118,7 @@ def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digit
     assert [float(a.a_scale) for a in act_quantizers(wild) if a.act_quant] == steps0
     # as a quantize stage (on by default): stored in the artifact and read back to the same predictions
     q2 = df.quantize(m, calib, cfg.replace(reconstruct="brecq", recon_iters=40))
-    assert q2.transforms[-1]["config"]["recon_act"] is True
+    assert record_of(q2).transforms[-1]["config"]["recon_act"] is True
     path = tmp_path / "q.pt"
     df.save_artifact(q2, path)
     x = calib.x[:32]
@@ -130,8 +131,8 @@ def test_frozen_finetune_keeps_the_learned_integers_and_trains_steps_and_biases(
     from datafree.compressors.quant.quantizer import WeightRounding
 
     m, _ = digits_teacher
-    calib = df.load_dataset("digits:train", m.input_spec).subset(256)
-    test = df.load_dataset("digits:test", m.input_spec)
+    calib = df.load_dataset("digits:train", record_of(m).input_spec).subset(256)
+    test = df.load_dataset("digits:test", record_of(m).input_spec)
     cfg = df.QuantConfig(w_bits=3, a_bits=3, quantize_first_last=True, num_calib=256, reconstruct="adaround",
                          recon_iters=60)
     q = df.quantize(m, calib, cfg)
@@ -172,7 +173,7 @@ def test_frozen_finetune_keeps_the_learned_integers_and_trains_steps_and_biases(
     monkeypatch.undo()
     # as a quantize option: recorded in the stored config; with train the integers move
     q2 = df.quantize(m, calib, cfg.replace(finetune_weights="frozen", recon_iters=20), kd=KDConfig(steps=20, batch_size=64))
-    assert q2.transforms[-1]["config"]["finetune_weights"] == "frozen"
+    assert record_of(q2).transforms[-1]["config"]["finetune_weights"] == "frozen"
     q3 = df.quantize(m, calib, cfg.replace(recon_iters=20), kd=KDConfig(steps=60, batch_size=64, lr=1e-2))
     q4 = df.quantize(m, calib, cfg.replace(recon_iters=20))
     assert any(not torch.equal(a, b) for a, b in zip(ints(q3), ints(q4)))
@@ -200,16 +201,16 @@ def test_mixed_precision_plan_meets_the_budget_and_ships(digits_teacher, tmp_pat
     from datafree.compressors.quant.mixed import layer_sensitivity
 
     m, _ = digits_teacher
-    data = df.load_dataset("digits:train", m.input_spec).subset(128)
+    data = df.load_dataset("digits:train", record_of(m).input_spec).subset(128)
     sens = layer_sensitivity(m, data, bits=(2, 4, 8))
     for per in sens.values():  # fewer bits, larger divergence from the float model
         assert per[2] > per[8] >= 0
     q = df.quantize(m, data, df.QuantConfig(avg_bits=3.0, a_bits=8, num_calib=128))
-    plan = q.quant_plan
+    plan = record_of(q).quant_plan
     w = {e["name"]: q.get_submodule(e["name"]).weight.numel() for e in plan}
     avg = sum(w[e["name"]] * e["w_bits"] for e in plan) / sum(w.values())
     assert avg <= 3.0 + 1e-9 and len({e["w_bits"] for e in plan}) >= 1
-    assert q.quant_info["mixed"]["avg_bits"] == avg
+    assert record_of(q).reports["quantize"]["mixed"]["avg_bits"] == avg
     save_artifact(q, tmp_path / "mx.pt")
     back = load_artifact(tmp_path / "mx.pt")
     assert [l.w_bits for l in quant_layers(back)] == [e["w_bits"] for e in plan]
@@ -222,7 +223,7 @@ def test_round_norm_sum_is_the_mean_loss_rescaled():
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(1, 9, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                             torch.nn.Flatten(), torch.nn.Linear(9, 10)).eval()
-    m.input_spec = DIGITS_SPEC
+    record_of(m).input_spec = DIGITS_SPEC
     data = df.load_dataset("digits:train", DIGITS_SPEC).subset(128)
     q = df.quantize(m, data, df.QuantConfig(w_bits=2, a_bits=8, quantize_first_last=True, num_calib=128))
     layers = quant_layers(q)
@@ -255,7 +256,7 @@ def test_qdrop_keeps_each_activation_float_with_its_probability_and_only_while_l
     assert torch.equal(drop_quant(x, xq, None), xq) and torch.equal(drop_quant(x, xq, (0.0, g)), xq)
 
     m, _ = digits_teacher
-    calib = df.load_dataset("digits:train", m.input_spec).subset(128)
+    calib = df.load_dataset("digits:train", record_of(m).input_spec).subset(128)
     cfg = df.QuantConfig(w_bits=3, a_bits=3, quantize_first_last=True, num_calib=128)
     q = df.quantize(m, calib, cfg)
     runs = []

@@ -4,6 +4,7 @@ import pytest
 import datafree as df
 
 from .conftest import shared_or_skip
+from datafree.models.record import record_of
 
 pytestmark = pytest.mark.slow
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.slow
 def r20():
     w = shared_or_skip("models/resnet20-12fca82f.th")
     m = df.load_model("resnet20", str(w))
-    return m, df.load_dataset("cifar10:test-exact", m.input_spec, str(w.parents[1]))
+    return m, df.load_dataset("cifar10:test-exact", record_of(m).input_spec, str(w.parents[1]))
 
 
 def test_resnet20_fp32_exact(r20):

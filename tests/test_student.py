@@ -7,16 +7,17 @@ import datafree as df
 from datafree.cli import main
 from datafree.kd.loop import KDConfig
 from datafree.kd.sources import PoolSource, RoundsConfig
-from datafree.compressors.student import distill_student_
+from datafree.kd.run import distill_student_
 from datafree.synth import make_config
 from tests.conftest import measured
+from datafree.models.record import record_of
 
 
 def test_student_from_scratch_on_real_digits_beats_floor(digits_teacher, digits_test):
     teacher, _ = digits_teacher
     torch.manual_seed(0)
     student = df.create_model("small_cnn")
-    real = df.load_dataset("digits:train", teacher.input_spec)
+    real = df.load_dataset("digits:train", record_of(teacher).input_spec)
     r = distill_student_(student, teacher, KDConfig(steps=300, batch_size=64, lr=3e-3, freeze_bn=False, temperature=3),
                          real, progress=False)
     acc = df.evaluate(student, digits_test)["top1"]
@@ -137,7 +138,7 @@ def test_time_limit_stops_at_the_budget_and_validates_where_it_stopped(digits_te
     teacher, _ = digits_teacher
     torch.manual_seed(0)
     student = df.create_model("small_cnn")
-    real = df.load_dataset("digits:train", teacher.input_spec)
+    real = df.load_dataset("digits:train", record_of(teacher).input_spec)
     t0 = time.time()
     r = distill_student_(student, teacher, KDConfig(steps=10 ** 6, batch_size=16, val_every=10 ** 6), real,
                          val=digits_test, progress=False, time_limit=1.5, checkpoint_every=50)

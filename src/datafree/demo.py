@@ -16,6 +16,7 @@ from .models import create_model, load_model
 from .compressors.quant import QuantConfig, quantize
 from .synth import make_config, synthesize
 from .data.train import train_classifier_
+from .models import input_spec_of
 
 DEMO_METHODS = ("gaussian", "inception", "bn-stats")
 
@@ -26,7 +27,7 @@ def demo_teacher(out: Path, progress: bool = True) -> torch.nn.Module:
     if path.is_file():
         return load_model("small_cnn", str(path))
     model = create_model("small_cnn")
-    train = load_dataset("digits:train", model.input_spec)
+    train = load_dataset("digits:train", input_spec_of(model))
     train_classifier_(model, train, epochs=30, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
@@ -79,7 +80,7 @@ def run_demo(out: str = "demo_out", progress: bool = True, w_bits: int = 2, a_bi
     outp = Path(out)
     t0 = time.time()
     teacher = demo_teacher(outp, progress)
-    spec = teacher.input_spec
+    spec = input_spec_of(teacher)
     test = load_dataset("digits:test", spec)
     real = load_dataset("digits:train", spec)
     print(f"teacher: small_cnn on scikit-learn digits (trained/cached in {time.time() - t0:.1f} s)")

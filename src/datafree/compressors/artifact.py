@@ -13,15 +13,14 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from . import continual, hashing, prune, student  # noqa: F401  (register their compressors)
-from . import quant  # noqa: F401
 from .._version import __version__
 from .base import COMPRESSORS, transforms_of
 from ..core.errors import DatafreeError, first_line
-from ..models.loading import create_model, fingerprint, load_state_dict_
+from ..models.loading import check_finite, create_model, fingerprint, load_model, load_state_dict_
 from ..models.spec import InputSpec
 from ..core.schema import MISFIT_ERRORS, Schema
 from ..core.utils import load_tensors, save_atomic
+from ..models.record import record_of
 
 FORMAT = "datafree-artifact-v1"
 LEGACY_QUANTIZED = "datafree-quantized-v1"  # written by datafree 0.1 `quantize`; still loads
@@ -41,11 +40,11 @@ def arch_fingerprint(model: nn.Module) -> str:
 
 
 def _base_of(model: nn.Module) -> dict[str, Any]:
-    src = dict(getattr(model, "source", None) or {})
+    src = dict(record_of(model).source)
     if not src.get("model"):
         raise DatafreeError("the model has no source reference; build it with datafree.load_model or create_model")
     ref = str(src["model"])
-    spec = getattr(model, "input_spec", None)
+    spec = record_of(model).input_spec
     fresh = create_model(ref, num_classes=src.get("num_classes"), input_spec=spec)  # user files were imported already
     return {"model": ref, "num_classes": src.get("num_classes"), "weights": src.get("weights"),
             "arch": arch_fingerprint(fresh)}
@@ -54,7 +53,7 @@ def _base_of(model: nn.Module) -> dict[str, Any]:
 def save_artifact(model: nn.Module, path: str | os.PathLike, teacher: Optional[nn.Module] = None,
                   extra: Optional[dict] = None) -> Path:
     """Write a compressed model (base reference, transforms with configs, state dict, version) to one file, atomically."""
-    spec = getattr(model, "input_spec", None)
+    spec = record_of(model).input_spec
     if spec is None:
         raise DatafreeError("the model has no input_spec; set model.input_spec = datafree.InputSpec(...)")
     obj: dict[str, Any] = {
@@ -185,10 +184,10 @@ def build_artifact(obj: dict, where: str, model_file: Optional[str] = None) -> n
         except MISFIT_ERRORS as e:
             s.fail(field, f"({name}) cannot be rebuilt on {ref} ({type(e).__name__}: {first_line(e)})")
     load_state_dict_(model, sd, f"{where}: field 'state_dict': its tensors")
-    model.input_spec = spec  # type: ignore[attr-defined]
-    model.transforms = list(obj["transforms"])  # type: ignore[attr-defined]
-    model.source = {"model": ref, "num_classes": base.get("num_classes"), "artifact": where,  # type: ignore[attr-defined]
-                    **({"model_file": model_file} if model_file else {})}
+    rec = record_of(model)
+    rec.input_spec, rec.transforms = spec, list(obj["transforms"])
+    rec.source = {"model": ref, "num_classes": base.get("num_classes"), "artifact": where,
+                  **({"model_file": model_file} if model_file else {})}
     return model.eval()
 
 
@@ -199,3 +198,20 @@ save_quantized = save_artifact
 def load_quantized(path: str | os.PathLike, map_location: str | torch.device = "cpu", model_file: Optional[str] = None) -> nn.Module:
     """Rebuild a quantized (or any compressed) model from its file."""
     return load_artifact(path, model_file).to(map_location)
+
+
+def load_any(ref: str, weights: Optional[str] = None, num_classes: Optional[int] = None,
+             input_spec: Optional[InputSpec] = None, model_file: Optional[str] = None) -> nn.Module:
+    """A model from a zoo name or `file.py:factory` (+ weights), or from a file written by datafree (its transforms
+    chain: compress it further); weights with NaN or infinite values are refused."""
+    if model_file and not os.path.isfile(ref):
+        raise DatafreeError(f"--model-file is for files written by datafree; {ref} is not one")
+    if os.path.isfile(ref):
+        obj = read_artifact(ref)
+        if obj is None:
+            raise DatafreeError(f"{ref} is not a model file written by datafree; give a zoo name or file.py:factory "
+                                "with --weights")
+        if weights:
+            raise DatafreeError(f"{ref} is a datafree artifact and holds its own weights; drop --weights")
+        return check_finite(build_artifact(obj, ref, model_file), ref)
+    return check_finite(load_model(ref, weights, num_classes=num_classes, input_spec=input_spec), weights or ref)

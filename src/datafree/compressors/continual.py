@@ -18,6 +18,7 @@ from ..core.errors import DatafreeError
 from ..core.schema import Schema
 from ..models.loading import head_of
 from ..core.utils import predict
+from ..models.record import record_of
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 
@@ -55,9 +56,9 @@ def expand_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
         if old.bias is not None:
             head.bias[: old.out_features] = old.bias
     setattr(parent, attr, head)
-    spec = getattr(model, "input_spec", None)
+    spec = record_of(model).input_spec
     if spec is not None:
-        new.input_spec = dataclasses.replace(spec, num_classes=num_classes)  # type: ignore[attr-defined]
+        record_of(new).input_spec = dataclasses.replace(spec, num_classes=num_classes)
     return new
 
 
@@ -92,6 +93,7 @@ def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int,
         return loss
 
     Distiller(student, old_model, kd, loss_fn=loss_fn).run(data, val=val, progress=progress)
+    record_of(student).reports["extend"] = {"num_classes": num_classes, "from_classes": n_old, "samples": len(data)}
     return record_transform(student, "extend", cfg, num_classes=num_classes, from_classes=n_old).eval()
 
 

@@ -15,6 +15,7 @@ from ..data.source import SourceLike
 from ..kd.loop import KDConfig
 from ..core.errors import DatafreeError
 from ..core.schema import Schema, submodule
+from ..models.record import record_of
 
 _HASHABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -57,14 +58,14 @@ def hashable_tensors(model: nn.Module, skip_first_last: bool = False) -> list[tu
 def _materialize_hook(model: nn.Module, args: Any) -> None:
     """Forward pre-hook: each hashed tensor = its slice of X·Y (row-major) times its scale."""
     v = (model.smh_X @ model.smh_Y).reshape(-1)
-    for i, (name, p, off, shape) in enumerate(model.smh_entries):
+    for i, (name, p, off, shape) in enumerate(record_of(model).hash_entries):
         n = math.prod(shape)
         setattr(model.get_submodule(name), p, v[off:off + n].view(shape) * model.smh_scales[i])
 
 
 def _detach_hook(model: nn.Module, args: Any, out: Any) -> None:
     """Forward hook: leave detached copies behind (deepcopy and inspection work; autograd kept its own references)."""
-    for name, p, _, _ in model.smh_entries:
+    for name, p, _, _ in record_of(model).hash_entries:
         m = model.get_submodule(name)
         setattr(m, p, getattr(m, p).detach())
 
@@ -78,7 +79,7 @@ def _refresh_after_load(model: nn.Module, incompatible: Any) -> None:
 
 def is_hashed(model: nn.Module) -> bool:
     """Whether `model` carries Structured Multi-Hashing variables."""
-    return hasattr(model, "smh_entries")
+    return bool(record_of(model).hash_entries)
 
 
 def _budget_m(model: nn.Module, entries: list[tuple[str, str]], cfg: HashConfig) -> tuple[int, int, int]:
@@ -113,7 +114,7 @@ def hash_model_(model: nn.Module, entries: list[tuple[str, str]], n: int, m: int
     model.register_parameter("smh_X", nn.Parameter(torch.zeros(n, m, device=dev)))
     model.register_parameter("smh_Y", nn.Parameter(torch.zeros(m, n, device=dev)))
     model.register_parameter("smh_scales", nn.Parameter(torch.ones(len(table), device=dev)))
-    model.smh_entries = table  # type: ignore[attr-defined]
+    record_of(model).hash_entries = table
     model.register_forward_pre_hook(_materialize_hook)
     model.register_forward_hook(_detach_hook)
     model.register_load_state_dict_post_hook(_refresh_after_load)
@@ -131,13 +132,13 @@ def init_hashed_(model: nn.Module, cfg: HashConfig, teacher_values: Optional[dic
     n, m = model.smh_X.shape
     g = torch.Generator().manual_seed(cfg.seed)
     scales = []
-    for name, p, _, _ in model.smh_entries:
+    for name, p, _, _ in record_of(model).hash_entries:
         fan = _fan_in(model.get_submodule(name))
         scales.append(math.sqrt(2.0 / fan) if p == "weight" else 1.0 / math.sqrt(3.0 * fan))
     model.smh_scales.copy_(torch.tensor(scales))
     if cfg.init == "svd" and teacher_values is not None:
         v = torch.zeros(n * n)
-        for i, (name, p, off, shape) in enumerate(model.smh_entries):
+        for i, (name, p, off, shape) in enumerate(record_of(model).hash_entries):
             t = teacher_values[(name, p)].detach().float().cpu().reshape(-1)
             s = float(t.std()) if t.numel() > 1 and float(t.std()) > 0 else max(float(t.abs().max()), 1e-8)
             model.smh_scales[i] = s
@@ -176,8 +177,8 @@ def make_hashed(teacher: nn.Module, cfg: HashConfig) -> nn.Module:
                 mod.reset_parameters()
     hash_model_(student, entries, n, m)
     init_hashed_(student, cfg, values)
-    student.hash_info = {"n": n, "M": m, "target_variables": target,  # type: ignore[attr-defined]
-                         "variables": hash_variables(student), "teacher_variables": hash_variables(teacher)}
+    record_of(student).reports["hash"] = {"n": n, "M": m, "target_variables": target,
+                                          "variables": hash_variables(student), "teacher_variables": hash_variables(teacher)}
     with torch.no_grad():  # weights materialized once, so inspection before the first forward sees them
         _materialize_hook(student, ())
         _detach_hook(student, (), None)
@@ -193,32 +194,34 @@ def materialize(model: nn.Module) -> nn.Module:
     plain = copy.deepcopy(model)
     with torch.no_grad():
         _materialize_hook(plain, ())
-    for name, p, _, _ in plain.smh_entries:
+    for name, p, _, _ in record_of(plain).hash_entries:
         mod = plain.get_submodule(name)
         t = getattr(mod, p).detach().clone()
         delattr(mod, p)
         mod.register_parameter(p, nn.Parameter(t))
     for k in ("smh_X", "smh_Y", "smh_scales"):
         delattr(plain, k)
-    del plain.smh_entries
+    rec = record_of(plain)
+    rec.hash_entries = []
     plain._forward_pre_hooks.clear()
     plain._forward_hooks.clear()
     plain._load_state_dict_post_hooks.clear()
-    plain.transforms = [t for t in getattr(plain, "transforms", []) if t.get("compressor") != "hash"]
+    rec.transforms = [t for t in rec.transforms if t.get("compressor") != "hash"]
     return plain
 
 
 def hash_distill(teacher: nn.Module, data: SourceLike, cfg: HashConfig, kd: KDConfig, **kw: Any) -> nn.Module:
     """A hashed student of the teacher's architecture at the budget, trained by the KD loop on any data source."""
-    from .student import distill_student_
+    from ..kd.run import distill_student_
 
     student = make_hashed(teacher, cfg)
     summary = distill_student_(student, teacher, kd, data, **kw)
-    student.hash_info["distill"] = {k: summary[k] for k in ("steps", "seconds", "val_top1")}  # type: ignore[attr-defined]
-    student.kd_curve = summary.get("curve") or []  # type: ignore[attr-defined]
-    info = student.hash_info  # type: ignore[attr-defined]
+    rec = record_of(student)
+    info = rec.reports["hash"]
+    info["distill"] = {k: summary[k] for k in ("steps", "seconds", "val_top1")}
+    info["seconds"], info["curve"] = summary["seconds"], summary.get("curve") or []
     return record_transform(student, "hash", cfg, n=info["n"], M=info["M"],
-                            entries=[[n, p] for n, p, _, _ in student.smh_entries], kd=kd.to_dict())
+                            entries=[[n, p] for n, p, _, _ in rec.hash_entries], kd=kd.to_dict())
 
 
 def _apply(model: nn.Module, data: Optional[SourceLike], config: HashConfig, kd: Optional[KDConfig] = None,
@@ -252,4 +255,4 @@ def _check(s: Schema, model: nn.Module, t: dict, field: str) -> None:
 
 register_compressor("hash", HashConfig, _apply, _rebuild,
                     "Structured Multi-Hashing: all conv/linear tensors read from one low-rank virtual matrix X·Y, "
-                    "trained by KD", _check)
+                    "trained by KD", _check, plain=materialize)

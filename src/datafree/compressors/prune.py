@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -11,7 +11,9 @@ import torch.nn as nn
 from .base import record_transform, register_compressor
 from ..core.config import Config, check
 from ..data.source import SourceLike
-from ..kd.loop import KDConfig, distill_
+from ..kd.loop import KDConfig
+from ..kd.run import distill_student_
+from ..models.record import record_of
 from ..core.errors import DatafreeError, first_line
 from ..core.schema import Schema
 from ..models.measure import count_flops_params  # noqa: F401  (re-exported: prune reports FLOPs)
@@ -186,14 +188,25 @@ def finish_pruning_(model: nn.Module, config: PruneConfig, cut: Optional[list[di
 
 
 def _apply(model: nn.Module, data: Optional[SourceLike], config: PruneConfig, kd: Optional[KDConfig] = None,
-           progress: bool = False, **_: object) -> nn.Module:
+           progress: bool = False, **run: Any) -> nn.Module:
+    """A pruned copy of `model`, fine-tuned by the resumable KD run from it when `kd` has steps (keywords `run`:
+    checkpoint_dir, val, overwrite, ...); its report has FLOPs and parameters before and after."""
+    before = count_flops_params(model)
     student = copy.deepcopy(model)
     cut = prune_(student, config)
+    summary: dict[str, Any] = {}
     if kd is not None and kd.steps > 0:
         if data is None:
             raise DatafreeError("fine-tuning a pruned model needs data (a synthetic set, method or dataset spec)")
-        distill_(student, model, data, kd, progress=progress)
-    return finish_pruning_(student, config, cut)
+        summary = distill_student_(student, model, kd, data, progress=progress, **run)
+    finish_pruning_(student, config, cut)
+    after = count_flops_params(student)
+    record_of(student).reports["prune"] = {
+        "steps": summary.get("steps", 0), "cut": cut, "flops_before": before["flops"], "flops_after": after["flops"],
+        "params_before": before["params"], "params_after": after["params"],
+        "nonzero_params_after": after["nonzero_params"], "curve": summary.get("curve") or [],
+        **({"final_kd_loss": summary["final_loss"], "val_top1": summary["val_top1"]} if summary else {})}
+    return student
 
 
 def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:

@@ -135,3 +135,21 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, xlabel:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def save_curve(curve: list[dict], out: str, title: str) -> str:
+    """A validation curve beside an output file: OUT.curve.json and OUT.curve.png (top-1 against seconds or steps);
+    returns the PNG's path (written by rank 0 under torchrun)."""
+    import json
+    from pathlib import Path
+
+    from ..core import parallel
+    from ..core.utils import atomic_write
+
+    stem = str(Path(out).with_suffix(""))
+    if parallel.is_main():
+        atomic_write(stem + ".curve.json", lambda f: f.write(json.dumps({"title": title, "points": curve}, indent=1).encode()))
+        pts = [(c.get("seconds", c["step"]), c["val_top1"]) for c in curve]
+        plot_curves({"student": pts}, stem + ".curve.png", xlabel="seconds" if "seconds" in curve[0] else "step",
+                    title=title)
+    return stem + ".curve.png"

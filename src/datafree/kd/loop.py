@@ -18,6 +18,7 @@ from ..data.source import DataSource, SourceLike, as_source
 from ..core.errors import DatafreeError
 from ..models.loading import head_of
 from ..core.utils import frozen_eval, model_device, top1
+from ..core.seeds import derived_seed
 
 
 @dataclasses.dataclass
@@ -167,7 +168,7 @@ class Distiller:
         self.history: list[dict] = []
 
     def _source_seed(self) -> int:
-        return self.cfg.seed * 7919
+        return derived_seed(self.cfg.seed, "stream")
 
     def state_dict(self) -> dict:
         """Optimizer, schedule, RNG, counters and the source's state (the student's weights are saved by the caller)."""

@@ -21,6 +21,7 @@ from ..models.loading import fingerprint, input_spec_of
 from ..synth.base import SYNTHESIZERS, StepCallback, SynthConfig, make_config, synthesize
 from ..synth.generative import GenerativeSynthesizer, TrainedGenerator
 from ..core.utils import frozen_eval
+from ..core.seeds import derived_seed
 
 
 def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: int = 0,
@@ -203,7 +204,7 @@ class GeneratorSource(PoolSource):
     def _round(self, teacher: nn.Module, student: nn.Module, r: int) -> tuple[TensorData, dict[str, Any]]:
         eng = self._engine(teacher, student)
         n = self.rounds.per_round
-        gen = torch.Generator().manual_seed(self.synth_config.seed * 1_000_003 + r)
+        gen = torch.Generator().manual_seed(derived_seed(self.synth_config.seed, "shard", r))
         y = eng.labels(r * n, n)
         cb = StepCallback()
         with frozen_eval(teacher), frozen_eval(student):

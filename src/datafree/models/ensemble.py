@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import DatafreeError
+from .record import record_of
 
 
 class Ensemble(nn.Module):
@@ -17,7 +18,7 @@ class Ensemble(nn.Module):
         super().__init__()
         if len(members) < 1:
             raise DatafreeError("an ensemble needs at least one model")
-        specs = [getattr(m, "input_spec", None) for m in members]
+        specs = [record_of(m).input_spec for m in members]
         if any(s is None for s in specs):
             raise DatafreeError("every ensemble member needs an input spec (zoo models and loaded models have one)")
         s0 = specs[0]
@@ -32,8 +33,9 @@ class Ensemble(nn.Module):
         if len(w) != len(members) or (w <= 0).any():
             raise DatafreeError("ensemble weights must be positive, one per member")
         self.register_buffer("weights", w / w.sum())
-        self.input_spec = s0
-        self.source = {"model": "ensemble", "members": [getattr(m, "source", None) for m in members]}
+        rec = record_of(self)
+        rec.input_spec = s0
+        rec.source = {"model": "ensemble", "members": [record_of(m).source or None for m in members]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sum(w * m(x) for w, m in zip(self.weights, self.members))  # type: ignore[return-value]

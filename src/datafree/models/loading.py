@@ -17,6 +17,7 @@ from .resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
 from ..core.utils import load_tensors
 from .spec import InputSpec
 from .zoo import MODELS
+from .record import record_of
 
 
 def list_models() -> list[str]:
@@ -43,7 +44,7 @@ def _load_factory(ref: str):
 
 
 def create_model(name: str, num_classes: Optional[int] = None, input_spec: Optional[InputSpec] = None) -> nn.Module:
-    """Build an untrained model from a zoo name or `path/to/file.py:factory`; it carries `.input_spec`."""
+    """Build an untrained model from a zoo name or `path/to/file.py:factory`; its record (`record_of`) carries the input spec and where it came from."""
     if name.endswith(".py") or ".py:" in name:
         if ":" not in name or name.endswith(".py"):
             raise DatafreeError(f"user model {name!r} needs a factory: path/to/file.py:factory")
@@ -54,29 +55,28 @@ def create_model(name: str, num_classes: Optional[int] = None, input_spec: Optio
             raise DatafreeError(f"calling factory {name} failed: {type(e).__name__}: {e}") from None
         if not isinstance(model, nn.Module):
             raise DatafreeError(f"factory {name} returned {type(model).__name__}, not an nn.Module")
-        spec = input_spec or getattr(model, "input_spec", None) or _spec_from_module(module, name)
-        model.input_spec = spec  # type: ignore[attr-defined]
+        rec = record_of(model)
+        rec.input_spec = input_spec or rec.input_spec or _spec_from_module(module, name)
         if hasattr(module, "HEAD") and not getattr(model, "head_name", None):
-            model.head_name = str(module.HEAD)  # type: ignore[attr-defined]
+            rec.head = str(module.HEAD)
         return _with_source(_with_classes(model, num_classes), name, num_classes)
     factory = MODELS.get(name)
     model = factory(num_classes) if num_classes is not None else factory()
     if input_spec is not None:
-        model.input_spec = input_spec  # type: ignore[attr-defined]
+        record_of(model).input_spec = input_spec
     return _with_source(_with_classes(model, num_classes), name, num_classes)
 
 
 def _with_source(model: nn.Module, name: str, num_classes: Optional[int], weights: Optional[str] = None) -> nn.Module:
-    model.source = {"model": name, "weights": str(weights) if weights else None,  # type: ignore[attr-defined]
-                    "num_classes": num_classes}
+    record_of(model).source = {"model": name, "weights": str(weights) if weights else None, "num_classes": num_classes}
     return model
 
 
 def _with_classes(model: nn.Module, num_classes: Optional[int]) -> nn.Module:
     """Keep the spec's class count equal to the head built for `num_classes`."""
-    spec = getattr(model, "input_spec", None)
-    if num_classes is not None and spec is not None and spec.num_classes != num_classes:
-        model.input_spec = dataclasses.replace(spec, num_classes=num_classes)  # type: ignore[attr-defined]
+    rec = record_of(model)
+    if num_classes is not None and rec.input_spec is not None and rec.input_spec.num_classes != num_classes:
+        rec.input_spec = dataclasses.replace(rec.input_spec, num_classes=num_classes)
     return model
 
 
@@ -184,7 +184,7 @@ def fingerprint(model: nn.Module) -> str:
 
 def input_spec_of(model: nn.Module) -> InputSpec:
     """The model's InputSpec, or a clear error if it has none."""
-    spec = getattr(model, "input_spec", None)
+    spec = record_of(model).input_spec
     if spec is None:
         raise DatafreeError("model has no input_spec; set model.input_spec = datafree.InputSpec(...)")
     return spec
@@ -193,7 +193,7 @@ def input_spec_of(model: nn.Module) -> InputSpec:
 def head_of(model: nn.Module) -> str:
     """Name of the classifier layer: declared by `model.head_name` (zoo models; `HEAD = "fc"` in a user file), else the
     model's only nn.Linear."""
-    name = getattr(model, "head_name", None)
+    name = getattr(model, "head_name", None) or record_of(model).head
     mods = dict(model.named_modules())
     if name:
         if name not in mods:
@@ -205,3 +205,15 @@ def head_of(model: nn.Module) -> str:
         return linears[0]
     raise DatafreeError(f"cannot tell the classifier layer of {type(model).__name__} ({len(linears)} nn.Linear layers); "
                         "declare it: HEAD = 'fc' in the model file or model.head_name = 'fc'")
+
+
+def check_finite(model: nn.Module, where: str) -> nn.Module:
+    """Refuse weights with NaN or infinite values (they would be quantized, distilled and saved as if fine)."""
+    bad = [(k, int((~torch.isfinite(v)).sum())) for k, v in model.state_dict().items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        k, n = bad[0]
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise DatafreeError(f"{where} holds NaN or infinite values ({n} in {k}{more}); the model is broken — use the "
+                            "weights from before the training run that diverged")
+    return model

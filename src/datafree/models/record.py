@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .spec import InputSpec
 
-_ATTR = "_datafree_record"
+RECORD_ATTR = _ATTR = "_datafree_record"  # the one attribute datafree sets on a model
 
 
 @dataclasses.dataclass

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from ..core.errors import DatafreeError
 from ..core.registry import Registry
 from .spec import CIFAR10_SPEC, DIGITS_SPEC, MNIST_SPEC, InputSpec
+from .record import record_of
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def _attach(model: nn.Module, spec: InputSpec) -> nn.Module:
-    model.input_spec = spec  # type: ignore[attr-defined]
+    record_of(model).input_spec = spec
     return model
 
 

@@ -26,6 +26,8 @@ from ..core.registry import Registry
 from ..core.schema import MISFIT_ERRORS
 from ..core.utils import frozen_eval, load_tensors, model_device, save_atomic
 from .priors import jitter_flip
+from ..models.record import record_of
+from ..core.seeds import derived_seed
 
 SYNTHESIZERS: Registry[type["Synthesizer"]] = Registry("synthesis method")
 SYNTH_STATE = "synth_state.pt"  # a stateful synthesizer's state beside the shards (resume)
@@ -236,7 +238,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
         if out is not None:
             manifest = {"method": method, "config": cfg.to_dict(), "seed": cfg.seed, "num": cfg.num,
                         "shard_size": cfg.batch_size, "teacher_fingerprint": fingerprint(teacher),
-                        "teacher": getattr(teacher, "source", None), "input_spec": spec.to_dict(),
+                        "teacher": record_of(teacher).source or None, "input_spec": spec.to_dict(),
                         "student_fingerprint": fingerprint(student) if student is not None else None,
                         "library_version": __version__}
             if rank == 0:  # the lead checks the directory's identity and owns the manifest
@@ -269,7 +271,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
             for i in todo:
                 n = min(cfg.batch_size, cfg.num - i * cfg.batch_size)
                 ts = time.time()
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+                gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "shard", i))
                 y = synth.labels(i * cfg.batch_size, n)
                 x = synth.make_batch(y, gen, step)
                 with torch.no_grad():

@@ -25,6 +25,7 @@ from .base import StepCallback, SynthConfig, Synthesizer, register_synthesizer
 from ..models.bn_hooks import BNStatHooks, bn_layers, bn_loss
 from .gen_losses import (activation_loss, adversarial_loss, info_entropy_loss, info_nce, inter_sample_diversity,
                          onehot_loss, rdskd_generator_loss)
+from ..core.seeds import derived_seed
 
 
 OUTPUTS = ("sigmoid", "bn")
@@ -173,7 +174,7 @@ class TrainedGenerator(GenerativeSynthesizer):
         """One generator step on n latents (seeded by the step count, so a resumed run repeats it); returns the batch
         and the teacher's logits on it (before the step, detached) and the loss parts."""
         cfg = self.cfg
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 * self.steps_done + 1)
+        g = torch.Generator().manual_seed(derived_seed(cfg.seed, "shard", 17 * self.steps_done + 1))
         z = self.latents(n, g)
         x = self.G(z)
         bn_w = float(getattr(cfg, "bn_weight", 0.0))
@@ -470,7 +471,7 @@ class CMI(RoundGenerator):
 
     def round_generator(self) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed * 7919 + self.rounds_done)
+            torch.manual_seed(derived_seed(self.cfg.seed, "stream", self.rounds_done))
             self.G.reset_parameters()
         return self.G
 

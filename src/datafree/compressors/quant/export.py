@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -12,9 +13,11 @@ import torch.nn as nn
 
 from ...data.base import TensorData
 from ...core.errors import DatafreeError
-from .graph import float_twin, tensor_quants
+from ...core.utils import top1
+from .graph import act_quantizers, float_twin, int8_activations_, tensor_quants
 from .layers import FLOAT_BITS
 from .ptq import quant_layers
+from ...models.record import record_of
 
 
 def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +165,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 13) -> P
         import onnx  # noqa: F401
     except ImportError:
         raise DatafreeError("ONNX export needs the onnx package: pip install 'datafree[export]'") from None
-    spec = getattr(model, "input_spec", None)
+    spec = record_of(model).input_spec
     if spec is None:
         raise DatafreeError("model has no input_spec; cannot build the export input")
     m = copy.deepcopy(model).eval().cpu()
@@ -260,7 +263,7 @@ def check_export(path: str | os.PathLike, model: nn.Module, data: Optional[Tenso
 
     path = Path(path)
     info: dict = {"bytes": path.stat().st_size}
-    spec = getattr(model, "input_spec", None)
+    spec = record_of(model).input_spec
     with tempfile.TemporaryDirectory() as d:
         fp = Path(fp32_path) if fp32_path is not None else export_onnx(float_twin(model).eval().cpu(), Path(d) / "fp32.onnx")
         info["bytes_fp32"] = fp.stat().st_size
@@ -346,3 +349,99 @@ class SyntheticCalibrationReader:
     def rewind(self) -> None:
         """Start again from the first batch."""
         self._it = iter(self.data.batches(self.batch_size))
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """How `export_model` writes and checks an ONNX file."""
+
+    opset: int = 13
+    int8_activations: bool = False  # sub-8-bit activation grids shipped on the int8 grid of the same clipped range
+    calibrate_with: str = "datafree"  # datafree: the file's own numbers; onnxruntime: quantize_static on `calib`
+    num_calib: int = 512
+    latency_batch: int = 64
+    ort_threads: int = 2
+    reps: int = 20
+
+    def validate(self, model: nn.Module, calib: Optional[str] = "given") -> None:
+        """Refuse combinations that cannot work, before any work."""
+        if self.opset < 13:
+            raise DatafreeError(f"--opset {self.opset} is too old: per-channel QuantizeLinear/DequantizeLinear need "
+                                "opset >= 13")
+        for k in ("latency_batch", "ort_threads", "reps"):
+            if getattr(self, k) < 1:
+                raise DatafreeError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(self, k)}")
+        quantized = bool(quant_layers(model))
+        if self.calibrate_with == "onnxruntime":
+            if self.int8_activations:
+                raise DatafreeError("--int8-activations widens a datafree-quantized file's grids; onnxruntime's "
+                                    "quantizer is 8-bit already: drop one of the two options")
+            if quantized:
+                raise DatafreeError("--calibrate-with onnxruntime quantizes an FP32 model; give the FP32 model, not a "
+                                    "quantized file (or drop --calibrate-with to export the file's own numbers)")
+            if not calib:
+                raise DatafreeError("--calibrate-with onnxruntime needs --calib: a synthetic set, a method or a dataset "
+                                    "spec")
+            if self.num_calib < 1:
+                raise DatafreeError(f"--num-calib must be >= 1, got {self.num_calib}")
+        elif self.int8_activations and not quantized:
+            raise DatafreeError("--int8-activations applies to a quantized file (from `datafree quantize`), not an FP32 "
+                                "model")
+
+
+def export_model(model: nn.Module, out: str | Path, opts: Optional[ExportOptions] = None, calib: Optional[Any] = None,
+                 check: Optional[Any] = None, calib_name: Optional[str] = None) -> dict:
+    """Write `model` as ONNX as `opts` say (its own numbers, or onnxruntime's quantizer on `calib`) and, with `check`
+    (real data), measure what the file gives; returns the report (out, bytes, kind, and the check's numbers)."""
+    import tempfile
+
+    opts = opts or ExportOptions()
+    opts.validate(model, calib_name or ("given" if calib is not None else None))
+    quantized = bool(quant_layers(model))
+    original, widened = model, 0
+    if opts.calibrate_with == "onnxruntime":
+        with tempfile.TemporaryDirectory() as d:
+            path = ort_quantize_static(export_onnx(model, Path(d) / "fp32.onnx", opset=opts.opset), out, calib)
+        kind = (f"onnxruntime quantize_static (QDQ, per-channel int8) calibrated on {calib_name or 'the given data'} "
+                f"({len(calib)} samples)")
+    else:
+        sub8 = sorted({m.a_bits for m in act_quantizers(model) if m.act_quant and m.a_bits < 8})
+        if opts.int8_activations:
+            model = copy.deepcopy(model)
+            widened = int8_activations_(model)
+        path = export_onnx(model, out, opset=opts.opset)
+        kind = "int8 QDQ graph with this file's own numbers" if quantized else "FP32 graph"
+        if opts.int8_activations:
+            kind += (f"; {widened} activation grid(s) of {'/'.join(map(str, sub8))} bits widened to int8 within their "
+                     f"clipped ranges" if widened else "; --int8-activations: every activation grid is already 8-bit")
+        elif sub8:
+            kind += (f" (activations at {'/'.join(map(str, sub8))} bits keep their b-bit clip as float ops: exact, but "
+                     f"not int8 speed; --int8-activations ships them on the int8 grid of the same clipped ranges)")
+    info: dict[str, Any] = {"out": str(path), "bytes": path.stat().st_size, "calibrate_with": opts.calibrate_with,
+                            "kind": kind}
+    if opts.int8_activations:
+        info["int8_activations"] = widened
+    if check is not None:
+        info.update(check_export(path, model, check, batch=opts.latency_batch, threads=opts.ort_threads, reps=opts.reps))
+        info["reference"] = "FP32 PyTorch model" if not quantized else "PyTorch simulation"
+        if widened:
+            info["reference"] = "widened PyTorch simulation"
+            info["top1_sim_original"] = round(top1(original, check), 2)
+    return info
+
+
+def check_lines(r: dict, data_name: str) -> list[str]:
+    """The human lines of an export check report."""
+    lines = []
+    if "top1_sim_original" in r:
+        lines.append(f"{data_name}: top-1 of the b-bit simulation (the file given) {r['top1_sim_original']:.2f}%")
+    lines.append(f"{data_name}: top-1 {r['reference']} {r['top1_sim']:.2f}%, onnxruntime {r['top1_ort']:.2f}%, "
+                 f"same prediction on {r['prediction_agreement']:.2f}% of {r['n']} images")
+    lines.append(f"size: {r['bytes'] / 1024:.1f} KiB vs FP32 export {r['bytes_fp32'] / 1024:.1f} KiB ({r['size_ratio']:.2f}x)")
+    for v in r["latency"].values():
+        lines.append(f"latency batch {v['batch']}, {v['threads']} thread(s): {v['ms']:.3f} ms vs FP32 {v['fp32_ms']:.3f} "
+                     f"ms ({v['ratio']:.2f}x)")
+    fused = ", ".join(f"{k} {n}" for k, n in r["integer_ops"].items()) or "none"
+    left = ", ".join(f"{k} {n}" for k, n in r["float_ops"].items()) or "none"
+    lines.append(f"onnxruntime integer kernels: {fused}; float compute left: {left}")
+    return lines

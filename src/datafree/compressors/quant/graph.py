@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ...core.errors import DatafreeError
 from .layers import FLOAT_BITS, QuantLayer, quant_layers
+from ...models.record import RECORD_ATTR
 from .quantizer import act_qparams, drop_quant, fake_quant, unsigned_range
 
 LAYOUTS = ("fused", "inputs")
@@ -179,8 +180,9 @@ class _Tracer:
 
 
 def _carried(src: nn.Module, dst: nn.Module) -> dict[str, Any]:
-    """The model's own attributes (input spec, head name, transforms, plan) that the traced module lacks."""
-    out = {k: v for k, v in vars(src).items() if not k.startswith("_") and k != "training" and not hasattr(dst, k)}
+    """The model's own attributes (its datafree record, head name) that the traced module lacks."""
+    out = {k: v for k, v in vars(src).items()
+           if (not k.startswith("_") or k == RECORD_ATTR) and k != "training" and k not in vars(dst)}
     for k in ("head_name", "HEAD"):
         if not hasattr(dst, k) and hasattr(src, k):
             out[k] = getattr(src, k)

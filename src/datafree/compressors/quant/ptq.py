@@ -11,7 +11,7 @@ import torch.nn as nn
 from ...core.config import Config, check, opt
 from ...data.base import TensorData
 from ...data.source import SourceLike, draw
-from ..base import record_transform, register_compressor
+from ..base import plain_copy, record_transform, register_compressor
 from ...kd.loop import KDConfig
 from ...core.errors import DatafreeError
 from ...core.schema import Schema, submodule
@@ -21,6 +21,7 @@ from .graph import LAYOUTS, act_quantizers, apply_layout, layout_of, tensor_quan
 from .layers import FLOAT_BITS, quant_layers
 from .prepare import trace_layers, wrap_layers_
 from .quantizer import RangeObserver
+from ...models.record import record_of
 
 
 def _bits_ok(b: int) -> bool:
@@ -181,7 +182,7 @@ def prepare_quantized(model: nn.Module, cfg: QuantConfig) -> tuple[nn.Module, li
     stage_fold(st)
     stage_weight_scales(st)
     assert st.qmodel is not None
-    return st.qmodel, st.qmodel.quant_plan  # type: ignore[attr-defined]
+    return st.qmodel, record_of(st.qmodel).quant_plan or []
 
 
 @dataclasses.dataclass
@@ -210,17 +211,15 @@ Stage = Callable[[QuantRun], None]
 
 def stage_fold(st: QuantRun) -> None:
     """Deep-copy the model, fold each BN into the conv/linear it follows and wrap those layers as QuantLayers."""
-    from ..hashing import materialize
-
-    qm = copy.deepcopy(materialize(st.model)).eval()  # a hashed model is quantized through its materialized weights
+    qm = copy.deepcopy(plain_copy(st.model)).eval()  # a hashed model is quantized through its materialized weights
     plan = make_plan(qm, st.config)
     if st.config.avg_bits or st.config.target_size:
         from .mixed import mixed_plan_
 
         st.info["mixed"] = mixed_plan_(plan, qm, st.calib_subset(), st.config.avg_bits, st.config.target_size)
     wrap_layers_(qm, plan)
-    qm.quant_plan = plan  # type: ignore[attr-defined]
-    qm.quant_config = st.config  # type: ignore[attr-defined]
+    rec = record_of(qm)
+    rec.quant_plan, rec.quant_config = plan, st.config
     st.qmodel = apply_layout(qm, st.config.layout)
 
 
@@ -301,8 +300,9 @@ def quantize(model: nn.Module, calib: SourceLike, config: Optional[QuantConfig] 
     for _, fn in (STAGES if stages is None else stages):
         fn(st)
     qm = _q(st)
-    qm.quant_info = {k: v for k, v in st.info.items() if not k.startswith("_")}  # type: ignore[attr-defined]
-    record_transform(qm, "quantize", st.config, plan=qm.quant_plan,  # type: ignore[attr-defined]
+    rec = record_of(qm)
+    rec.reports["quantize"] = {k: v for k, v in st.info.items() if not k.startswith("_")}
+    record_transform(qm, "quantize", st.config, plan=rec.quant_plan,
                      act_quant=[q.act_quant for q in quant_layers(qm)], layout=layout_of(qm), sub8_own_range=True,
                      tensor_quant=[q.act_quant for q in tensor_quants(qm, own_only=True)],
                      stages=[n for n, _ in (STAGES if stages is None else stages)],
@@ -325,8 +325,8 @@ def _rebuild(model: nn.Module, t: dict, state_dict: dict) -> nn.Module:
             if bn.num_features != n:
                 set_module(model, e["bn"], type(bn)(n, eps=bn.eps).to(bn.running_mean.device))
     wrap_layers_(model, t["plan"])
-    model.quant_plan = t["plan"]  # type: ignore[attr-defined]
-    model.quant_config = QuantConfig.from_dict(t["config"])  # type: ignore[attr-defined]
+    rec = record_of(model)
+    rec.quant_plan, rec.quant_config = t["plan"], QuantConfig.from_dict(t["config"])
     # files before the fused layout: inputs only; before sub8_own_range: sub-8-bit readers shared their grid
     model = apply_layout(model, t.get("layout", "inputs"), sub8_own_range=bool(t.get("sub8_own_range", False)))
     for q, on in zip(quant_layers(model), t["act_quant"]):
