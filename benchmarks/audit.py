@@ -14,9 +14,10 @@ import time
 
 from datafree import load_dataset
 from datafree.evaluation.audit import audit
-from datafree.synth import make_config
-from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 from datafree.models.record import record_of
+from datafree.synth import make_config
+
+from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 METHODS = ("gaussian", "inception", "bn-stats", "deepinversion", "fast", "dafl", "rdskd", "cmi")
 

@@ -16,12 +16,13 @@ import torch
 
 from datafree import load_dataset
 from datafree.compressors.continual import ContinualConfig, extend_classes, split_accuracy
+from datafree.data.train import train_classifier_
 from datafree.kd.loop import KDConfig
 from datafree.models import create_model, load_model
-from datafree.synth import make_config, synthesize
-from datafree.data.train import train_classifier_
-from .common import RowStore, command_line, data_root, git_commit, machine, row_label
 from datafree.models.record import record_of
+from datafree.synth import make_config, synthesize
+
+from .common import RowStore, command_line, data_root, git_commit, machine, row_label
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from datafree.demo import run_demo
+
 from .common import command_line, git_commit, machine
 
 

@@ -27,14 +27,22 @@ from pathlib import Path
 import numpy as np
 
 from datafree import load_artifact, load_dataset, predict, quantize, save_artifact
-from datafree.kd.loop import KDConfig
-from datafree.models import fingerprint, load_model
 from datafree.compressors.quant import QuantConfig
-from datafree.compressors.quant.export import check_export, export_onnx, median_latency, ort_predict, ort_quantize_static, ort_session
+from datafree.compressors.quant.export import (
+    check_export,
+    export_onnx,
+    median_latency,
+    ort_predict,
+    ort_quantize_static,
+    ort_session,
+)
 from datafree.compressors.quant.graph import int8_activations_
 from datafree.core.utils import top1
-from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+from datafree.kd.loop import KDConfig
+from datafree.models import fingerprint, load_model
 from datafree.models.record import record_of
+
+from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 FILES = ("fp32", "ours-w8a8", "ours-w4a4-kd", "ours-w4a4-kd-int8act", "ort-synthetic", "ort-real")
 

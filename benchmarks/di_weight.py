@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from datafree.evaluation.metrics import teacher_view
+
 from .common import RowStore, cached_set, command_line, git_commit, machine, pretrained
 
 

@@ -21,13 +21,24 @@ import torch
 
 from datafree import evaluate, load_dataset
 from datafree.kd.loop import Distiller, KDConfig
-from datafree.models import create_model
-from datafree.kd.sources import GeneratorSource, PoolSource, RoundsConfig
 from datafree.kd.run import distill_student_
+from datafree.kd.sources import GeneratorSource, PoolSource, RoundsConfig
+from datafree.models import create_model
+from datafree.models.record import record_of
 from datafree.synth import SYNTHESIZERS, make_config
 from datafree.synth.base import StepCallback
-from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
-from datafree.models.record import record_of
+
+from .common import (
+    RowStore,
+    chunked_set,
+    command_line,
+    data_root,
+    di_bn_weight,
+    git_commit,
+    machine,
+    pretrained,
+    row_label,
+)
 
 METHODS = ("gaussian", "inception", "deepinversion", "adaptive-deepinversion", "cifar10:train-exact")
 GEN_METHODS = ("dafl", "rdskd", "cmi", "fast")  # generator methods: the budget is split by probes measured in this run

@@ -12,11 +12,12 @@ import copy
 import time
 
 from datafree import evaluate, load_dataset, predict, quantize
-from datafree.kd.loop import KDConfig
 from datafree.compressors.quant import QuantConfig, finetune_quantized_
-from datafree.synth import make_config
-from .common import RowStore, command_line, cached_set, data_root, git_commit, machine, pretrained
+from datafree.kd.loop import KDConfig
 from datafree.models.record import record_of
+from datafree.synth import make_config
+
+from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 CELLS = {"r20-w4a4": ("resnet20", 4, 4), "r20-w3a3": ("resnet20", 3, 3), "r20-w8a8": ("resnet20", 8, 8),
          "r56-w4a4": ("resnet56", 4, 4)}

@@ -16,12 +16,13 @@ import functools
 import time
 
 from datafree import evaluate, load_dataset, quantize
-from datafree.kd.loop import KDConfig
-from datafree.models.ensemble import Ensemble
 from datafree.compressors.quant import QuantConfig, with_stage
 from datafree.compressors.quant.mixed import uniform_weight_bytes
-from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+from datafree.kd.loop import KDConfig
+from datafree.models.ensemble import Ensemble
 from datafree.models.record import record_of
+
+from .common import CHECKPOINTS, RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 BITS = {"w4a4": (4, 4), "w3a3": (3, 3), "w2a4": (2, 4)}
 SOURCES = ("cifar10:train-exact", "bn-stats", "mixmix")

@@ -18,8 +18,9 @@ import numpy as np
 from datafree import load_dataset, predict, quantize
 from datafree.compressors.quant import QuantConfig
 from datafree.compressors.quant.export import export_onnx, median_latency, ort_predict, ort_session
-from .common import cached_set, data_root, git_commit, machine, pretrained
 from datafree.models.record import record_of
+
+from .common import cached_set, data_root, git_commit, machine, pretrained
 
 
 def main(argv: list[str] | None = None) -> None:

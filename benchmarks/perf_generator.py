@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from datafree.models import create_model
-from datafree.synth.generative import Generator
-from .common import command_line, git_commit, machine
 from datafree.models.record import record_of
+from datafree.synth.generative import Generator
+
+from .common import command_line, git_commit, machine
 
 SETTINGS = {"mnist": ("lenet5", 100, 16, 256), "cifar": ("resnet20", 256, 32, 128)}  # teacher, latent, width, batch
 

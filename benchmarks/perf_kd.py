@@ -14,6 +14,7 @@ import torch
 from datafree.data.base import TensorData
 from datafree.kd.loop import Distiller, KDConfig
 from datafree.models import create_model
+
 from .common import RowStore, command_line, git_commit, machine, pretrained
 
 VARIANTS = {"fp32": {}, "bf16_teacher": {"bf16": True}, "channels_last": {"channels_last": True},
@@ -35,7 +36,8 @@ def step_seconds(teacher, data: TensorData, kd: KDConfig, steps: int, repeats: i
 
 def profile(teacher, data: TensorData, kd: KDConfig, steps: int = 4) -> list[dict]:
     """Top operators of a few KD steps by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
 
     d = Distiller(create_model("resnet20"), teacher, kd.replace(steps=steps + 2), source=data)
     d.run(steps=2, progress=False)

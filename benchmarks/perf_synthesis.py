@@ -20,11 +20,11 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.common import git_commit, machine, pretrained  # noqa: E402
+from datafree.core.utils import frozen_eval
+from datafree.models.record import record_of
 from datafree.synth import make_config
 from datafree.synth.base import StepCallback
-from datafree.core.utils import frozen_eval
 from datafree.synth.bn_stats import BNStatsSynthesizer
-from datafree.models.record import record_of
 
 
 def naive_loop(model: nn.Module, x0: torch.Tensor, iters: int, lr: float, lo, hi) -> tuple[float, float]:

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from datafree import quantize
-from datafree.data import TensorData
-from datafree.models import create_model
 from datafree.compressors.quant import QuantConfig
 from datafree.compressors.quant.export import export_onnx
-from .common import RowStore, command_line, git_commit, machine
+from datafree.data import TensorData
+from datafree.models import create_model
 from datafree.models.record import record_of
+
+from .common import RowStore, command_line, git_commit, machine
 
 
 def node_kinds(opt_path: str) -> dict[str, str]:

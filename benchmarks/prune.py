@@ -15,11 +15,22 @@ import time
 from pathlib import Path
 
 from datafree import evaluate, load_dataset
-from datafree.kd.loop import KDConfig
 from datafree.compressors.prune import count_flops_params, prune_structured_
+from datafree.kd.loop import KDConfig
 from datafree.kd.run import distill_student_
-from .common import RowStore, chunked_set, command_line, data_root, di_bn_weight, git_commit, machine, pretrained, row_label
 from datafree.models.record import record_of
+
+from .common import (
+    RowStore,
+    chunked_set,
+    command_line,
+    data_root,
+    di_bn_weight,
+    git_commit,
+    machine,
+    pretrained,
+    row_label,
+)
 
 METHODS = ("none", "deepinversion", "bn-stats", "cifar10:train-exact")
 

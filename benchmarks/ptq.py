@@ -12,8 +12,9 @@ from pathlib import Path
 
 from datafree import evaluate, load_dataset, predict, quantize
 from datafree.compressors.quant import QuantConfig
-from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
 from datafree.models.record import record_of
+
+from .common import RowStore, cached_set, data_root, git_commit, machine, pretrained
 
 METHODS = ("gaussian", "inception", "bn-stats", "bn-stats+inception")
 SETTINGS = (("W8A8", 8, 8, False), ("W4A4", 4, 4, False), ("W4A4-all", 4, 4, True))

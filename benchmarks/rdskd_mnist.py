@@ -21,14 +21,15 @@ from pathlib import Path
 import torch
 
 from datafree import evaluate, load_dataset
-from datafree.kd.loop import KDConfig
-from datafree.models import create_model, load_model
-from datafree.kd.sources import GeneratorSource, RoundsConfig
-from datafree.kd.run import distill_student_
-from datafree.synth import make_config
 from datafree.data.train import train_classifier_
-from .common import RowStore, command_line, data_root, git_commit, machine
+from datafree.kd.loop import KDConfig
+from datafree.kd.run import distill_student_
+from datafree.kd.sources import GeneratorSource, RoundsConfig
+from datafree.models import create_model, load_model
 from datafree.models.record import record_of
+from datafree.synth import make_config
+
+from .common import RowStore, command_line, data_root, git_commit, machine
 
 SWEEP = {  # setting name -> config overrides; the same four knobs for both methods
     "dafl": {"lr-low": {"lr": 0.005}, "lr-high": {"lr": 0.08}, "ie-low": {"entropy": 1.0}, "ie-high": {"entropy": 20.0}},

@@ -12,6 +12,7 @@ from pathlib import Path
 from datafree.data.synthetic import SyntheticSet, read_manifest
 from datafree.evaluation.metrics import teacher_view
 from datafree.synth import SYNTHESIZERS
+
 from .common import git_commit, machine
 
 

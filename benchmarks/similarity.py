@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from datafree import load_dataset, similarity
-from datafree.synth import make_config, synthesize
-from .common import cached_set, data_root, git_commit, machine, pretrained
 from datafree.models.record import record_of
+from datafree.synth import make_config, synthesize
+
+from .common import cached_set, data_root, git_commit, machine, pretrained
 
 
 def main() -> None:

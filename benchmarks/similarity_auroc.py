@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from datafree import load_dataset
-from datafree.evaluation.audit import auroc
 from datafree.data.base import TensorData
+from datafree.evaluation.audit import auroc
 from datafree.evaluation.metrics import SCORES, similarity_per_batch
-from datafree.models.spec import MNIST_SPEC
-from .common import RowStore, command_line, data_root, git_commit, machine, pretrained
 from datafree.models.record import record_of
+from datafree.models.spec import MNIST_SPEC
+
+from .common import RowStore, command_line, data_root, git_commit, machine, pretrained
 
 
 def _jpeg(x01: torch.Tensor, quality: int) -> torch.Tensor:

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from datafree import evaluate, load_dataset, save_artifact
-from datafree.kd.loop import Distiller, KDConfig
 from datafree.compressors.hashing import HashConfig, make_hashed
-from datafree.models.zoo import CifarResNet
+from datafree.kd.loop import Distiller, KDConfig
 from datafree.kd.run import distill_student_
-from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 from datafree.models.record import record_of
+from datafree.models.zoo import CifarResNet
+
+from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 DATA = ("cifar10:train-jpeg", "fast", "bn-stats")
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             ref = json.loads(Path(a.steps_from).read_text())["rows"]
         except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"--steps-from {a.steps_from}: not a readable result file ({e}); give smh_resnet32.json")
+            raise SystemExit(f"--steps-from {a.steps_from}: not a readable result file ({e}); give smh_resnet32.json") from None
         smh_steps = {(r["data"], r["fraction"]): r["steps"] for r in ref if r.get("method") == "smh"}
         missing = [(d, f) for d in a.data for f in a.fractions if (d, f) not in smh_steps]
         if missing:

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import datafree as df
-from datafree.compressors.artifact import load_artifact, save_artifact
 from datafree.cli import main
+from datafree.compressors.artifact import load_artifact, save_artifact
 from datafree.compressors.base import COMPRESSORS, compress
 from datafree.compressors.continual import ContinualConfig
-from datafree.kd.loop import KDConfig
 from datafree.compressors.prune import PruneConfig
 from datafree.compressors.quant import QuantConfig
-from tests.conftest import write_legacy_quantized
+from datafree.kd.loop import KDConfig
 from datafree.models.record import record_of
+from tests.conftest import write_legacy_quantized
 
 
 def _case(name, teacher, real):

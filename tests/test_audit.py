@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import datafree as df
-from datafree.evaluation.audit import audit, auroc, nearest
 from datafree.cli import main
-from datafree.data.base import TensorData
 from datafree.core.errors import DatafreeError
 from datafree.core.utils import frozen_eval
+from datafree.data.base import TensorData
+from datafree.evaluation.audit import audit, auroc, nearest
 from datafree.models.record import record_of
 
 

@@ -6,11 +6,11 @@ import torch
 import datafree as df
 from datafree.cli import main
 from datafree.compressors.continual import ContinualConfig, expand_head, extend_classes, split_accuracy
-from datafree.kd.loop import KDConfig
-from datafree.synth import make_config, synthesize
 from datafree.data.train import train_classifier_
-from tests.conftest import measured
+from datafree.kd.loop import KDConfig
 from datafree.models.record import record_of
+from datafree.synth import make_config, synthesize
+from tests.conftest import measured
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import torch.nn.functional as F
 
 import datafree as df
 from datafree.core.errors import DatafreeError
+from datafree.models.record import record_of
 from datafree.synth import js_divergence, make_config, synthesize
 from datafree.synth.priors import tv_l2_norm
+from tests.conftest import measured
 
 from .test_synth import _bn_loss
-from tests.conftest import measured
-from datafree.models.record import record_of
 
 
 def test_tv_l2_norm_matches_direct_sum():

@@ -5,10 +5,10 @@ import torch.nn.functional as F
 
 import datafree as df
 from datafree.cli import main
-from datafree.kd.loop import KDConfig, augment_batch, kd_loss
 from datafree.compressors.quant import quant_layers
-from tests.conftest import measured
+from datafree.kd.loop import KDConfig, augment_batch, kd_loss
 from datafree.models.record import record_of
+from tests.conftest import measured
 
 
 def test_kd_loss_matches_manual_kl():

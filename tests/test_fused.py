@@ -8,12 +8,12 @@ import torch
 import torch.nn as nn
 
 import datafree as df
-from datafree.core.errors import DatafreeError
-from datafree.models.spec import DIGITS_SPEC
-from datafree.models.zoo import CifarResNet, MobileNetV2
 from datafree.compressors.quant.graph import TensorQuant, act_quantizers, tensor_quants
 from datafree.compressors.quant.layers import QuantLayer, quant_layers
+from datafree.core.errors import DatafreeError
 from datafree.models.record import record_of
+from datafree.models.spec import DIGITS_SPEC
+from datafree.models.zoo import CifarResNet, MobileNetV2
 
 
 def _trained(model: nn.Module) -> nn.Module:
@@ -262,7 +262,6 @@ def test_sub8_readers_keep_an_8bit_shortcut_and_old_files_rebuild_the_shared_gri
     import datafree.compressors.quant.ptq as ptq
     from datafree.compressors.artifact import load_artifact, save_artifact
     from datafree.compressors.quant.graph import apply_layout
-
     from datafree.data.base import TensorData
 
     torch.manual_seed(0)

@@ -9,13 +9,20 @@ import torch.nn.functional as F
 
 import datafree as df
 from datafree.kd.loop import Distiller, KDConfig
-from datafree.models.spec import InputSpec
 from datafree.kd.sources import GeneratorSource, RoundsConfig, stream_source
-from datafree.synth import Generator, make_config, synthesize
-from datafree.synth.gen_losses import (activation_loss, adversarial_loss, info_entropy_loss, info_nce,
-                                       inter_sample_diversity, onehot_loss, rdskd_generator_loss)
-from tests.conftest import measured
 from datafree.models.record import record_of
+from datafree.models.spec import InputSpec
+from datafree.synth import Generator, make_config, synthesize
+from datafree.synth.gen_losses import (
+    activation_loss,
+    adversarial_loss,
+    info_entropy_loss,
+    info_nce,
+    inter_sample_diversity,
+    onehot_loss,
+    rdskd_generator_loss,
+)
+from tests.conftest import measured
 
 GEN_METHODS = ["dafl", "rdskd", "cmi", "fast"]
 

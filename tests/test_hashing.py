@@ -9,10 +9,10 @@ import torch.nn as nn
 
 import datafree as df
 from datafree.cli import main
-from datafree.core.errors import DatafreeError
 from datafree.compressors.hashing import HashConfig, hashable_tensors, make_hashed, materialize
-from tests.conftest import measured
+from datafree.core.errors import DatafreeError
 from datafree.models.record import record_of
+from tests.conftest import measured
 
 
 def test_every_tensor_is_its_slice_of_the_virtual_matrix_in_creation_order(digits_teacher):

@@ -5,10 +5,10 @@ import torch
 
 import datafree as df
 from datafree.cli import main
-from datafree.models.ensemble import Ensemble, parse_teacher_ref
 from datafree.models.bn_hooks import bn_layers
-from datafree.synth.bn_stats import cutmix
+from datafree.models.ensemble import Ensemble, parse_teacher_ref
 from datafree.models.record import record_of
+from datafree.synth.bn_stats import cutmix
 
 
 def test_cutmix_pastes_a_box_and_weights_labels_by_area():

@@ -24,8 +24,9 @@ def test_cifar_resnet_param_counts(depth, params):
 
 
 def test_option_a_shortcut_pads_new_channels_around_the_old_ones():
-    from datafree.models.zoo import CifarResNet
     import torch.nn.functional as F
+
+    from datafree.models.zoo import CifarResNet
 
     x = torch.randn(2, 6, 8, 8)
     sc = CifarResNet(8, base_width=6).layer2[0].shortcut  # 6 -> 12 channels: 3 zero channels before, 3 after

@@ -16,8 +16,8 @@ import torch
 
 import datafree as df
 from datafree.cli import main
-from tests.conftest import write_legacy_quantized
 from datafree.models.record import record_of
+from tests.conftest import write_legacy_quantized
 
 DROP, TRUNC = object(), object()
 

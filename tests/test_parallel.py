@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from tests.conftest import measured
 
 BIN = Path(sys.executable).parent

@@ -5,8 +5,8 @@ import torch
 import datafree as df
 from datafree.cli import main
 from datafree.compressors.quant import quant_layers
-from tests.conftest import measured
 from datafree.models.record import record_of
+from tests.conftest import measured
 
 
 def test_fp32_teacher_accuracy_floor(digits_teacher, digits_test):

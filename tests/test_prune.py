@@ -6,12 +6,18 @@ import torch.nn as nn
 
 import datafree as df
 from datafree.cli import main
+from datafree.compressors.prune import (
+    count_flops_params,
+    finalize_unstructured_,
+    prunable_chains,
+    prune_structured_,
+    prune_unstructured_,
+    pruned_state_dict,
+)
 from datafree.kd.loop import KDConfig, distill_
-from datafree.models.spec import DIGITS_SPEC
-from datafree.compressors.prune import (count_flops_params, finalize_unstructured_, prunable_chains, prune_structured_,
-                            prune_unstructured_, pruned_state_dict)
-from tests.conftest import measured
 from datafree.models.record import record_of
+from datafree.models.spec import DIGITS_SPEC
+from tests.conftest import measured
 
 
 def test_flops_and_params_by_hand():

@@ -149,8 +149,8 @@ def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
 
 def test_quantize_draws_its_calibration_samples_from_any_source(digits_teacher):
     import datafree as df
-    from datafree.data.source import Batch, Source
     from datafree.compressors.quant import QuantConfig, quantize
+    from datafree.data.source import Batch, Source
 
     m, _ = digits_teacher
     real = df.load_dataset("digits:train", record_of(m).input_spec)

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import datafree as df
-from datafree.models.spec import DIGITS_SPEC
-from datafree.models.zoo import CifarResNet
 from datafree.compressors.quant.layers import quant_layers
 from datafree.compressors.quant.reconstruct import AdaRoundRounding, find_blocks, reconstruct_, rounding_is_valid
-from tests.conftest import measured
 from datafree.models.record import record_of
+from datafree.models.spec import DIGITS_SPEC
+from datafree.models.zoo import CifarResNet
+from tests.conftest import measured
 
 
 def test_adaround_starts_at_round_to_nearest_and_its_regularizer_is_the_formula():
@@ -126,9 +126,9 @@ def test_brecq_with_learned_activation_steps_moves_them_and_leaves_buffers(digit
 
 
 def test_frozen_finetune_keeps_the_learned_integers_and_trains_steps_and_biases(digits_teacher, monkeypatch):
-    from datafree.kd.loop import KDConfig
     from datafree.compressors.quant.qat import FrozenRounding
     from datafree.compressors.quant.quantizer import WeightRounding
+    from datafree.kd.loop import KDConfig
 
     m, _ = digits_teacher
     calib = df.load_dataset("digits:train", record_of(m).input_spec).subset(256)

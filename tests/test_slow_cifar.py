@@ -2,9 +2,9 @@
 import pytest
 
 import datafree as df
+from datafree.models.record import record_of
 
 from .conftest import shared_or_skip
-from datafree.models.record import record_of
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ import torch
 import datafree as df
 from datafree.cli import main
 from datafree.kd.loop import KDConfig
-from datafree.kd.sources import PoolSource, RoundsConfig
 from datafree.kd.run import distill_student_
+from datafree.kd.sources import PoolSource, RoundsConfig
+from datafree.models.record import record_of
 from datafree.synth import make_config
 from tests.conftest import measured
-from datafree.models.record import record_of
 
 
 def test_student_from_scratch_on_real_digits_beats_floor(digits_teacher, digits_test):

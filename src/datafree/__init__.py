@@ -1,15 +1,15 @@
 """datafree: compress a trained classifier without its training data."""
 from ._version import __version__
-from .data import DATASET_SPECS, SyntheticSet, TensorData, load_dataset, save_grid
-from .core.errors import DatafreeError
-from .evaluation.metrics import evaluate, model_size_bits, predict, similarity
-from .models import InputSpec, create_model, fingerprint, list_models, load_model
-from .kd.loop import KDConfig, distill_, kd_loss
-from .compressors.quant import QuantConfig, finetune_quantized_, quantize
 from .compressors.artifact import is_artifact, load_artifact, load_quantized, save_artifact, save_quantized
 from .compressors.base import compress, list_compressors
 from .compressors.hashing import HashConfig, materialize
+from .compressors.quant import QuantConfig, finetune_quantized_, quantize
+from .core.errors import DatafreeError
+from .data import DATASET_SPECS, SyntheticSet, TensorData, load_dataset, save_grid
 from .data.source import Batch, DataSource, TensorSource
+from .evaluation.metrics import evaluate, model_size_bits, predict, similarity
+from .kd.loop import KDConfig, distill_, kd_loss
+from .models import InputSpec, create_model, fingerprint, list_models, load_model
 from .synth import list_synthesizers, make_config, synthesize
 
 __all__ = ["__version__", "DATASET_SPECS", "SyntheticSet", "TensorData", "load_dataset", "save_grid",

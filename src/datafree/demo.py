@@ -9,14 +9,13 @@ from typing import Optional
 
 import torch
 
-from .data.real import load_dataset
-from .kd.loop import KDConfig
-from .evaluation.metrics import evaluate
-from .models import create_model, load_model
 from .compressors.quant import QuantConfig, quantize
-from .synth import make_config, synthesize
+from .data.real import load_dataset
 from .data.train import train_classifier_
-from .models import input_spec_of
+from .evaluation.metrics import evaluate
+from .kd.loop import KDConfig
+from .models import create_model, input_spec_of, load_model
+from .synth import make_config, synthesize
 
 DEMO_METHODS = ("gaussian", "inception", "bn-stats")
 

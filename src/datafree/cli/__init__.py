@@ -4,14 +4,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..core import parallel
 from ..core.errors import DatafreeError, first_line
-from .common import EXIT_INTERNAL, EXIT_USAGE, HelpFormatter, setup
+from .common import EXIT_INTERNAL, EXIT_USAGE, Context, HelpFormatter, setup
 from .options import _kd_config  # noqa: F401  (tests build the CLI's KD config)
 
 __all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_INTERNAL"]
+
+
+def families() -> list[Callable[[Any, Context], None]]:
+    """Each family of subcommands registers its parsers, in this order (`datafree --help` lists them so). A new
+    compressor's CLI module adds its `add` here."""
+    from . import distill, inspect, prune, quantize, synthesize
+
+    return [inspect.add_list, synthesize.add, quantize.add, distill.add, prune.add, inspect.add]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .._version import __version__
     from ..data.real import DATASET_SPECS
     from ..synth import SYNTHESIZERS
-    from . import distill, inspect, prune, quantize, synthesize
-
     p = argparse.ArgumentParser(prog="datafree", formatter_class=HelpFormatter,
                                 description="Compress a trained image classifier without its training data: synthesize "
                                             "samples from the model; quantize, distill, prune, hash or extend it with "
@@ -28,12 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"datafree {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
-    specs, methods = ", ".join(DATASET_SPECS), SYNTHESIZERS.names()
-    inspect.add(sub, specs)
-    synthesize.add(sub, methods)
-    quantize.add(sub, specs, ", ".join(methods))
-    distill.add(sub, specs, methods)
-    prune.add(sub, specs, methods)
+    ctx = Context(", ".join(DATASET_SPECS), SYNTHESIZERS.names())
+    for add in families():
+        add(sub, ctx)
     return p
 
 

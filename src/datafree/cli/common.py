@@ -3,6 +3,7 @@ output options (--out, --json, --seed, --eval, --val) declared once, and loading
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,14 @@ EXIT_USAGE = 2  # bad input: an option, a file, a dataset spec
 EXIT_INTERNAL = 3  # a defect of datafree (reported as an internal error)
 MODEL_HELP = "zoo model name (see `datafree list`) or path/to/file.py:factory"
 FILE_HELP = ", or a file written by `datafree quantize/prune/distill/hash/extend`"
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What the subcommand families need to declare their options: dataset specs and synthesis methods."""
+
+    specs: str  # the dataset specs, comma-separated (for help texts)
+    methods: list[str]  # the synthesis methods' names
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -7,8 +7,21 @@ from typing import Any
 
 from ..core.errors import DatafreeError
 from ..models import input_spec_of
-from .common import check_out, command, emit, evaluate_into, kd_steps, load_model, model_args, note, output_args, save, \
-    source, val_data
+from .common import (
+    Context,
+    check_out,
+    command,
+    emit,
+    evaluate_into,
+    kd_steps,
+    load_model,
+    model_args,
+    note,
+    output_args,
+    save,
+    source,
+    val_data,
+)
 from .options import _configured, _hash_config, _hash_options, _kd_config, _kd_options, _synth_config, _synth_options
 
 
@@ -110,12 +123,12 @@ def cmd_hash(a: argparse.Namespace) -> int:
     return 0
 
 
-def kd_data_options(s: argparse.ArgumentParser, specs: str, methods: list[str], preset: str) -> None:
+def kd_data_options(s: argparse.ArgumentParser, ctx: Context, preset: str) -> None:
     """Where a KD loop gets its data (--method stream or --data), its length, checkpoints and validation."""
-    s.add_argument("--method", choices=methods, help="synthesis method as a stream: pixel methods and cmi/fast "
+    s.add_argument("--method", choices=ctx.methods, help="synthesis method as a stream: pixel methods and cmi/fast "
                    "synthesize in rounds into a growing pool; dafl/rdskd train a generator first, then every batch is "
                    "fresh")
-    s.add_argument("--data", metavar="SOURCE", help=f"fixed data instead: synthetic-set directory or dataset spec ({specs})")
+    s.add_argument("--data", metavar="SOURCE", help=f"fixed data instead: synthetic-set directory or dataset spec ({ctx.specs})")
     s.add_argument("--num", type=int, help="with --data: use at most this many samples")
     s.add_argument("--rounds", type=int, default=4, help="with --method: synthesize-then-distill rounds")
     s.add_argument("--per-round", type=int, default=256, help="with --method: samples synthesized per round (generator "
@@ -139,7 +152,7 @@ def kd_data_options(s: argparse.ArgumentParser, specs: str, methods: list[str], 
 VAL_HELP = "real data for validation accuracy in the progress log; the curve goes to OUT.curve.json and OUT.curve.png"
 
 
-def add(sub: Any, specs: str, methods: list[str]) -> None:
+def add(sub: Any, ctx: Context) -> None:
     """Register `distill` and `hash`."""
     s = command(sub, "distill", cmd_distill, "train a student from the teacher without its data",
                 "Data-free knowledge distillation: train STUDENT (zoo name or file.py:factory, from scratch or "
@@ -152,7 +165,7 @@ def add(sub: Any, specs: str, methods: list[str]) -> None:
     model_args(s, "teacher")
     s.add_argument("--student", required=True, help="student: zoo model name or path/to/file.py:factory")
     s.add_argument("--student-weights", help="start the student from these weights (default: from scratch)")
-    kd_data_options(s, specs, methods, "student")
+    kd_data_options(s, ctx, "student")
     output_args(s, out="output file (.pt), read by `datafree evaluate/export`", val=VAL_HELP,
                 eval="evaluate the student (and teacher) on this real dataset")
 
@@ -165,7 +178,7 @@ def add(sub: Any, specs: str, methods: list[str]) -> None:
                 "a plain state dict.")
     model_args(s)
     _hash_options(s)
-    kd_data_options(s, specs, methods, "hash")
+    kd_data_options(s, ctx, "hash")
     s.add_argument("--materialize", metavar="FILE", help="also write a plain state dict of the model's architecture "
                    "(every weight materialized) for deployment: `datafree evaluate MODEL --weights FILE` loads it")
     output_args(s, out="output file (.pt) with X, Y, scales and BN", val=VAL_HELP,

@@ -10,7 +10,19 @@ from typing import Any
 from ..core.errors import DatafreeError
 from ..models import input_spec_of
 from ..models.record import record_of
-from .common import FILE_HELP, check_out, command, dataset, emit, load_model, model_args, output_args, run_args, source
+from .common import (
+    FILE_HELP,
+    Context,
+    check_out,
+    command,
+    dataset,
+    emit,
+    load_model,
+    model_args,
+    output_args,
+    run_args,
+    source,
+)
 
 
 def cmd_list(a: argparse.Namespace) -> int:
@@ -120,15 +132,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def add(sub: Any, specs: str) -> None:
-    """Register `list`, `evaluate`, `similarity`, `audit` and `demo`."""
+def add_list(sub: Any, ctx: Context) -> None:
+    """Register `list`."""
     command(sub, "list", cmd_list, "list zoo models, synthesis methods, compressors and dataset specs")
+
+
+def add(sub: Any, ctx: Context) -> None:
+    """Register `evaluate`, `similarity`, `audit` and `demo`."""
 
     s = command(sub, "evaluate", cmd_evaluate, "top-1 of a model or quantized file on real data",
                 "Top-1 accuracy on a real dataset, model size in bits and, with --teacher-weights, agreement of a "
                 "quantized model with its FP32 teacher.")
     model_args(s, "model", help_extra=FILE_HELP)
-    s.add_argument("--data", required=True, metavar="DATASET_SPEC", help=f"one of: {specs}")
+    s.add_argument("--data", required=True, metavar="DATASET_SPEC", help=f"one of: {ctx.specs}")
     s.add_argument("--teacher-weights", help="for a quantized file: FP32 weights, to report agreement")
     output_args(s, seed=None, json_help="print one JSON object (keys: top1 in percent, n, size_bits, ...)")
 

@@ -6,8 +6,21 @@ from typing import Any
 
 from ..core.errors import DatafreeError
 from ..models import input_spec_of
-from .common import check_out, command, dataset, emit, evaluate_into, kd_steps, load_model, model_args, output_args, \
-    save, source, val_data
+from .common import (
+    Context,
+    check_out,
+    command,
+    dataset,
+    emit,
+    evaluate_into,
+    kd_steps,
+    load_model,
+    model_args,
+    output_args,
+    save,
+    source,
+    val_data,
+)
 from .options import _configured, _kd_config, _kd_options
 
 
@@ -96,7 +109,7 @@ def cmd_extend(a: argparse.Namespace) -> int:
     return 0
 
 
-def add(sub: Any, specs: str, methods: list[str]) -> None:
+def add(sub: Any, ctx: Context) -> None:
     """Register `prune` and `extend`."""
     s = command(sub, "prune", cmd_prune, "prune a model and recover accuracy by KD on synthetic data",
                 "Prune MODEL, then fine-tune it by distillation from the unpruned model on --data (synthetic set, "

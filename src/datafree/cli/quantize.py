@@ -5,10 +5,22 @@ import argparse
 import time
 from typing import Any
 
-from ..core.errors import DatafreeError
 from ..models.record import record_of
-from .common import (FILE_HELP, check_out, command, dataset, emit, kd_steps, load_model, model_args, output_args, save,
-                     source, val_data)
+from .common import (
+    FILE_HELP,
+    Context,
+    check_out,
+    command,
+    dataset,
+    emit,
+    kd_steps,
+    load_model,
+    model_args,
+    output_args,
+    save,
+    source,
+    val_data,
+)
 from .options import _kd_config, _kd_options, _quant_config, _quant_options
 
 
@@ -75,7 +87,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def add(sub: Any, specs: str, methods: str) -> None:
+def add(sub: Any, ctx: Context) -> None:
     """Register `quantize` and `export`."""
     s = command(sub, "quantize", cmd_quantize, "post-training quantization calibrated on any data source",
                 "Fold BN, quantize weights per output channel (MSE-optimal clipping) and inputs of every conv/linear "
@@ -83,7 +95,8 @@ def add(sub: Any, specs: str, methods: str) -> None:
                 "stay at 8 bits unless --quantize-first-last.")
     model_args(s)
     s.add_argument("--calib", required=True, metavar="SOURCE",
-                   help=f"SyntheticSet directory, a method ({methods}) run on the fly, or a dataset spec ({specs})")
+                   help=f"SyntheticSet directory, a method ({', '.join(ctx.methods)}) run on the fly, or a dataset spec "
+                        f"({ctx.specs})")
     _quant_options(s)
     s.add_argument("--bn-data", metavar="SOURCE", help="data for BN re-estimation (default: --calib)")
     s.add_argument("--finetune-epochs", type=int, default=0,

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..core.errors import DatafreeError
 from ..models import input_spec_of
-from .common import check_out, command, emit, load_model, model_args, note, output_args
+from .common import Context, check_out, command, emit, load_model, model_args, note, output_args
 from .options import _synth_config, _synth_options
 
 
@@ -59,14 +59,14 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     return 0
 
 
-def add(sub: Any, methods: list[str]) -> None:
+def add(sub: Any, ctx: Context) -> None:
     """Register `synthesize`."""
     s = command(sub, "synthesize", cmd_synthesize, "make synthetic samples from a trained model",
                 "Make synthetic samples from a trained model and store them as a SyntheticSet directory (float shards, "
                 "labels, teacher logits, manifest.json, grid.png). An interrupted run resumes when the same command is "
                 "repeated.")
     model_args(s)
-    s.add_argument("--method", required=True, choices=methods, help="synthesis method")
+    s.add_argument("--method", required=True, choices=ctx.methods, help="synthesis method")
     s.add_argument("--teachers", nargs="+", metavar="NAME:WEIGHTS",
                    help="more teachers with MODEL's input spec (zoo name or file.py:factory, colon, weights; or one .txt "
                         "file listing them): the set is synthesized from the pool at once (mixmix's feature mixing; any "

@@ -14,13 +14,13 @@ import torch
 import torch.nn as nn
 
 from .._version import __version__
-from .base import COMPRESSORS, transforms_of
 from ..core.errors import DatafreeError, first_line
-from ..models.loading import check_finite, create_model, fingerprint, load_model, load_state_dict_
-from ..models.spec import InputSpec
 from ..core.schema import MISFIT_ERRORS, Schema
 from ..core.utils import load_tensors, save_atomic
+from ..models.loading import check_finite, create_model, fingerprint, load_model, load_state_dict_
 from ..models.record import record_of
+from ..models.spec import InputSpec
+from .base import COMPRESSORS, transforms_of
 
 FORMAT = "datafree-artifact-v1"
 LEGACY_QUANTIZED = "datafree-quantized-v1"  # written by datafree 0.1 `quantize`; still loads

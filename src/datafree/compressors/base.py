@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from ..core.config import Config
-from ..data.source import SourceLike
 from ..core.registry import Registry
 from ..core.schema import Schema
+from ..data.source import SourceLike
 from ..models.record import record_of
 
 Rebuild = Callable[[nn.Module, dict, dict], nn.Module]  # (fresh base model, transform record, state dict) -> model

@@ -9,16 +9,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import record_transform, register_compressor
 from ..core.config import Config, check
+from ..core.errors import DatafreeError
+from ..core.schema import Schema
+from ..core.utils import predict
 from ..data.base import TensorData
 from ..data.source import SourceLike
 from ..kd.loop import Distiller, KDConfig, kd_loss
-from ..core.errors import DatafreeError
-from ..core.schema import Schema
 from ..models.loading import head_of
-from ..core.utils import predict
 from ..models.record import record_of
+from .base import record_transform, register_compressor
 
 METHODS = ("finetune-new", "lwf", "deepinversion")
 

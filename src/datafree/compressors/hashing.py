@@ -9,13 +9,13 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .base import record_transform, register_compressor
 from ..core.config import Config, check, opt
-from ..data.source import SourceLike
-from ..kd.loop import KDConfig
 from ..core.errors import DatafreeError
 from ..core.schema import Schema, submodule
+from ..data.source import SourceLike
+from ..kd.loop import KDConfig
 from ..models.record import record_of
+from .base import record_transform, register_compressor
 
 _HASHABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -138,7 +138,7 @@ def init_hashed_(model: nn.Module, cfg: HashConfig, teacher_values: Optional[dic
     model.smh_scales.copy_(torch.tensor(scales))
     if cfg.init == "svd" and teacher_values is not None:
         v = torch.zeros(n * n)
-        for i, (name, p, off, shape) in enumerate(record_of(model).hash_entries):
+        for i, (name, p, off, _shape) in enumerate(record_of(model).hash_entries):
             t = teacher_values[(name, p)].detach().float().cpu().reshape(-1)
             s = float(t.std()) if t.numel() > 1 and float(t.std()) > 0 else max(float(t.abs().max()), 1e-8)
             model.smh_scales[i] = s

@@ -8,18 +8,16 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .base import record_transform, register_compressor
 from ..core.config import Config, check
+from ..core.errors import DatafreeError, first_line
+from ..core.schema import Schema
 from ..data.source import SourceLike
 from ..kd.loop import KDConfig
 from ..kd.run import distill_student_
-from ..models.record import record_of
-from ..core.errors import DatafreeError, first_line
-from ..core.schema import Schema
 from ..models.measure import count_flops_params  # noqa: F401  (re-exported: prune reports FLOPs)
+from ..models.record import record_of
 from ..models.resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
-
-
+from .base import record_transform, register_compressor
 
 # -- unstructured -------------------------------------------------------------------------------
 

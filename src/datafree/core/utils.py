@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import pickle
-import zipfile
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 

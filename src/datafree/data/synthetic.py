@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from ..core.errors import DatafreeError
-from ..models.spec import InputSpec
 from ..core.schema import Schema
 from ..core.utils import atomic_write, remove_stale_temps
+from ..models.spec import InputSpec
 from .base import TensorData
 
 FORMAT = "datafree-synthetic-v1"
@@ -90,6 +90,13 @@ class SyntheticSetWriter:
         self._write_manifest()
 
 
+def _shard_index(name: str) -> int:
+    """The index in a shard's file name (a name `_SHARD` matched)."""
+    m = _SHARD.match(name)
+    assert m is not None, name
+    return int(m.group(1))
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a SyntheticSet's manifest."""
     d = Path(path)
@@ -153,7 +160,7 @@ class SyntheticSet:
         xs, ys, ls = [], [], []
         shards = sorted(p for p in self.path.iterdir() if _SHARD.match(p.name))
         num, size = int(self.manifest["num"]), int(self.manifest["shard_size"])
-        have = {int(_SHARD.match(p.name).group(1)) for p in shards}  # type: ignore[union-attr]
+        have = {_shard_index(p.name) for p in shards}
         missing = [i for i in range(-(-num // size)) if i not in have]
         if missing:
             names = ", ".join(f"shard_{i:05d}.npz" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
@@ -161,7 +168,7 @@ class SyntheticSet:
                                 "re-run the same `datafree synthesize` command to re-make them")
         spec = InputSpec.from_dict(self.manifest["input_spec"])
         for p in shards:
-            i = int(_SHARD.match(p.name).group(1))  # type: ignore[union-attr]
+            i = _shard_index(p.name)
             if i * size >= num:
                 raise DatafreeError(f"shard {p} is beyond the set's {num} samples; delete it and re-run the same "
                                     "`datafree synthesize` command")

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import TensorData
 from ..core.utils import model_device
+from .base import TensorData
 
 
 def train_classifier_(model: nn.Module, data: TensorData, epochs: int = 20, lr: float = 2e-3, batch_size: int = 64,

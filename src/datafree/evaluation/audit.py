@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.base import TensorData
 from ..core.errors import DatafreeError
-from ..models.loading import head_of, input_spec_of
 from ..core.utils import frozen_eval, model_device
+from ..data.base import TensorData
+from ..models.loading import head_of, input_spec_of
 
 
 @torch.no_grad()

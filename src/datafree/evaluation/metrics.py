@@ -6,10 +6,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..data.base import TensorData
 from ..core.errors import DatafreeError
-from ..models.measure import count_flops_params, model_size_bits  # noqa: F401  (part of the metrics API)
 from ..core.utils import frozen_eval, model_device, predict
+from ..data.base import TensorData
+from ..models.measure import count_flops_params, model_size_bits  # noqa: F401  (part of the metrics API)
 
 
 def evaluate(model: nn.Module, data: TensorData, teacher: Optional[nn.Module] = None, batch_size: int = 256,

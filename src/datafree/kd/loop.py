@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from ..core import parallel
 from ..core.config import Config, check, opt
+from ..core.errors import DatafreeError
+from ..core.seeds import derived_seed
+from ..core.utils import frozen_eval, model_device, top1
 from ..data.augment import augment_batch, mix_batch  # noqa: F401  (re-exported)
 from ..data.base import TensorData
 from ..data.source import DataSource, SourceLike, as_source
-from ..core.errors import DatafreeError
 from ..models.loading import head_of
-from ..core.utils import frozen_eval, model_device, top1
-from ..core.seeds import derived_seed
 
 
 @dataclasses.dataclass
@@ -208,6 +208,53 @@ class Distiller:
             loss = loss + cfg.feature_weight * feat
         return loss
 
+    def _train_step(self, src: Any, taps: Any, dist_on: bool, on_update: Optional[Callable[[dict], None]]
+                    ) -> tuple[float, dict]:
+        """One step: the source's update, a batch (augmented, this rank's slice), the loss, the optimizer and the
+        schedule; returns the loss (the full batch's under torchrun) and what the source update did."""
+        cfg, student = self.cfg, self.student
+        student.eval()
+        if dist_on:  # BN statistics: each rank updated them on its own slice; rank 0's are the model's
+            parallel.broadcast_(student.buffers())
+        info = src.update(self.teacher, student, self.step)
+        if info and on_update is not None:
+            on_update(info)
+        student.train()
+        if cfg.freeze_bn:
+            _freeze_bn(student)
+        batch = src.sample(cfg.batch_size, self.gen)
+        xb = batch.x.to(self.device)
+        yb = None if batch.y is None else batch.y.to(self.device)
+        # the teacher's logits come with the batch when the source computed them on these very inputs
+        reuse = getattr(src, "teacher_logits", False) and batch.logits is not None and taps is None
+        t_logits = batch.logits.to(self.device) if reuse else None
+        if cfg.augment:
+            xb, t_logits = augment_batch(xb, self.gen, cfg.flip), None
+        if cfg.mixup > 0:
+            xb, t_logits = mix_batch(xb, self.gen, cfg.mixup), None
+        full = len(xb)
+        if dist_on:  # this rank's slice; weighted so the averaged gradient is the full batch's mean
+            xb = parallel.split(xb)
+            yb = None if yb is None else parallel.split(yb)
+            t_logits = None if t_logits is None else parallel.split(t_logits)
+        if cfg.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        loss = self._loss(xb, yb, taps, t_logits)
+        if dist_on:
+            loss = loss * (len(xb) * parallel.world_size() / full)
+            shown = parallel.all_sum(loss.detach()) / parallel.world_size()
+        else:
+            shown = loss.detach()
+        if not torch.isfinite(shown):
+            raise DatafreeError(f"distillation loss became {shown.item()} at step {self.step}; lower the lr (now {cfg.lr})")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.step < cfg.steps:
+            self.sched.step()
+        self.step += 1
+        return shown.item(), info
+
     def run(self, source: Optional[SourceLike] = None, steps: Optional[int] = None, val: Optional[TensorData] = None,
             progress: bool = True, on_step: Optional[Callable[[int, float], None]] = None,
             on_update: Optional[Callable[[dict], None]] = None, deadline: Optional[float] = None) -> list[dict]:
@@ -252,55 +299,12 @@ class Distiller:
         try:
             with frozen_eval(self.teacher):
                 while self.step < stop:
-                    over = deadline is not None and time.time() >= deadline
-                    if dist_on and deadline is not None:  # every rank stops at the same step
-                        over = bool(parallel.all_sum(torch.tensor(float(over))).item() > 0)
-                    if over:
+                    if _past(deadline, dist_on):
                         if evaluator is not None and new and "val_top1" not in new[-1]:
                             validate(new[-1])
                         break
-                    student.eval()
-                    if dist_on:  # BN statistics: each rank updated them on its own slice; rank 0's are the model's
-                        parallel.broadcast_(student.buffers())
-                    info = src.update(self.teacher, student, self.step)
-                    if info and on_update is not None:
-                        on_update(info)
-                    student.train()
-                    if cfg.freeze_bn:
-                        _freeze_bn(student)
-                    batch = src.sample(cfg.batch_size, self.gen)
-                    xb = batch.x.to(self.device)
-                    yb = None if batch.y is None else batch.y.to(self.device)
-                    # the teacher's logits come with the batch when the source computed them on these very inputs
-                    reuse = getattr(src, "teacher_logits", False) and batch.logits is not None and taps is None
-                    t_logits = batch.logits.to(self.device) if reuse else None
-                    if cfg.augment:
-                        xb, t_logits = augment_batch(xb, self.gen, cfg.flip), None
-                    if cfg.mixup > 0:
-                        xb, t_logits = mix_batch(xb, self.gen, cfg.mixup), None
-                    full = len(xb)
-                    if dist_on:  # this rank's slice; weighted so the averaged gradient is the full batch's mean
-                        xb = parallel.split(xb)
-                        yb = None if yb is None else parallel.split(yb)
-                        t_logits = None if t_logits is None else parallel.split(t_logits)
-                    if cfg.channels_last and xb.dim() == 4:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    loss = self._loss(xb, yb, taps, t_logits)
-                    if dist_on:
-                        loss = loss * (len(xb) * parallel.world_size() / full)
-                        shown = parallel.all_sum(loss.detach()) / parallel.world_size()
-                    else:
-                        shown = loss.detach()
-                    if not torch.isfinite(shown):
-                        raise DatafreeError(f"distillation loss became {shown.item()} at step {self.step}; "
-                                            f"lower the lr (now {cfg.lr})")
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.opt.step()
-                    if self.step < cfg.steps:
-                        self.sched.step()
-                    self.step += 1
-                    rec: dict[str, Any] = {"step": self.step, "loss": shown.item()}
+                    shown, info = self._train_step(src, taps, dist_on, on_update)
+                    rec: dict[str, Any] = {"step": self.step, "loss": shown}
                     if info:
                         rec["source"] = info
                     if evaluator is not None and (self.step % cfg.val_every == 0 or self.step == stop):
@@ -327,6 +331,14 @@ class Distiller:
             parallel.broadcast_(student.buffers())
             parallel.check_in_step(src.state_dict(), "the data source's state")
         return new
+
+
+def _past(deadline: Optional[float], dist_on: bool) -> bool:
+    """Whether the deadline has passed (under torchrun: on any rank, so every rank stops at the same step)."""
+    over = deadline is not None and time.time() >= deadline
+    if dist_on and deadline is not None:
+        over = bool(parallel.all_sum(torch.tensor(float(over))).item() > 0)
+    return over
 
 
 def distill_(student: nn.Module, teacher: nn.Module, data: SourceLike, config: Optional[KDConfig] = None,

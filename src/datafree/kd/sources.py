@@ -12,16 +12,16 @@ import torch
 import torch.nn as nn
 
 from ..core.config import Config, check
-from ..data.base import TensorData, concat_data
-from ..data.source import Batch, Source, TensorSource
-from ..data.real import DATASET_SPECS, is_dataset_spec, load_dataset
-from ..data.synthetic import SyntheticSet
 from ..core.errors import DatafreeError
+from ..core.seeds import derived_seed
+from ..core.utils import frozen_eval
+from ..data.base import TensorData, concat_data
+from ..data.real import DATASET_SPECS, is_dataset_spec, load_dataset
+from ..data.source import Batch, Source, TensorSource
+from ..data.synthetic import SyntheticSet
 from ..models.loading import fingerprint, input_spec_of
 from ..synth.base import SYNTHESIZERS, StepCallback, SynthConfig, make_config, synthesize
 from ..synth.generative import GenerativeSynthesizer, TrainedGenerator
-from ..core.utils import frozen_eval
-from ..core.seeds import derived_seed
 
 
 def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: int = 0,
@@ -167,12 +167,14 @@ class GeneratorSource(PoolSource):
                 from ..models.bn_hooks import require_bn
 
                 require_bn(teacher, self.method)
-            self.engine = cls(teacher, self.synth_config, student)  # type: ignore[assignment]
+            engine = cls(teacher, self.synth_config, student)
+            assert isinstance(engine, GenerativeSynthesizer)
             if self._pending is not None:
-                self.engine.load_state_dict(self._pending)  # type: ignore[union-attr]
+                engine.load_state_dict(self._pending)
                 self._pending = None
-        self.engine.student = student  # type: ignore[union-attr]
-        return self.engine  # type: ignore[return-value]
+            self.engine = engine
+        self.engine.student = student
+        return self.engine
 
     def _bar(self, total: int, desc: str) -> StepCallback:
         bar = None

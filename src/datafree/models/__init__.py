@@ -1,5 +1,14 @@
 """Model zoo, registry and safe loading."""
-from .loading import create_model, fingerprint, head_of, input_spec_of, list_models, load_model, load_weights_, read_state_dict
+from .loading import (
+           create_model,
+           fingerprint,
+           head_of,
+           input_spec_of,
+           list_models,
+           load_model,
+           load_weights_,
+           read_state_dict,
+)
 from .spec import CIFAR10_SPEC, DIGITS_SPEC, MNIST_SPEC, InputSpec
 from .zoo import MODELS
 

@@ -22,7 +22,7 @@ class Ensemble(nn.Module):
         if any(s is None for s in specs):
             raise DatafreeError("every ensemble member needs an input spec (zoo models and loaded models have one)")
         s0 = specs[0]
-        for s, m in zip(specs[1:], members[1:]):
+        for s, _m in zip(specs[1:], members[1:]):
             if tuple(s.shape) != tuple(s0.shape) or s.num_classes != s0.num_classes:
                 raise DatafreeError(f"ensemble members must share input shape and classes: {tuple(s0.shape)}/"
                                     f"{s0.num_classes} vs {tuple(s.shape)}/{s.num_classes}")
@@ -38,7 +38,10 @@ class Ensemble(nn.Module):
         rec.source = {"model": "ensemble", "members": [record_of(m).source or None for m in members]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(w * m(x) for w, m in zip(self.weights, self.members))  # type: ignore[return-value]
+        out = self.weights[0] * self.members[0](x)
+        for w, m in zip(self.weights[1:], self.members[1:]):
+            out = out + w * m(x)
+        return out
 
 
 def parse_teacher_ref(ref: str) -> tuple[str, Optional[str]]:

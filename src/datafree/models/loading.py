@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import importlib.util
 import os
@@ -13,11 +12,11 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import DatafreeError, first_line
-from .resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
 from ..core.utils import load_tensors
+from .record import record_of
+from .resize import PRUNED_MARKER, mark_pruned_, resize_to_state_dict_
 from .spec import InputSpec
 from .zoo import MODELS
-from .record import record_of
 
 
 def list_models() -> list[str]:

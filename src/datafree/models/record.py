@@ -13,14 +13,13 @@ RECORD_ATTR = _ATTR = "_datafree_record"  # the one attribute datafree sets on a
 
 @dataclasses.dataclass
 class ModelRecord:
-    """Input spec, origin, classifier head, applied transforms, and what the last compressor measured."""
+    """Input spec, origin, classifier head, applied transforms, and what each compressor measured."""
 
     input_spec: Optional[InputSpec] = None
     source: dict[str, Any] = dataclasses.field(default_factory=dict)  # model ref, weights, num_classes, artifact
     head: Optional[str] = None  # the classifier layer when the model's class does not declare `head_name`
     transforms: list[dict] = dataclasses.field(default_factory=list)  # what compressors did, in order (stored)
     reports: dict[str, dict] = dataclasses.field(default_factory=dict)  # compressor name -> what it measured
-    curve: list[dict] = dataclasses.field(default_factory=list)  # validation curve of the last KD run
     quant_plan: Optional[list[dict]] = None  # quantize: one entry per conv/linear (name, bn, bits)
     quant_config: Any = None  # quantize: its QuantConfig
     hash_entries: list[tuple[str, str, int, int]] = dataclasses.field(default_factory=list)  # hash: tensors read from X·Y

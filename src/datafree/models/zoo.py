@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from ..core.errors import DatafreeError
 from ..core.registry import Registry
-from .spec import CIFAR10_SPEC, DIGITS_SPEC, MNIST_SPEC, InputSpec
 from .record import record_of
+from .spec import CIFAR10_SPEC, DIGITS_SPEC, MNIST_SPEC, InputSpec
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 

@@ -8,26 +8,26 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, cast
 
 import torch
 import torch.nn as nn
 
-from ..core import parallel
 from .._version import __version__
+from ..core import parallel
 from ..core.config import Config, check, opt
+from ..core.errors import DatafreeError, first_line
+from ..core.registry import Registry
+from ..core.schema import MISFIT_ERRORS
+from ..core.seeds import derived_seed
+from ..core.utils import frozen_eval, load_tensors, model_device, save_atomic
 from ..data.base import TensorData
 from ..data.grid import save_grid
 from ..data.synthetic import SyntheticSet, SyntheticSetWriter
-from ..core.errors import DatafreeError, first_line
 from ..models.loading import fingerprint, input_spec_of
-from ..models.spec import InputSpec
-from ..core.registry import Registry
-from ..core.schema import MISFIT_ERRORS
-from ..core.utils import frozen_eval, load_tensors, model_device, save_atomic
-from .priors import jitter_flip
 from ..models.record import record_of
-from ..core.seeds import derived_seed
+from ..models.spec import InputSpec
+from .priors import jitter_flip
 
 SYNTHESIZERS: Registry[type["Synthesizer"]] = Registry("synthesis method")
 SYNTH_STATE = "synth_state.pt"  # a stateful synthesizer's state beside the shards (resume)
@@ -150,7 +150,7 @@ class Synthesizer:
 
     def optimize_pixels(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
         """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels."""
-        cfg: PixelConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(PixelConfig, self.cfg)
         x = self.init_batch(len(y), gen, cfg.init_std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -233,31 +233,12 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
         if stateful and world > 1 and rank == 0 and progress:
             print(f"note: {method} trains one generator across all shards, so rank 0 makes the whole set and the "
                   f"other {world - 1} rank(s) wait", file=sys.stderr, flush=True)
-        writer = None
-        done: set[int] = set()
-        if out is not None:
-            manifest = {"method": method, "config": cfg.to_dict(), "seed": cfg.seed, "num": cfg.num,
-                        "shard_size": cfg.batch_size, "teacher_fingerprint": fingerprint(teacher),
-                        "teacher": record_of(teacher).source or None, "input_spec": spec.to_dict(),
-                        "student_fingerprint": fingerprint(student) if student is not None else None,
-                        "library_version": __version__}
-            if rank == 0:  # the lead checks the directory's identity and owns the manifest
-                writer = SyntheticSetWriter(out, manifest, overwrite=overwrite, config_defaults=cls.config_cls().to_dict())
-            parallel.barrier()
-            if rank != 0:
-                writer = SyntheticSetWriter(out, manifest, follower=True)
-            done = writer.done_shards()  # type: ignore[union-attr]
+        writer = _open_store(out, method, cfg, teacher, student, overwrite) if out is not None else None
+        done = writer.done_shards() if writer is not None else set()
         todo = [i for i in range(n_shards) if i not in done and mine(i)]
         state_file = Path(out) / SYNTH_STATE if out is not None else None
         if state_file is not None and done and state_file.exists() and (rank == 0 or not stateful):
-            state = load_tensors(state_file, "is a corrupt or truncated synthesizer state",
-                                 "delete the directory or pass --overwrite")
-            try:
-                synth.load_state_dict(state)
-            except MISFIT_ERRORS as e:
-                raise DatafreeError(f"{state_file} does not hold the state of this {method} synthesizer "
-                                    f"({type(e).__name__}: {first_line(e, 100)}); delete the directory or pass "
-                                    "--overwrite") from None
+            _restore(synth, state_file, method)
         per_batch = getattr(cfg, "iterations", 0) if cls.iterative else 1
         bar = None
         if progress and todo and rank == 0:
@@ -271,17 +252,7 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
             for i in todo:
                 n = min(cfg.batch_size, cfg.num - i * cfg.batch_size)
                 ts = time.time()
-                gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "shard", i))
-                y = synth.labels(i * cfg.batch_size, n)
-                x = synth.make_batch(y, gen, step)
-                with torch.no_grad():
-                    logits = teacher(x)
-                if not (torch.isfinite(x).all() and torch.isfinite(logits).all()):
-                    raise DatafreeError(f"shard {i}: the {'samples' if not torch.isfinite(x).all() else 'model outputs'} "
-                                        "are NaN or infinite, so no set is written; check the model's weights (NaN?) "
-                                        "and the synthesis settings (a lower --lr)")
-                if not cls.class_conditional:
-                    y = logits.argmax(1)
+                x, y, logits = _shard(synth, teacher, i, n, step)
                 if writer is not None:
                     state = synth.state_dict()
                     if state and state_file is not None:  # before the shard: a shard on disk implies its state
@@ -294,23 +265,78 @@ def synthesize(teacher: nn.Module, method: str, config: Optional[SynthConfig] = 
             if bar is not None:
                 bar.close()
     if writer is None:
-        if world > 1 and not stateful:  # in memory: every rank gets the whole set, in shard order
-            parts = parallel.gather({i: (x, y, l) for i, x, y, l in zip(todo, xs, ys, ls)})
-            merged = {k: v for p in parts for k, v in p.items()}
-            xs, ys, ls = ([merged[i][j] for i in sorted(merged)] for j in range(3))
-        elif world > 1:
-            xs, ys, ls = parallel.gather((xs, ys, ls))[0]
-        return TensorData(torch.cat(xs), torch.cat(ys), torch.cat(ls), name=f"synthetic:{method}")
+        return _gathered(todo, xs, ys, ls, stateful, method)
+    return _finished(writer, cfg, per_batch, spec)
+
+
+def _open_store(out: str, method: str, cfg: SynthConfig, teacher: nn.Module, student: Optional[nn.Module],
+                overwrite: bool) -> SyntheticSetWriter:
+    """The set's writer: rank 0 checks the directory's identity and owns the manifest; the other ranks follow."""
+    manifest = {"method": method, "config": cfg.to_dict(), "seed": cfg.seed, "num": cfg.num,
+                "shard_size": cfg.batch_size, "teacher_fingerprint": fingerprint(teacher),
+                "teacher": record_of(teacher).source or None, "input_spec": input_spec_of(teacher).to_dict(),
+                "student_fingerprint": fingerprint(student) if student is not None else None,
+                "library_version": __version__}
+    writer = None
+    if parallel.rank() == 0:
+        defaults = SYNTHESIZERS.get(method).config_cls().to_dict()
+        writer = SyntheticSetWriter(out, manifest, overwrite=overwrite, config_defaults=defaults)
+    parallel.barrier()
+    return writer if writer is not None else SyntheticSetWriter(out, manifest, follower=True)
+
+
+def _restore(synth: Synthesizer, state_file: Path, method: str) -> None:
+    """Load a resumed synthesizer's state (a generator trained across shards)."""
+    state = load_tensors(state_file, "is a corrupt or truncated synthesizer state", "delete the directory or pass --overwrite")
+    try:
+        synth.load_state_dict(state)
+    except MISFIT_ERRORS as e:
+        raise DatafreeError(f"{state_file} does not hold the state of this {method} synthesizer "
+                            f"({type(e).__name__}: {first_line(e, 100)}); delete the directory or pass --overwrite") from None
+
+
+def _shard(synth: Synthesizer, teacher: nn.Module, i: int, n: int, step: StepCallback
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shard i's n samples, labels and teacher logits, from its own seed; NaN or infinite values are refused."""
+    cfg = synth.cfg
+    gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "shard", i))
+    y = synth.labels(i * cfg.batch_size, n)
+    x = synth.make_batch(y, gen, step)
+    with torch.no_grad():
+        logits = teacher(x)
+    if not (torch.isfinite(x).all() and torch.isfinite(logits).all()):
+        raise DatafreeError(f"shard {i}: the {'samples' if not torch.isfinite(x).all() else 'model outputs'} "
+                            "are NaN or infinite, so no set is written; check the model's weights (NaN?) "
+                            "and the synthesis settings (a lower --lr)")
+    if not synth.class_conditional:
+        y = logits.argmax(1)
+    return x, y, logits
+
+
+def _gathered(todo: list[int], xs: list, ys: list, ls: list, stateful: bool, method: str) -> TensorData:
+    """The set in memory; under torchrun every rank gets the whole set, in shard order."""
+    world = parallel.world_size()
+    if world > 1 and not stateful:
+        parts = parallel.gather({i: (x, y, l) for i, x, y, l in zip(todo, xs, ys, ls)})
+        merged = {k: v for p in parts for k, v in p.items()}
+        xs, ys, ls = ([merged[i][j] for i in sorted(merged)] for j in range(3))
+    elif world > 1:  # a stateful method ran on rank 0 alone
+        xs, ys, ls = parallel.gather((xs, ys, ls))[0]
+    return TensorData(torch.cat(xs), torch.cat(ys), torch.cat(ls), name=f"synthetic:{method}")
+
+
+def _finished(writer: SyntheticSetWriter, cfg: SynthConfig, per_batch: int, spec: InputSpec) -> TensorData:
+    """Close the stored set (the lead merges every rank's shard statistics) and read it back; rank 0 draws the grid."""
     followers = parallel.gather(writer.manifest.get("shard_stats", {}) if not writer.lead else {})
     if writer.lead:
         for st in followers:
             writer.merge_stats(st)
         stats = writer.manifest.get("shard_stats", {})
         writer.finish(seconds=round(sum(v.get("seconds", 0.0) for v in stats.values()), 2),
-                      image_iterations=cfg.num * max(1, per_batch), world_size=world)
+                      image_iterations=cfg.num * max(1, per_batch), world_size=parallel.world_size())
     parallel.barrier()  # the followers read the set once the lead has marked it complete
-    s = SyntheticSet(out)  # type: ignore[arg-type]
-    if rank == 0:
-        save_grid(s.data.x, spec, f"{out}/grid.png", labels=s.data.y)
+    s = SyntheticSet(writer.dir)
+    if parallel.rank() == 0:
+        save_grid(s.data.x, spec, f"{writer.dir}/grid.png", labels=s.data.y)
     return s.data
 

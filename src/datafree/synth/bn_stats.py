@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.config import check, opt
-from .base import PixelConfig, StepCallback, Synthesizer, register_synthesizer
 from ..models.bn_hooks import BNStatHooks, bn_loss
+from .base import PixelConfig, StepCallback, Synthesizer, register_synthesizer
 from .priors import total_variation
 
 
@@ -61,7 +61,7 @@ class BNStatsSynthesizer(BNMatchingSynthesizer):
     class_conditional = False
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg: BNStatsConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(BNStatsConfig, self.cfg)
         bn, _ = bn_loss(self.hooks, cfg.form, cfg.first_layer_weight)
         loss = bn
         parts = {"bn": bn.item()}
@@ -129,7 +129,7 @@ class MixMixSynthesizer(BNStatsSynthesizer):
     class_conditional = True
 
     def mix_inputs(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg: MixMixConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(MixMixConfig, self.cfg)
         if cfg.cutmix <= 0 or len(x) < 2 or float(torch.rand(1, generator=gen)) >= cfg.cutmix:
             return x, y
         with torch.random.fork_rng(devices=[]):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn as nn
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from ..core.config import check, opt
 from ..core.errors import DatafreeError
-from .base import PixelConfig, register_synthesizer
 from ..models.bn_hooks import bn_loss
+from .base import PixelConfig, register_synthesizer
 from .bn_stats import BNMatchingSynthesizer
 from .priors import tv_l2_norm
 
@@ -71,7 +71,7 @@ class DeepInversionSynthesizer(BNMatchingSynthesizer):
     config_cls = DeepInversionConfig
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg: DeepInversionConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(DeepInversionConfig, self.cfg)
         bn, _ = bn_loss(self.hooks, "l2", cfg.first_layer_weight)
         ce = F.cross_entropy(logits, y)
         loss = cfg.ce * ce + cfg.bn_weight * bn
@@ -96,7 +96,7 @@ class AdaptiveDeepInversionSynthesizer(DeepInversionSynthesizer):
         super().__init__(teacher, config, student)
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg: AdaptiveDeepInversionConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(AdaptiveDeepInversionConfig, self.cfg)
         loss, parts = super().loss(x, logits, y)
         assert self.student is not None
         js = js_divergence(logits, self.student(x), cfg.competition_temperature)

@@ -10,23 +10,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.config import check, opt
-from ..data.augment import augment_batch, resized_crop
 from ..core.errors import DatafreeError
+from ..core.seeds import derived_seed
+from ..data.augment import augment_batch, resized_crop
+from ..models.bn_hooks import BNStatHooks, bn_layers, bn_loss
 from ..models.loading import head_of
 from ..models.spec import InputSpec
 from .base import StepCallback, SynthConfig, Synthesizer, register_synthesizer
-from ..models.bn_hooks import BNStatHooks, bn_layers, bn_loss
-from .gen_losses import (activation_loss, adversarial_loss, info_entropy_loss, info_nce, inter_sample_diversity,
-                         onehot_loss, rdskd_generator_loss)
-from ..core.seeds import derived_seed
-
+from .gen_losses import (
+    activation_loss,
+    adversarial_loss,
+    info_entropy_loss,
+    info_nce,
+    inter_sample_diversity,
+    onehot_loss,
+    rdskd_generator_loss,
+)
 
 OUTPUTS = ("sigmoid", "bn")
 
@@ -77,7 +83,7 @@ class Generator(nn.Module):
         """Fresh initialization of every layer (CMI re-initializes each round)."""
         for m in self.modules():
             if hasattr(m, "reset_parameters") and m is not self:
-                m.reset_parameters()  # type: ignore[operator]
+                m.reset_parameters()
 
 
 @dataclasses.dataclass
@@ -109,11 +115,12 @@ class GenerativeSynthesizer(Synthesizer):
     config_cls: ClassVar[type[SynthConfig]] = GeneratorConfig
     iterative: ClassVar[bool] = True
     fresh_samples: ClassVar[bool] = False  # True: trained once, then each batch is one forward pass (dafl, rdskd)
+    cfg: GeneratorConfig  # checked by Synthesizer.__init__ against config_cls
 
     def __init__(self, teacher: nn.Module, config: SynthConfig, student: Optional[nn.Module] = None) -> None:
         super().__init__(teacher, config, student)
         config.validate()
-        cfg: GeneratorConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.G = Generator(self.spec, cfg.latent_dim, cfg.width, cfg.output).to(self.device)
@@ -124,7 +131,7 @@ class GenerativeSynthesizer(Synthesizer):
     def _teacher(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg.bf16)):  # type: ignore[attr-defined]
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bool(self.cfg.bf16)):
             return self.teacher(x).float()
 
     def latents(self, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -134,11 +141,11 @@ class GenerativeSynthesizer(Synthesizer):
     def _check(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise DatafreeError(f"{self.name}: generator loss became {loss.item()} after {self.steps_done} steps; "
-                                f"lower --lr (now {self.cfg.lr}) or check the model for NaN weights")  # type: ignore[attr-defined]
+                                f"lower --lr (now {self.cfg.lr}) or check the model for NaN weights")
 
     def work_units(self, n_batches: int) -> int:
         """Generator steps that making `n_batches` batches takes from the current state (for progress bars)."""
-        return n_batches * max(1, self.cfg.iterations)  # type: ignore[attr-defined]
+        return n_batches * max(1, self.cfg.iterations)
 
     def state_dict(self) -> dict[str, Any]:
         return {"G": self.G.state_dict(), "opt": self.opt.state_dict(), "steps_done": self.steps_done}
@@ -157,10 +164,10 @@ class TrainedGenerator(GenerativeSynthesizer):
 
     @property
     def trained(self) -> bool:
-        return self.steps_done >= self.cfg.iterations  # type: ignore[attr-defined]
+        return self.steps_done >= self.cfg.iterations
 
     def work_units(self, n_batches: int) -> int:
-        return max(0, self.cfg.iterations - self.steps_done) + n_batches  # type: ignore[attr-defined]
+        return max(0, self.cfg.iterations - self.steps_done) + n_batches
 
     def generator_loss(self, z: torch.Tensor, x: torch.Tensor, logits: torch.Tensor,
                        feats: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -206,7 +213,7 @@ class TrainedGenerator(GenerativeSynthesizer):
         parts: dict[str, float] = {}
         self.G.train()
         try:
-            while self.steps_done < self.cfg.iterations:  # type: ignore[attr-defined]
+            while self.steps_done < self.cfg.iterations:
                 _, _, parts = self._g_step(self.cfg.batch_size, tap)
                 if step is not None:
                     step(1, parts)
@@ -272,7 +279,7 @@ class DAFL(TrainedGenerator):
     config_cls = DAFLConfig
 
     def generator_loss(self, z, x, logits, feats):
-        cfg: DAFLConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(DAFLConfig, self.cfg)
         l_oh, l_a, l_ie = onehot_loss(logits), activation_loss(feats), info_entropy_loss(logits)
         loss = cfg.onehot * l_oh + cfg.activation * l_a + cfg.entropy * l_ie
         return loss, {"oh": l_oh.item(), "a": l_a.item(), "ie": l_ie.item()}
@@ -308,7 +315,7 @@ class RDSKD(TrainedGenerator):
         self.last = [0.0, 0.0]
 
     def generator_loss(self, z, x, logits, feats):
-        cfg: RDSKDConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(RDSKDConfig, self.cfg)
         l_oh, l_ie, l_ds = onehot_loss(logits), info_entropy_loss(logits), inter_sample_diversity(z, logits)
         loss = rdskd_generator_loss(l_oh, l_ie, cfg.diversity * l_ds, self.prev[0], self.prev[1])
         if cfg.activation:
@@ -406,7 +413,7 @@ class RoundGenerator(GenerativeSynthesizer):
         """After a round (meta update, memory bank)."""
 
     def make_batch(self, y: torch.Tensor, gen: torch.Generator, step: StepCallback) -> torch.Tensor:
-        cfg: RoundConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(RoundConfig, self.cfg)
         G = self.round_generator()
         G.train()
         z = self.latents(len(y), gen).requires_grad_(True)
@@ -415,7 +422,7 @@ class RoundGenerator(GenerativeSynthesizer):
         best, best_loss, best_feats = None, math.inf, None
         use_adv = cfg.adv > 0 and self.student is not None and self.rounds_done >= getattr(cfg, "warmup", 0)
         with BNStatHooks(self.teacher, instance_means=isinstance(self, CMI)) as hooks:
-            for it in range(cfg.iterations):
+            for _it in range(cfg.iterations):
                 x = G(z)
                 xa = augment_batch(x, gen)
                 t = self._teacher(xa)
@@ -424,7 +431,8 @@ class RoundGenerator(GenerativeSynthesizer):
                 loss = cfg.bn_weight * l_bn + cfg.ce * l_ce
                 parts = {"bn": l_bn.item(), "ce": l_ce.item()}
                 if use_adv:
-                    l_adv = adversarial_loss(self.student(xa), t)  # type: ignore[misc]
+                    assert self.student is not None
+                    l_adv = adversarial_loss(self.student(xa), t)
                     loss = loss + cfg.adv * l_adv
                     parts["adv"] = l_adv.item()
                 loss = loss + self.extra_loss(x, xa, hooks, gen, parts)
@@ -461,7 +469,7 @@ class CMI(RoundGenerator):
 
     def __init__(self, teacher: nn.Module, config: SynthConfig, student: Optional[nn.Module] = None) -> None:
         super().__init__(teacher, config, student)
-        cfg: CMIConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(CMIConfig, self.cfg)
         dim = sum(int(m.num_features) for _, m in bn_layers(teacher))  # the concatenated per-sample BN-input means
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
@@ -479,7 +487,7 @@ class CMI(RoundGenerator):
         return list(self.head.parameters())
 
     def extra_loss(self, x, xa, hooks, gen, parts):
-        cfg: CMIConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(CMIConfig, self.cfg)
         if cfg.contrastive <= 0:
             return x.new_zeros(())
         f1 = hooks.features()
@@ -495,7 +503,7 @@ class CMI(RoundGenerator):
         return cfg.contrastive * l_cr
 
     def end_round(self, G, best_feats):
-        cfg: CMIConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(CMIConfig, self.cfg)
         if best_feats is None or cfg.bank_size == 0:
             return
         f = best_feats.cpu()
@@ -524,7 +532,7 @@ class Fast(RoundGenerator):
 
     def __init__(self, teacher: nn.Module, config: SynthConfig, student: Optional[nn.Module] = None) -> None:
         super().__init__(teacher, config, student)
-        cfg: FastConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(FastConfig, self.cfg)
         self.fast = Generator(self.spec, cfg.latent_dim, cfg.width, cfg.output).to(self.device)  # the per-round working copy
         # the meta step moves the initialization by (adapted − init); Adam at lr·iterations as in the paper's code
         self.opt = torch.optim.Adam(self.G.parameters(), lr=cfg.lr * max(1, cfg.iterations), betas=(0.5, 0.999))
@@ -536,7 +544,7 @@ class Fast(RoundGenerator):
         return self.fast
 
     def bn_term(self, hooks: BNStatHooks) -> torch.Tensor:
-        m = self.cfg.bn_momentum  # type: ignore[attr-defined]
+        m = cast(FastConfig, self.cfg).bn_momentum
         terms = []
         self._cur = []
         for i, (rm, rv, _eps) in enumerate(hooks.running()):
@@ -557,7 +565,7 @@ class Fast(RoundGenerator):
         for p, q in zip(self.G.parameters(), G.parameters()):
             p.grad = (p.detach() - q.detach()).clone()  # Reptile: descend toward the adapted weights
         self.opt.step()
-        m = self.cfg.bn_momentum  # type: ignore[attr-defined]
+        m = cast(FastConfig, self.cfg).bn_momentum
         if self._cur and m > 0:
             self.mmt = list(self._cur) if self.mmt is None else [
                 (m * a + (1 - m) * c, m * b + (1 - m) * d) for (a, b), (c, d) in zip(self.mmt, self._cur)]

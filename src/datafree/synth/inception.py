@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class InceptionSynthesizer(Synthesizer):
     iterative = True
 
     def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg: InceptionConfig = self.cfg  # type: ignore[assignment]
+        cfg = cast(InceptionConfig, self.cfg)
         ce = F.cross_entropy(logits, y)
         target = -logits.gather(1, y[:, None]).mean() if cfg.objective == "logit" else ce
         loss = target + cfg.tv * total_variation(x) + cfg.l2 * x.pow(2).mean()

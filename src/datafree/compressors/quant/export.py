@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...data.base import TensorData
 from ...core.errors import DatafreeError
 from ...core.utils import top1
+from ...data.base import TensorData
+from ...models.record import record_of
 from .graph import act_quantizers, float_twin, int8_activations_, tensor_quants
 from .layers import FLOAT_BITS
 from .ptq import quant_layers
-from ...models.record import record_of
 
 
 def _export_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...core.errors import DatafreeError
-from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from ...models.record import RECORD_ATTR
+from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from .quantizer import act_qparams, drop_quant, fake_quant, unsigned_range
 
 LAYOUTS = ("fused", "inputs")
@@ -208,6 +208,120 @@ def _graph_module(root: nn.Module, graph: Any, class_name: str) -> nn.Module:
     return gm
 
 
+class _LayoutPass:
+    """The fused layout's graph rewrite: where a TensorQuant goes, step by step (see `apply_layout`)."""
+
+    def __init__(self, model: nn.Module, graph: Any) -> None:
+        self.model, self.graph = model, graph
+        self.mods = dict(model.named_modules())
+        self.count = 0
+        self.original = list(graph.nodes)  # steps 0 and 1 look at the traced nodes only
+
+    def mod(self, n: Any) -> Optional[nn.Module]:
+        import torch.fx as fx
+
+        return self.mods.get(n.target) if isinstance(n, fx.Node) and n.op == "call_module" else None
+
+    def is_ql(self, n: Any) -> bool:
+        return isinstance(self.mod(n), QuantLayer)
+
+    def is_add(self, n: Any) -> bool:
+        import torch.fx as fx
+
+        return ((n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))) \
+            and sum(isinstance(a, fx.Node) for a in n.args[:2]) == 2
+
+    def is_relu(self, n: Any) -> bool:
+        return (n.op == "call_function" and n.target in _RELUS) or (n.op == "call_method" and n.target == "relu") \
+            or isinstance(self.mod(n), nn.ReLU)
+
+    def tq_of(self, n: Any) -> Optional[TensorQuant]:
+        m = self.mod(n)
+        return m if isinstance(m, TensorQuant) else None
+
+    def insert_after(self, n: Any, tq: TensorQuant, users: Optional[list] = None) -> Any:
+        """Quantize node n's output with `tq` for all its users (or the given ones)."""
+        name = f"_tq{self.count}"
+        self.count += 1
+        self.model.add_module(name, tq)
+        self.mods[name] = tq
+        with self.graph.inserting_after(n):
+            q = self.graph.call_module(name, (n,))
+        for u in (list(n.users) if users is None else users):
+            if u is not q:
+                u.replace_input_with(n, q)
+        return q
+
+    def upstream_quant(self, n: Any) -> Optional[TensorQuant]:
+        """The TensorQuant a tensor was only moved or padded from, if any."""
+        import torch.fx as fx
+
+        while True:
+            if self.tq_of(n) is not None:
+                return self.tq_of(n)
+            m = self.mod(n)
+            moving = (n.op == "call_function" and n.target in _MOVES) or \
+                     (n.op == "call_method" and n.target in _MOVE_METHODS) or isinstance(m, nn.Identity) or \
+                     (isinstance(m, nn.Sequential) and len(m) == 0)
+            if not moving or not n.args or not isinstance(n.args[0], fx.Node):
+                return None
+            n = n.args[0]
+
+    def reshapes(self) -> None:
+        """0. a QuantLayer reading a reshaped tensor (flatten after pooling): quantized before the reshape as well, with
+        the QuantLayer's parameters (exact), so the pooling runs on integers too."""
+        import torch.fx as fx
+
+        for n in self.original:
+            r = n.args[0] if self.is_ql(n) and n.args else None
+            reshape = isinstance(r, fx.Node) and ((r.op == "call_function" and r.target in (torch.flatten, torch.reshape))
+                                                  or (r.op == "call_method" and r.target in ("flatten", "view", "reshape")))
+            if reshape and len(r.users) == 1 and isinstance(r.args[0], fx.Node) and len(r.args[0].users) == 1:
+                self.insert_after(r.args[0], TensorQuant(self.mod(n)))
+
+    def shared_inputs(self, sub8_own_range: bool) -> None:
+        """1. a tensor read by a QuantLayer and by anything else: quantized once, with that QuantLayer's parameters."""
+        for n in self.original:
+            qls = [u for u in n.users if self.is_ql(u)]
+            if qls and len(n.users) > 1:
+                owner = self.mod(qls[0])
+                assert isinstance(owner, QuantLayer)
+                if sub8_own_range and owner.a_bits < 8:
+                    self.insert_after(n, TensorQuant(None, 8))  # the shortcut keeps 8-bit precision; the layer requantizes
+                    continue
+                owner.input_shared = True
+                self.insert_after(n, TensorQuant(owner))
+
+    def adds(self) -> None:
+        """2. adds: both operands and the output (after its ReLU) quantized."""
+        for a in [n for n in self.graph.nodes if self.is_add(n)]:
+            for x in a.args[:2]:
+                if self.tq_of(x) is not None:
+                    continue
+                up = self.upstream_quant(x)
+                self.insert_after(x, TensorQuant(up) if up is not None else TensorQuant(None, 8))
+            out = a
+            if len(a.users) == 1 and self.is_relu(next(iter(a.users))):
+                out = next(iter(a.users))
+            if all(self.is_ql(u) for u in out.users) or any(self.tq_of(u) is not None for u in out.users):
+                continue  # read only by QuantLayers (they quantize it), or already quantized in step 1
+            self.insert_after(out, TensorQuant(None, 8))
+
+    def pools(self) -> None:
+        """3. a pooling whose output is quantized runs on integers when its input is quantized too."""
+        import torch.fx as fx
+
+        for n in list(self.graph.nodes):
+            pool = (n.op == "call_function" and n.target in _POOLS) or isinstance(self.mod(n), _POOL_MODULES)
+            if not pool or not n.args or not isinstance(n.args[0], fx.Node) or self.tq_of(n.args[0]) is not None:
+                continue
+            reads_quantized = all(self.tq_of(u) is not None or self.is_ql(u) for u in n.users) or any(
+                self.tq_of(v) is not None for u in n.users for v in u.users)  # pool -> flatten -> quantized
+            if reads_quantized:
+                up = self.upstream_quant(n.args[0])
+                self.insert_after(n.args[0], TensorQuant(up) if up is not None else TensorQuant(None, 8))
+
+
 def apply_layout(model: nn.Module, layout: str, sub8_own_range: bool = True) -> nn.Module:
     """The model with the given activation layout: 'inputs' returns it as it is; 'fused' returns a torch.fx
     GraphModule (same submodules and state-dict names, plus TensorQuants) — see the module docstring.
@@ -221,97 +335,13 @@ def apply_layout(model: nn.Module, layout: str, sub8_own_range: bool = True) -> 
     except Exception as e:  # user models with data-dependent control flow
         raise DatafreeError(f"the model cannot be traced by torch.fx for the fused layout ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}); use --layout inputs") from None
-    import torch.fx as fx
-
-    mods = dict(model.named_modules())
-    counter = [0]
-
-    def mod(n: Any) -> Optional[nn.Module]:
-        return mods.get(n.target) if isinstance(n, fx.Node) and n.op == "call_module" else None
-
-    def is_ql(n: Any) -> bool:
-        return isinstance(mod(n), QuantLayer)
-
-    def is_add(n: fx.Node) -> bool:
-        return ((n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))) \
-            and sum(isinstance(a, fx.Node) for a in n.args[:2]) == 2
-
-    def is_relu(n: fx.Node) -> bool:
-        return (n.op == "call_function" and n.target in _RELUS) or (n.op == "call_method" and n.target == "relu") \
-            or isinstance(mod(n), nn.ReLU)
-
-    def tq_of(n: Any) -> Optional[TensorQuant]:
-        m = mod(n)
-        return m if isinstance(m, TensorQuant) else None
-
-    def insert_after(n: fx.Node, tq: TensorQuant, users: Optional[list] = None) -> fx.Node:
-        name = f"_tq{counter[0]}"
-        counter[0] += 1
-        model.add_module(name, tq)
-        mods[name] = tq
-        with graph.inserting_after(n):
-            q = graph.call_module(name, (n,))
-        for u in (list(n.users) if users is None else users):
-            if u is not q:
-                u.replace_input_with(n, q)
-        return q
-
-    original = list(graph.nodes)
-    # 0. a QuantLayer reading a reshaped tensor (flatten after pooling): quantized before the reshape as well, with the
-    #    QuantLayer's parameters (exact), so the pooling runs on integers too
-    for n in original:
-        r = n.args[0] if is_ql(n) and n.args else None
-        reshape = isinstance(r, fx.Node) and ((r.op == "call_function" and r.target in (torch.flatten, torch.reshape)) or
-                                              (r.op == "call_method" and r.target in ("flatten", "view", "reshape")))
-        if reshape and len(r.users) == 1 and isinstance(r.args[0], fx.Node) and len(r.args[0].users) == 1:
-            insert_after(r.args[0], TensorQuant(mod(n)))
-    # 1. a tensor read by a QuantLayer and by anything else: quantized once, with that QuantLayer's parameters
-    for n in original:
-        qls = [u for u in n.users if is_ql(u)]
-        if qls and len(n.users) > 1:
-            owner = mod(qls[0])
-            if sub8_own_range and owner.a_bits < 8:  # type: ignore[union-attr]
-                insert_after(n, TensorQuant(None, 8))  # the shortcut keeps 8-bit precision; the layer requantizes
-                continue
-            owner.input_shared = True  # type: ignore[union-attr]
-            insert_after(n, TensorQuant(owner))
-
-    def upstream_quant(n: fx.Node) -> Optional[TensorQuant]:
-        """The TensorQuant a tensor was only moved or padded from, if any."""
-        while True:
-            if tq_of(n) is not None:
-                return tq_of(n)
-            moving = (n.op == "call_function" and n.target in _MOVES) or \
-                     (n.op == "call_method" and n.target in _MOVE_METHODS) or isinstance(mod(n), nn.Identity) or \
-                     (isinstance(mod(n), nn.Sequential) and len(mod(n)) == 0)
-            if not moving or not n.args or not isinstance(n.args[0], fx.Node):
-                return None
-            n = n.args[0]
-
-    # 2. adds: both operands and the output (after its ReLU) quantized
-    for a in [n for n in graph.nodes if is_add(n)]:
-        for x in a.args[:2]:
-            if tq_of(x) is not None:
-                continue
-            up = upstream_quant(x)
-            insert_after(x, TensorQuant(up) if up is not None else TensorQuant(None, 8))
-        out = a
-        if len(a.users) == 1 and is_relu(next(iter(a.users))):
-            out = next(iter(a.users))
-        if all(is_ql(u) for u in out.users) or any(tq_of(u) is not None for u in out.users):
-            continue  # read only by QuantLayers (they quantize it), or already quantized in step 1
-        insert_after(out, TensorQuant(None, 8))
-    # 3. a pooling whose output is quantized runs on integers when its input is quantized too
-    for n in list(graph.nodes):
-        pool = (n.op == "call_function" and n.target in _POOLS) or isinstance(mod(n), _POOL_MODULES)
-        if not pool or not n.args or not isinstance(n.args[0], fx.Node) or tq_of(n.args[0]) is not None:
-            continue
-        reads_quantized = all(tq_of(u) is not None or is_ql(u) for u in n.users) or any(
-            tq_of(v) is not None for u in n.users for v in u.users)  # pool -> flatten -> quantized
-        if reads_quantized:
-            up = upstream_quant(n.args[0])
-            insert_after(n.args[0], TensorQuant(up) if up is not None else TensorQuant(None, 8))
-    for q in [mods[n.target] for n in graph.nodes if is_ql(n)]:
-        q.int_bias = True  # type: ignore[union-attr]
+    lp = _LayoutPass(model, graph)
+    lp.reshapes()
+    lp.shared_inputs(sub8_own_range)
+    lp.adds()
+    lp.pools()
+    for q in [lp.mod(n) for n in graph.nodes if lp.is_ql(n)]:
+        assert isinstance(q, QuantLayer)
+        q.int_bias = True
     graph.lint()
     return _graph_module(model, graph, type(model).__name__)

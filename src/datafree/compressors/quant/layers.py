@@ -9,7 +9,16 @@ import torch.nn.functional as F
 
 from ...core.errors import DatafreeError
 from ...core.utils import batch_moments
-from .quantizer import RangeObserver, WeightRounding, drop_quant, fake_quant, round_ste, signed_range, unsigned_range, weight_scales
+from .quantizer import (
+    RangeObserver,
+    WeightRounding,
+    drop_quant,
+    fake_quant,
+    round_ste,
+    signed_range,
+    unsigned_range,
+    weight_scales,
+)
 
 FLOAT_BITS = 32
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...data.base import TensorData
 from ...core.errors import DatafreeError
+from ...data.base import TensorData
 from .layers import FLOAT_BITS
 from .prepare import trace_layers, wrap_layers_
 
@@ -22,8 +22,8 @@ CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
 def layer_sensitivity(model: nn.Module, data: TensorData, bits: tuple[int, ...] = CANDIDATE_BITS,
                       batch_size: int = 128) -> dict[str, dict[int, float]]:
     """{layer: {bits: KL(float outputs ‖ outputs with only this layer's weights at `bits`)}} on `data`."""
-    from ...models.loading import input_spec_of
     from ...core.utils import model_device
+    from ...models.loading import input_spec_of
 
     m = copy.deepcopy(model).eval()
     example = torch.zeros((2, *input_spec_of(m).shape), device=model_device(m))

@@ -9,19 +9,19 @@ import torch
 import torch.nn as nn
 
 from ...core.config import Config, check, opt
-from ...data.base import TensorData
-from ...data.source import SourceLike, draw
-from ..base import plain_copy, record_transform, register_compressor
-from ...kd.loop import KDConfig
 from ...core.errors import DatafreeError
 from ...core.schema import Schema, submodule
-from ...models.loading import input_spec_of
 from ...core.utils import model_device, set_module
+from ...data.base import TensorData
+from ...data.source import SourceLike, draw
+from ...kd.loop import KDConfig
+from ...models.loading import input_spec_of
+from ...models.record import record_of
+from ..base import plain_copy, record_transform, register_compressor
 from .graph import LAYOUTS, act_quantizers, apply_layout, layout_of, tensor_quants
 from .layers import FLOAT_BITS, quant_layers
 from .prepare import trace_layers, wrap_layers_
 from .quantizer import RangeObserver
-from ...models.record import record_of
 
 
 def _bits_ok(b: int) -> bool:

@@ -7,9 +7,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ...core.errors import DatafreeError
 from ...data.base import TensorData
 from ...kd.loop import KDConfig, distill_
-from ...core.errors import DatafreeError
 from .graph import act_quantizers, tensor_quants
 from .layers import FLOAT_BITS, QuantLayer, as_parameter_, quant_layers
 from .quantizer import WeightRounding

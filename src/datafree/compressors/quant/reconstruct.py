@@ -11,6 +11,7 @@ in a second pass after the weights).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Optional
 
@@ -18,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...data.base import TensorData
 from ...core.errors import DatafreeError
+from ...data.base import TensorData
 from .graph import TensorQuant, act_quantizers, float_twin
 from .layers import FLOAT_BITS, QuantLayer, as_buffer_, as_parameter_, quant_layers
 from .quantizer import WeightRounding, signed_range
@@ -181,6 +182,7 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
         raise DatafreeError(f"the QDrop probability must be in [0, 1), got {drop}")
     if iters < 1 or batch_size < 1 or round_weight < 0:
         raise DatafreeError("reconstruction needs iterations >= 1, a batch size >= 1 and a rounding weight >= 0")
+    recipe = _Recipe(iters, round_weight, batch_size, lr, learn_act, act_lr, round_norm, drop)
     was = qmodel.training
     qmodel.eval()
     gm_q = _tracer_view(qmodel)
@@ -197,87 +199,11 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 continue
             xs = _Capture(gm_q, [n.name for n in ins]).run(data, 128)
             target = _Capture(gm_f, [out_f.name]).run(data, 128)[out_f.name]
-            sub = _subgraph(gm_q, reg, ins, out)
-            roundings = []
-            for q in layers:
-                if q.w_bits >= FLOAT_BITS:
-                    continue
-                s = q.w_scale.detach().view(-1, *[1] * (q.weight.dim() - 1))
-                r = AdaRoundRounding((q.weight.detach() / s)).to(q.weight.device)
-                q.set_rounding(r)
-                roundings.append(r)
-            frozen = [(p, p.requires_grad) for p in sub.parameters()]
-            for p, _ in frozen:
-                p.requires_grad_(False)
-            for r in roundings:
-                r.V.requires_grad_(True)
-            steps = _act_steps(sub) if learn_act else []
-            calibrated = [m.a_scale.detach().clone() for m in steps]
-            n = len(target)
-            inputs = [xs[i.name] for i in ins]
-
-            def err() -> float:
-                with torch.no_grad():
-                    tot = 0.0
-                    for k in range(0, n, 128):
-                        tot += F.mse_loss(sub(*[x[k:k + 128] for x in inputs]), target[k:k + 128], reduction="sum").item()
-                    return tot / target.numel()
-
-            for r in roundings:
-                r.hard = True
-            before = err()  # round-to-nearest start (h initialized to the fractional part rounds to nearest)
-            for r in roundings:
-                r.hard = False
-            groups = [{"params": [r.V for r in roundings], "lr": lr}]
-            # each step size moves at a rate relative to itself: steps of one model differ by 10x and more
-            groups += [{"params": [m.a_scale], "lr": act_lr * float(m.a_scale.detach())} for m in steps]
-            opt = torch.optim.Adam(groups)
-            warm = int(0.2 * iters)
-            droppers = [m for m in sub.modules() if isinstance(m, (QuantLayer, TensorQuant))] if drop > 0 else []
-            for m in droppers:
-                m.qdrop = (drop, g)
-            reg_norm = sum(r.V.numel() for r in roundings) if round_norm == "mean" else 1  # per weight, or summed
-            for it in range(iters):
-                idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
-                d2 = (sub(*[x[idx] for x in inputs]) - target[idx]).pow(2)
-                loss = d2.mean() if round_norm == "mean" else d2.sum(1).mean()
-                if it >= warm and round_weight > 0:
-                    beta = 20 + (2 - 20) * (it - warm) / max(1, iters - warm)  # annealed 20 -> 2
-                    loss = loss + round_weight * (sum(r.regularizer(beta) for r in roundings) / reg_norm)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for m in steps:
-                    m.a_scale.data.clamp_(min=1e-8)
-            for m in droppers:
-                del m.qdrop  # back to the class default: no dropping
-            for r in roundings:
-                r.hard = True
-            for m in steps:  # back to a calibrated buffer: the next block and the artifact see a plain step size
-                as_buffer_(m, "a_scale")
-            after = err()
-            rec: dict[str, Any] = {"layers": names, "mse_before": before}
-            if steps:  # keep the learned step sizes only where they beat the calibrated ones with the learned rounding
-                learned = [m.a_scale.clone() for m in steps]
-                for m, c in zip(steps, calibrated):
-                    m.a_scale.copy_(c)
-                kept = err()
-                rec.update(mse_learned_steps=after, mse_calibrated_steps=kept,
-                           learned_steps=[float(t) for t in learned], calibrated_steps=[float(c) for c in calibrated])
-                if kept < after:
-                    after, rec["act_steps"] = kept, "calibrated"
-                else:
-                    for m, t in zip(steps, learned):
-                        m.a_scale.copy_(t)
-                    rec["act_steps"] = "learned"
-            for q in layers:
-                bake_rounding_(q)
-            for p, rg in frozen:
-                p.requires_grad_(rg)
-            rec["mse_after"] = after
-            report.append(rec)
+            rec = _reconstruct_block(_subgraph(gm_q, reg, ins, out), layers, [xs[i.name] for i in ins], target,
+                                     recipe, g)
+            report.append({"layers": names, **rec})
             if on_block is not None:
-                on_block(rec)
+                on_block(report[-1])
     finally:
         for m in qmodel.modules():  # an interrupted block leaves no dropping behind
             if "qdrop" in vars(m):
@@ -287,6 +213,109 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
                 bake_rounding_(q)
         qmodel.train(was)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recipe:
+    """How one layer or block is reconstructed (see `reconstruct_`)."""
+
+    iters: int
+    round_weight: float
+    batch_size: int
+    lr: float
+    learn_act: bool
+    act_lr: float
+    round_norm: str
+    drop: float
+
+
+def _block_error(sub: nn.Module, inputs: list[torch.Tensor], target: torch.Tensor) -> float:
+    """Mean squared error of the region's output against the float target, over all samples."""
+    with torch.no_grad():
+        tot = 0.0
+        for k in range(0, len(target), 128):
+            tot += F.mse_loss(sub(*[x[k:k + 128] for x in inputs]), target[k:k + 128], reduction="sum").item()
+        return tot / target.numel()
+
+
+def _reconstruct_block(sub: nn.Module, layers: list[nn.Module], inputs: list[torch.Tensor], target: torch.Tensor,
+                       recipe: _Recipe, g: torch.Generator) -> dict[str, Any]:
+    """Learn the rounding (and optionally the activation steps) of one region's layers; bake the result in."""
+    roundings = []
+    for q in layers:
+        if q.w_bits >= FLOAT_BITS:
+            continue
+        s = q.w_scale.detach().view(-1, *[1] * (q.weight.dim() - 1))
+        r = AdaRoundRounding((q.weight.detach() / s)).to(q.weight.device)
+        q.set_rounding(r)
+        roundings.append(r)
+    frozen = [(p, p.requires_grad) for p in sub.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    for r in roundings:
+        r.V.requires_grad_(True)
+    steps = _act_steps(sub) if recipe.learn_act else []
+    calibrated = [m.a_scale.detach().clone() for m in steps]
+    for r in roundings:
+        r.hard = True
+    before = _block_error(sub, inputs, target)  # round-to-nearest start (h initialized to the fractional part)
+    for r in roundings:
+        r.hard = False
+    _learn(sub, inputs, target, roundings, steps, recipe, g)
+    for r in roundings:
+        r.hard = True
+    for m in steps:  # back to a calibrated buffer: the next block and the artifact see a plain step size
+        as_buffer_(m, "a_scale")
+    after = _block_error(sub, inputs, target)
+    rec: dict[str, Any] = {"mse_before": before}
+    if steps:  # keep the learned step sizes only where they beat the calibrated ones with the learned rounding
+        learned = [m.a_scale.clone() for m in steps]
+        for m, c in zip(steps, calibrated):
+            m.a_scale.copy_(c)
+        kept = _block_error(sub, inputs, target)
+        rec.update(mse_learned_steps=after, mse_calibrated_steps=kept,
+                   learned_steps=[float(t) for t in learned], calibrated_steps=[float(c) for c in calibrated])
+        if kept < after:
+            after, rec["act_steps"] = kept, "calibrated"
+        else:
+            for m, t in zip(steps, learned):
+                m.a_scale.copy_(t)
+            rec["act_steps"] = "learned"
+    for q in layers:
+        bake_rounding_(q)
+    for p, rg in frozen:
+        p.requires_grad_(rg)
+    rec["mse_after"] = after
+    return rec
+
+
+def _learn(sub: nn.Module, inputs: list[torch.Tensor], target: torch.Tensor, roundings: list[AdaRoundRounding],
+           steps: list[nn.Module], recipe: _Recipe, g: torch.Generator) -> None:
+    """Adam on the rounding variables (and step sizes): output error + annealed rounding regularizer, QDrop if set."""
+    n, iters = len(target), recipe.iters
+    groups = [{"params": [r.V for r in roundings], "lr": recipe.lr}]
+    # each step size moves at a rate relative to itself: steps of one model differ by 10x and more
+    groups += [{"params": [m.a_scale], "lr": recipe.act_lr * float(m.a_scale.detach())} for m in steps]
+    opt = torch.optim.Adam(groups)
+    warm = int(0.2 * iters)
+    droppers = [m for m in sub.modules() if isinstance(m, (QuantLayer, TensorQuant))] if recipe.drop > 0 else []
+    for m in droppers:
+        m.qdrop = (recipe.drop, g)
+    reg_norm = sum(r.V.numel() for r in roundings) if recipe.round_norm == "mean" else 1  # per weight, or summed
+    for it in range(iters):
+        idx = torch.randint(0, n, (min(recipe.batch_size, n),), generator=g)
+        d2 = (sub(*[x[idx] for x in inputs]) - target[idx]).pow(2)
+        loss = d2.mean() if recipe.round_norm == "mean" else d2.sum(1).mean()
+        if it >= warm and recipe.round_weight > 0:
+            beta = 20 + (2 - 20) * (it - warm) / max(1, iters - warm)  # annealed 20 -> 2
+            loss = loss + recipe.round_weight * (sum(r.regularizer(beta) for r in roundings) / reg_norm)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for m in steps:
+            m.a_scale.data.clamp_(min=1e-8)
+    for m in droppers:
+        del m.qdrop  # back to the class default: no dropping
 
 
 def _act_steps(sub: nn.Module) -> list[nn.Module]:
