@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
             def mixed() -> dict:
                 t0 = time.time()
-                q = quantize(model, source_data(src), QuantConfig(a_bits=3, target_size=size, quantize_first_last=True,
+                q = quantize(model, source_data(src), QuantConfig.from_flat(a_bits=3, target_size=size, quantize_first_last=True,
                                                       num_calib=a.num, seed=a.seed))
                 plan = record_of(q).quant_plan
                 return dict(score(q), seconds=round(time.time() - t0, 2), target_bytes=size,

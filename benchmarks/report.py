@@ -354,7 +354,7 @@ def _smh_equal_steps(rows: list[dict]) -> list[str]:
         w = next((x for x in rows if x["method"] == "width" and (x["data"], x["fraction"]) == k), None)
         we = next((x for x in e["rows"] if x["method"] == "width" and (x["data"], x["fraction"]) == k), None)
         out.append(f"| {k[0]} | {k[1]:g} | {_smh_cell(r)} | {_smh_cell(w)} | {_smh_cell(we)} |")
-    out.append(SMH_EQUAL_STEPS)
+    out.append(smh_equal_steps_prose())
     return out
 
 
@@ -374,35 +374,130 @@ def _smh_long(rows: list[dict]) -> list[str]:
         short = next((x for x in rows if (x["method"], x["data"], x["fraction"]) == k), None)
         long = next((x for x in e["rows"] if (x["method"], x["data"], x["fraction"]) == k), None)
         out.append(f"| {m} | {_smh_cell(short)} | {_smh_cell(long)} |")
-    out.append(SMH_LONG)
+    out.append(smh_long_prose())
     return out
 
 
-SMH_LONG = (
-    "\nFive times the budget does not turn the comparison: both rows improve (SMH 55.9 -> 68.8, width 61.3 -> 80.1 on "
-    "test-exact; JPEG 53.5 -> 68.0 and 59.9 -> 75.7) and the width baseline's lead grows from 5.4 to 11.3 pt (JPEG "
-    "6.4 -> 7.8) because it runs 2.2x the steps in the same time (3861 vs 1725). The SMH row used only 1217 s of its "
-    "1500 (its step count comes from a timing probe at the start, which ran slow — likely a short Python check I ran "
-    "beside it at that moment); at its measured rate (1.42 steps/s) the full 1500 s would be ~2130 steps, still half "
-    "the baseline's. The long rows ran on a 2-core AMD EPYC, the 300 s rows on a 2-core Intel Xeon (steps per second: "
-    "SMH 1.42 vs 1.53, width 2.59 vs 2.43), and the commit recorded in the JSON is marked dirty only because "
-    "`lowbit.json` was being written at the time. The real-data target at 25 % (within 1 pt of the teacher's 92.8) "
-    "stays far off for both (width 12.7 pt below, SMH 24.0): on this machine neither is converged after 25 minutes, "
-    "and SMH pays a full-width forward pass plus the X·Y product every step. A faster SMH step is not to be had: "
-    "measured alone (`smh_step_cost.json`, script in its meta; fwd + bwd + SGD at batch 128), a 25 % SMH step costs "
-    "what the full-width ResNet-32's does (0.48 vs 0.44 s), of which the "
-    "X·Y product is 2 ms, while width 8 takes 0.20 s: the virtual weights are full size by design, so at equal time "
-    "SMH can only win by what each step learns, which needs converged runs.")
+def _row(rows: list[dict], **match) -> dict:
+    """The one row whose fields equal `match` (a KeyError naming it otherwise: the prose needs that row)."""
+    hits = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    if len(hits) != 1:
+        raise KeyError(f"{len(hits)} rows match {match}")
+    return hits[0]
 
-SMH_EQUAL_STEPS = (
-    "\nPer KD step the two are close: on real data the width baseline at SMH's step count is level at 50 % (63.7 vs "
-    "62.1; JPEG 62.4 vs 62.7) and 25 % (56.2 vs 55.9; JPEG 55.2 vs 53.5) and behind at 10 % (44.2 vs 47.7; JPEG 45.3 vs "
-    "46.9). So the equal-time table above is decided by speed — a thinner network runs more steps per second (25 %: "
-    "703 vs 482 steps in 300 s; at 50 % width 11 is no faster than SMH) — not by what a step learns. On the synthetic "
-    "sets (16-30 %) the comparison is within a few points either way: at equal steps SMH is ahead at 25 % bn-stats "
-    "(23.3 vs 20.1) and at 10 % fast (21.1 vs 18.7), behind at 10 % bn-stats (16.8 vs 20.3) and level at 25 % fast "
-    "(21.2 vs 21.6). The paper's claim (SMH beats width at 25 % and 10 %) is therefore neither shown nor refuted at "
-    "this budget: it needs converged runs.")
+
+def _smh_files() -> tuple[list[dict], list[dict], list[dict], dict]:
+    """Rows of the 300 s grid, the 1500 s rows, the equal-steps rows, and the step-cost probe."""
+    load = lambda f: json.loads((RESULTS / f).read_text())  # noqa: E731
+    return (load("smh_resnet32.json")["rows"], load("smh_resnet32_long.json")["rows"],
+            load("smh_resnet32_equal_steps.json")["rows"], load("smh_step_cost.json")["rows"][0])
+
+
+def smh_long_prose() -> str:
+    """What the 1500 s rows say, every number from the result files."""
+    short, long_, _, cost = _smh_files()
+    meta_l = json.loads((RESULTS / "smh_resnet32_long.json").read_text())["meta"]
+    meta_s = json.loads((RESULTS / "smh_resnet32.json").read_text())["meta"]
+    k = dict(data="cifar10:train-jpeg", fraction=0.25)
+    s0, w0 = _row(short, method="smh", **k), _row(short, method="width", **k)
+    s1, w1 = _row(long_, method="smh", **k), _row(long_, method="width", **k)
+    teacher = _row(long_, method="teacher")["top1_exact"]
+    budget = meta_l["config"]["budget"]
+    rate = {n: r["steps"] / r["seconds"] for n, r in (("s0", s0), ("w0", w0), ("s1", s1), ("w1", w1))}
+    full = round(rate["s1"] * budget, -1)
+    return (
+        f"\nFive times the budget does not turn the comparison: both rows improve (SMH {s0['top1_exact']:.1f} -> "
+        f"{s1['top1_exact']:.1f}, width {w0['top1_exact']:.1f} -> {w1['top1_exact']:.1f} on test-exact; JPEG "
+        f"{s0['top1_jpeg']:.1f} -> {s1['top1_jpeg']:.1f} and {w0['top1_jpeg']:.1f} -> {w1['top1_jpeg']:.1f}) and the "
+        f"width baseline's lead grows from {w0['top1_exact'] - s0['top1_exact']:.1f} to "
+        f"{w1['top1_exact'] - s1['top1_exact']:.1f} pt (JPEG {w0['top1_jpeg'] - s0['top1_jpeg']:.1f} -> "
+        f"{w1['top1_jpeg'] - s1['top1_jpeg']:.1f}) because it runs {w1['steps'] / s1['steps']:.1f}x the steps in the "
+        f"same time ({w1['steps']} vs {s1['steps']}). The SMH row used only {s1['seconds']:.0f} s of its {budget:.0f} "
+        "(its step count comes from a timing probe at the start, which ran slow — likely a short Python check I ran "
+        f"beside it at that moment); at its measured rate ({rate['s1']:.2f} steps/s) the full {budget:.0f} s would be "
+        f"~{full:.0f} steps, still about half the baseline's. The long rows ran on a 2-core {meta_l['machine']['cpu']}, "
+        f"the {meta_s['config']['budget']:.0f} s rows on a 2-core {meta_s['machine']['cpu']} (steps per second: SMH "
+        f"{rate['s1']:.2f} vs {rate['s0']:.2f}, width {rate['w1']:.2f} vs {rate['w0']:.2f}), and the commit recorded "
+        "in the JSON is marked dirty only because `lowbit.json` was being written at the time. The real-data target at "
+        f"25 % (within 1 pt of the teacher's {teacher:.1f}) stays far off for both (width "
+        f"{teacher - w1['top1_exact']:.1f} pt below, SMH {teacher - s1['top1_exact']:.1f}): on this machine neither is "
+        f"converged after {budget / 60:.0f} minutes, and SMH pays a full-width forward pass plus the X·Y product every "
+        "step. A faster SMH step is not to be had: measured alone (`smh_step_cost.json`, script in its meta; fwd + bwd "
+        f"+ SGD at batch 128), a 25 % SMH step costs what the full-width ResNet-32's does ({cost['smh_25']:.2f} vs "
+        f"{cost['full_width']:.2f} s), of which the X·Y product is {1000 * cost['xy_product_fwd_bwd']:.0f} ms, while "
+        f"width 8 takes {cost['width_8']:.2f} s: the virtual weights are full size by design, so at equal time SMH can "
+        "only win by what each step learns, which needs converged runs.")
+
+
+def smh_equal_steps_prose() -> str:
+    """What the equal-steps rows say, every number from the result files."""
+    short, _, eq, _ = _smh_files()
+
+    def pair(data: str, f: float, col: str = "top1_exact") -> tuple[float, float]:
+        return _row(eq, method="width", data=data, fraction=f)[col], _row(short, method="smh", data=data, fraction=f)[col]
+
+    real = "cifar10:train-jpeg"
+    r = {f: (pair(real, f), pair(real, f, "top1_jpeg")) for f in (0.5, 0.25, 0.1)}
+    cell = lambda f: f"{r[f][0][0]:.1f} vs {r[f][0][1]:.1f}; JPEG {r[f][1][0]:.1f} vs {r[f][1][1]:.1f}"  # noqa: E731
+    steps = {m: _row(short, method=m, data=real, fraction=0.25)["steps"] for m in ("width", "smh")}
+    bn25, fast10 = pair("bn-stats", 0.25), pair("fast", 0.1)
+    bn10, fast25 = pair("bn-stats", 0.1), pair("fast", 0.25)
+    w50 = _row(short, method="width", data=real, fraction=0.5)
+    return (
+        f"\nPer KD step the two are close: on real data the width baseline at SMH's step count is level at 50 % "
+        f"({cell(0.5)}) and 25 % ({cell(0.25)}) and behind at 10 % ({cell(0.1)}). So the equal-time table above is "
+        f"decided by speed — a thinner network runs more steps per second (25 %: {steps['width']} vs {steps['smh']} "
+        f"steps in 300 s; at 50 % width {w50['base_width']} is no faster than SMH) — not by what a step learns. On the "
+        "synthetic sets the comparison is within a few points either way: at equal steps SMH is ahead at 25 % bn-stats "
+        f"({bn25[1]:.1f} vs {bn25[0]:.1f}) and at 10 % fast ({fast10[1]:.1f} vs {fast10[0]:.1f}), behind at 10 % "
+        f"bn-stats ({bn10[1]:.1f} vs {bn10[0]:.1f}) and level at 25 % fast ({fast25[1]:.1f} vs {fast25[0]:.1f}). The "
+        "paper's claim (SMH beats width at 25 % and 10 %) is therefore neither shown nor refuted at this budget: it "
+        "needs converged runs.")
+
+
+def _smh_short_prose(d: dict) -> str:
+    """What the 300 s rows say, every number from the result files."""
+    rows, real = d["rows"], "cifar10:train-jpeg"
+    svd = json.loads((RESULTS / "smh_svd_init.json").read_text())["rows"]
+    teacher = _row(rows, method="teacher")["top1_exact"]
+    r = {(m, f): _row(rows, method=m, data=real, fraction=f) for m in ("smh", "width") for f in (0.5, 0.25, 0.1)}
+    syn = {(m, s, f): _row(rows, method=m, data=s, fraction=f)["top1_exact"]
+           for m in ("smh", "width") for s in ("fast", "bn-stats") for f in (0.5, 0.25, 0.1)}
+    trained = [x for x in rows if x["method"] != "teacher"]
+    steps = [x["steps"] for x in trained]
+    passes = [x * d["meta"]["config"]["batch_size"] / d["meta"]["config"]["num_synth"] for x in (min(steps), max(steps))]
+    free = [v for v in syn.values()]
+    best25 = max(v for (m, s, f), v in syn.items() if f == 0.25)
+    gap25 = max(abs(syn["smh", s, 0.25] - syn["width", s, 0.25]) for s in ("fast", "bn-stats"))
+    vs = lambda f: f"{r['width', f]['top1_exact']:.1f} vs {r['smh', f]['top1_exact']:.1f}"  # noqa: E731
+    kv = lambda x: f"{x['variables'] / 1000:.1f}k"  # noqa: E731
+    rng = lambda f, src: "-".join(f"{v:.1f}" for v in sorted(syn[m, src, f] for m in ("smh", "width")))  # noqa: E731
+    return (
+        f"\nWhat these short rows say: at {d['meta']['config']['budget']:.0f} s per row ({min(steps)}-{max(steps)} KD "
+        f"steps at batch {d['meta']['config']['batch_size']}: {passes[0]:.0f}-{passes[1]:.0f} passes over a "
+        f"{d['meta']['config']['num_synth']}-sample synthetic set, a fraction of one epoch of {real}) every row is far "
+        f"from converged — the real-data row at 25 % is {teacher - r['smh', 0.25]['top1_exact']:.1f} pt below the "
+        f"teacher (target: within 1 pt), missed. On real data the width baseline is ahead at every fraction (50 %: "
+        f"{vs(0.5)}; 25 %: {vs(0.25)}; 10 %: {vs(0.1)}): a thinner network runs more steps in the same time (10 %: "
+        f"{r['width', 0.1]['steps']} vs {r['smh', 0.1]['steps']}), while SMH pays the X·Y product and a full-width "
+        "network every step. The baseline takes the base width closest to the budget, odd widths included (50 %: "
+        f"width {r['width', 0.5]['base_width']}, {kv(r['width', 0.5])} variables vs SMH's {kv(r['smh', 0.5])}; 10 %: "
+        f"width {r['width', 0.1]['base_width']}, {kv(r['width', 0.1])} vs {kv(r['smh', 0.1])}). "
+        + ("" if d["meta"].get("complete") else "The data-free width rows at 50 % and 10 % are being rerun at the new "
+           "widths. ")
+        + f"Data-free rows are {min(free):.0f}-{max(free):.0f} % for both methods: bn-stats samples beat the `fast` "
+        f"generator set at 50 % (SMH {syn['smh', 'bn-stats', 0.5]:.1f} vs {syn['smh', 'fast', 0.5]:.1f}); below they "
+        f"are mixed (25 %: bn-stats {rng(0.25, 'bn-stats')} vs fast {rng(0.25, 'fast')}; "
+        f"10 %: SMH {syn['smh', 'bn-stats', 0.1]:.1f} vs {syn['smh', 'fast', 0.1]:.1f}); at 25 % the data-free target "
+        f"(within 3 pt of real) misses by ~{r['smh', 0.25]['top1_exact'] - best25:.0f} pt, and at this budget the rows "
+        f"are limited by the data, not the compressor (SMH and width within {gap25:.1f} pt at 25 % on both synthetic "
+        f"sources; {d['meta']['config']['num_synth']} fixed samples seen {passes[0]:.0f}-{passes[1]:.0f} times each, "
+        "where the real rows see fresh images every step). Whether SMH overtakes width with converged training (the "
+        "paper's claim) needs runs ~20x longer than these. The `svd` initialization (a rank-M fit of the teacher's "
+        "row-major weights) starts no better than chance (ResNet-32 at "
+        + " / ".join(f"{x['fraction'] * 100:.0f}" for x in svd) + " %: "
+        + " / ".join(f"{x['top1_exact']:.1f}" for x in svd) + " % before any training): the concatenated weights have "
+        "no low-rank structure, so it is not a shortcut (`smh_svd_init.json`, script in its meta).")
 
 
 def section_smh() -> str:
@@ -423,26 +518,7 @@ def section_smh() -> str:
                    f"{r['top1_exact']:.2f} | {r['top1_jpeg']:.2f} | {r.get('steps', '-')} | {r.get('seconds', 0):.0f} | "
                    f"{r.get('bytes', 0):,} |")
     if d["meta"]["config"].get("budget", 0) <= 300:
-        out.append("\nWhat these short rows say: at 300 s per row (400-1600 KD steps at batch 128: 25-100 passes over "
-                   "a 2048-sample synthetic set, a fraction of one epoch of cifar10:train-jpeg) every row is far from converged — the real-data row at 25 % is 36.9 pt below the teacher "
-                   "(target: within 1 pt), missed. On real data the width baseline is ahead at every fraction (50 %: "
-                   "66.1 vs 62.1; 25 %: 61.3 vs 55.9; 10 %: 60.4 vs 47.7): a thinner network runs more steps in the "
-                   "same time (10 %: 1263 vs 444), while SMH pays the X·Y product and a full-width network every step. "
-                   "The baseline takes the base width closest to the budget, odd widths included (50 %: width 11, 220k "
-                   "variables vs SMH's 231k; 10 %: width 5, 46.1k vs 45.8k); before odd widths were possible it was width "
-                   "12 (262k, 68.9) and width 4 (29.6k, 50.4): the fairer 10 % baseline is 10 pt stronger. "
-                   + ("" if d["meta"].get("complete") else "The data-free width rows at 50 % and 10 % are being rerun "
-                      "at the new widths. ")
-                   + "Data-free rows are 16-30 % for both methods: bn-stats samples beat the `fast` generator "
-                   "set at 50 % (SMH 29.8 vs 20.1); below they are mixed (25 %: 23.0-23.3 vs 21.2-23.4; 10 %: SMH 16.8 "
-                   "vs 21.1); at 25 % the data-free target (within 3 pt of "
-                   "real) misses by ~32 pt, and at this budget the rows are limited by the data, not the compressor "
-                   "(SMH and width within ~2 pt at 25 % on both synthetic sources; 2048 fixed samples seen 25-100 "
-                   "times each, where the real rows see fresh images every step). Whether SMH overtakes width with "
-                   "converged training (the paper's claim) needs runs ~20x longer than these. The `svd` initialization "
-                   "(a rank-M fit of the teacher's row-major weights) starts no better than chance (ResNet-32 at 50 / 25 "
-                   "/ 10 %: 11.7 / 16.2 / 8.6 % before any training): the concatenated weights have no low-rank "
-                   "structure, so it is not a shortcut (`smh_svd_init.json`, script in its meta).")
+        out.append(_smh_short_prose(d))
     out += _smh_equal_steps(d["rows"])
     out += _smh_long(d["rows"])
     out.append("\nPublished anchor (Eban et al. 2020, real data, GPU-scale training): ResNet-32 at 25 % of its variables "

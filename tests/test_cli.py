@@ -180,11 +180,22 @@ def test_config_versions_round_trip_and_old_dicts_load():
     assert KDConfig.from_dict(old) == KDConfig(lr=3e-3)
     with pytest.raises(df.DatafreeError, match="newer datafree"):
         KDConfig.from_dict({**d, "config_version": 99})
-    # QuantConfig 2 added round_norm (default sum); a version-1 dict reconstructed with the per-weight mean scale
-    q = df.QuantConfig(reconstruct="brecq").to_dict()
-    assert q["config_version"] == 2 and q["round_norm"] == "sum" and df.QuantConfig.from_dict(q).round_norm == "sum"
-    v1 = {k: v for k, v in q.items() if k not in ("config_version", "round_norm")}
-    assert df.QuantConfig.from_dict(v1) == df.QuantConfig(reconstruct="brecq", round_norm="mean")
+    # QuantConfig 2 added round_norm (default sum): a version-1 dict reconstructed with the per-weight mean scale;
+    # version 3 nests reconstruction, mixed precision and fine-tuning: flat version-2 dicts (files written before) load
+    q = df.QuantConfig.from_flat(reconstruct="brecq", recon_iters=40, avg_bits=3.0, finetune_weights="frozen")
+    d3 = q.to_dict()
+    assert d3["config_version"] == 3 and d3["recon"] == {**d3["recon"], "method": "brecq", "iters": 40, "round_norm": "sum"}
+    assert df.QuantConfig.from_dict(d3) == q and q.mixed.avg_bits == 3.0 and q.finetune.weights == "frozen"
+    v2 = {k: v for k, v in d3.items() if k not in ("recon", "mixed", "finetune")}
+    v2.update(reconstruct="brecq", recon_iters=40, recon_lr=0.01, recon_act=True, recon_act_lr=0.02, recon_drop=0.0,
+              round_weight=0.01, round_norm="sum", block_size=4, avg_bits=3.0, target_size=0,
+              finetune_weights="frozen", config_version=2)
+    assert df.QuantConfig.from_dict(v2) == q
+    v1 = {k: v for k, v in v2.items() if k not in ("config_version", "round_norm")}
+    assert df.QuantConfig.from_dict(v1) == q.replace(round_norm="mean")
+    assert q.replace(recon_iters=7).recon.iters == 7 and q.replace(recon_iters=7).recon.method == "brecq"
+    with pytest.raises(df.DatafreeError, match="unknown QuantConfig option 'recon_iter'"):
+        q.replace(recon_iter=7)
 
 
 def test_a_set_written_before_config_versions_resumes(digits_teacher, tmp_path, capsys):

@@ -50,7 +50,8 @@ def _add_config_options(p: Any, fields: dict[str, Any], names: Sequence[str], de
         f = fields[name]
         meta = f.metadata
         flag = (flags or {}).get(name) or meta.get("flag") or "--" + name.replace("_", "-")
-        default = getattr(defaults, name) if defaults is not None else None
+        default = (defaults.get(name) if isinstance(defaults, dict) else getattr(defaults, name)) if defaults is not None \
+            else None
         h = (meta.get("help", "") + help_extra).replace("%", "%%")  # plain text: argparse formats help with %
         dest = dest_prefix + name
         if isinstance(f.default, bool):
@@ -98,16 +99,17 @@ def _synth_options(p: argparse.ArgumentParser, names: Optional[Sequence[str]] = 
 def _config_options(p: argparse.ArgumentParser, cls: type, title: str, prefix: str) -> None:
     """An option group generated from the fields of config class `cls` declared for the CLI (defaults from the
     config); the flags go to `_{prefix}flags` for `_config_from`."""
-    fields = _config_fields(cls)
+    fields = {n: f for n, (_, f) in cls.flat_fields().items()}  # nested configs' fields by their flat labels
     names = [n for n, f in fields.items() if f.metadata.get("cli")]
-    p.set_defaults(**{f"_{prefix}flags": _add_config_options(p.add_argument_group(title), fields, names, cls(), prefix)})
+    flags = _add_config_options(p.add_argument_group(title), fields, names, cls().flat_values(), prefix)
+    p.set_defaults(**{f"_{prefix}flags": flags})
 
 
 def _config_from(a: argparse.Namespace, cls: type, prefix: str, **fixed: Any):
     """`cls` built from the options `_config_options` generated (library errors re-worded with their flags)."""
     flags = getattr(a, f"_{prefix}flags")
     kw = {n: getattr(a, prefix + n) for n in flags}
-    return _configured(flags, lambda: cls(**{**kw, **fixed}))
+    return _configured(flags, lambda: cls.from_flat(**{**kw, **fixed}))
 
 
 def _hash_options(p: argparse.ArgumentParser) -> None:

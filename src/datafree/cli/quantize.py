@@ -54,7 +54,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
                  + plan_table(plan, mx["sensitivity"], mx["params"]))
     if "reconstruct" in res.report:
         rec = info["reconstruct"] = res.report["reconstruct"]
-        human += (f"\n{cfg.reconstruct}: {len(rec)} blocks, output MSE {sum(r['mse_before'] for r in rec):.4g} -> "
+        human += (f"\n{cfg.recon.method}: {len(rec)} blocks, output MSE {sum(r['mse_before'] for r in rec):.4g} -> "
                   f"{sum(r['mse_after'] for r in rec):.4g} (summed over blocks)")
     if a.eval:
         from ..evaluation.metrics import evaluate

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.config import Config, check
+from ..core.config import Config, opt
 from ..core.errors import DatafreeError
 from ..core.schema import Schema
 from ..core.utils import predict
@@ -27,13 +27,9 @@ METHODS = ("finetune-new", "lwf", "deepinversion")
 class ContinualConfig(Config):
     """How old-class knowledge is kept: `finetune-new` (none), `lwf` (KD on new data), `deepinversion` (KD + CE on inverted old-class samples)."""
 
-    method: str = "deepinversion"
-    kd_weight: float = 1.0  # weight of the old-head distillation term
-    temperature: float = 2.0
-
-    def validate(self) -> None:
-        check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        check(self.kd_weight >= 0, f"kd_weight must be >= 0, got {self.kd_weight}", "kd_weight")
+    method: str = opt("deepinversion", "how old classes are kept", choices=METHODS)
+    kd_weight: float = opt(1.0, "weight of the old-head distillation term", lo=0)
+    temperature: float = opt(2.0, "distillation temperature", lo=0, lo_open=True)
 
 
 def expand_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
@@ -67,7 +63,7 @@ def extend_classes(old_model: nn.Module, new_data: TensorData, num_classes: int,
                    val: Optional[TensorData] = None, progress: bool = True) -> nn.Module:
     """Model with `num_classes` outputs trained on `new_data` (labels >= old classes) keeping old classes per `config.method`."""
     cfg = config or ContinualConfig()
-    cfg.validate()
+    cfg.verify()
     kd = kd or KDConfig(steps=1000, batch_size=64, lr=1e-3, freeze_bn=False)
     if new_data.y is None:
         raise DatafreeError("new-class data needs labels")

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..core.config import Config, check, opt
+from ..core.config import Config, opt
 from ..core.errors import DatafreeError
 from ..core.schema import Schema, submodule
 from ..data.source import SourceLike
@@ -25,8 +25,8 @@ class HashConfig(Config):
     """Structured Multi-Hashing budget and initialization."""
 
     fraction: float = opt(0.25, "size budget as a fraction of the model's trainable variables (all of them, BN "
-                                "included)", cli=True)
-    variables: int = opt(0, "size budget in trainable variables (overrides --fraction)", cli=True)
+                                "included)", cli=True, lo=0, lo_open=True, hi=1)
+    variables: int = opt(0, "size budget in trainable variables (overrides --fraction)", cli=True, lo=0)
     skip_first_last: bool = opt(False, "keep the first and the last conv/linear layer unhashed, with their own weights",
                                 cli=True)
     init: str = opt("paper", "paper: X, Y ~ N(0, M^-1/2) so X·Y has unit scale, per-tensor scales at the layers' fan-in "
@@ -35,11 +35,6 @@ class HashConfig(Config):
                              "concatenated weights are not low-rank; BENCHMARKS.md), so paper is the default", cli=True,
                     choices=("paper", "svd"))
     seed: int = opt(0, "seed of the initialization")
-
-    def validate(self) -> None:
-        check(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}", "fraction")
-        check(self.variables >= 0, f"variables must be >= 0, got {self.variables}", "variables")
-        check(self.init in ("paper", "svd"), f"init must be paper or svd, got {self.init!r}", "init")
 
 
 def hashable_tensors(model: nn.Module, skip_first_last: bool = False) -> list[tuple[str, str]]:

@@ -134,6 +134,7 @@ class Schema:
 
 def _check_type(s: Schema, v: Any, hint: Any, field: str) -> None:
     """A JSON value against a simple annotation: bool, int, float, str, Optional[...], tuple/list of those."""
+    import dataclasses
     import types
     import typing
 
@@ -150,6 +151,12 @@ def _check_type(s: Schema, v: Any, hint: Any, field: str) -> None:
             _check_type(s, x, args[0] if args else None, f"{field}[{i}]")
     elif hint in (bool, int, float, str):
         s.value(v, hint, field)
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested config: its fields, one by one
+        d = s.mapping(v, field)
+        hints = typing.get_type_hints(hint)
+        for f in dataclasses.fields(hint):
+            if f.name in d:
+                _check_type(s, d[f.name], hints.get(f.name), f"{field}.{f.name}")
 
 
 def submodule(s: Schema, model: torch.nn.Module, name: Any, field: str) -> torch.nn.Module:

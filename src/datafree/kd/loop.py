@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, Iterable, Optional
 
@@ -11,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import parallel
-from ..core.config import Config, check, opt
+from ..core.config import Config, opt
 from ..core.errors import DatafreeError
 from ..core.seeds import derived_seed
 from ..core.utils import frozen_eval, model_device, top1
@@ -25,38 +24,27 @@ from ..models.loading import head_of
 class KDConfig(Config):
     """Distillation settings: KL(teacher || student) at temperature T, optional feature term."""
 
-    steps: int = opt(500, "KD steps (one batch each)")
-    batch_size: int = opt(64, "distillation batch size", flag="--kd-batch-size")
-    lr: float = opt(1e-4, "learning rate (cosine schedule over all steps)", flag="--kd-lr")
-    weight_decay: float = opt(0.0, "weight decay", flag="--kd-weight-decay")
+    steps: int = opt(500, "KD steps (one batch each)", lo=0)
+    batch_size: int = opt(64, "distillation batch size", flag="--kd-batch-size", lo=1)
+    lr: float = opt(1e-4, "learning rate (cosine schedule over all steps)", flag="--kd-lr", lo=0, lo_open=True)
+    weight_decay: float = opt(0.0, "weight decay", flag="--kd-weight-decay", lo=0)
     optimizer: str = opt("adam", "optimizer: adam, or sgd (Nesterov momentum)", flag="--kd-optimizer", choices=("adam", "sgd"))
     momentum: float = opt(0.9, "SGD momentum")
-    temperature: float = opt(4.0, "distillation temperature", flag="--kd-temperature")
+    temperature: float = opt(4.0, "distillation temperature", flag="--kd-temperature", lo=0, lo_open=True)
     feature_weight: float = opt(0.0, "weight of the MSE between inputs of same-named layers in student and teacher")
     feature_layers: tuple[str, ...] = opt((), "layer names for the feature term; empty = the classifier head")
     augment: bool = opt(True, "no crop/flip of the samples", flag="--no-augment", negate=True)
     flip: bool = opt(True, "no horizontal flips (digits, text)", flag="--no-flip", negate=True)
     mixup: float = opt(0.0, "mix random pairs of samples (weight ~ Beta(a, a)); the teacher labels each mixture, so a "
-                            "small pool gives many distinct inputs; 0 = off", flag="--mixup")
+                            "small pool gives many distinct inputs; 0 = off", flag="--mixup", lo=0)
     freeze_bn: bool = opt(True, "keep the student's BN statistics fixed (for a pretrained student; needed with Gaussian "
                                 "samples)", flag="--freeze-bn")
-    val_every: int = opt(100, "steps between validations", flag="--val-every")
+    val_every: int = opt(100, "steps between validations", flag="--val-every", lo=1)
     bf16: bool = opt(False, "run the teacher's forward under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX; "
                             "the student trains in float32)", flag="--kd-bf16")
     channels_last: bool = opt(False, "channels-last memory format for teacher and student (faster on some CPUs)",
                               flag="--channels-last")
     seed: int = opt(0, "random seed")
-
-    def validate(self) -> None:
-        check(self.steps >= 0, f"steps must be >= 0, got {self.steps}", "steps")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
-        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}", "lr")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}", "weight_decay")
-        check(self.temperature > 0 and math.isfinite(self.temperature),
-              f"temperature must be > 0, got {self.temperature}", "temperature")
-        check(self.mixup >= 0, f"mixup must be >= 0, got {self.mixup}", "mixup")
-        check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}", "val_every")
-        check(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}", "optimizer")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "KDConfig":
@@ -134,7 +122,7 @@ class Distiller:
                  params: Optional[Iterable[nn.Parameter]] = None, loss_fn: Optional[LossFn] = None,
                  source: Optional[SourceLike] = None, evaluator: Optional[Evaluator] = None) -> None:
         self.cfg = cfg = config or KDConfig()
-        cfg.validate()
+        cfg.verify()
         self.student, self.teacher = student, teacher
         self._teacher_run = teacher  # the forward used for KD targets (a channels-last working copy if asked)
         if cfg.channels_last and any(p.dim() == 4 for p in teacher.parameters()):

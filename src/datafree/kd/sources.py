@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..core.config import Config, check
+from ..core.config import Config, opt
 from ..core.errors import DatafreeError
 from ..core.seeds import derived_seed
 from ..core.utils import frozen_eval
@@ -52,14 +52,9 @@ def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: 
 class RoundsConfig(Config):
     """Rounds: synthesize `per_round` samples (student in the loop), add them to the pool, distill `steps_per_round`."""
 
-    rounds: int = 4
-    per_round: int = 256
-    steps_per_round: int = 200
-
-    def validate(self) -> None:
-        check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}", "rounds")
-        check(self.per_round >= 1, f"per_round must be >= 1, got {self.per_round}", "per_round")
-        check(self.steps_per_round >= 0, f"steps_per_round must be >= 0, got {self.steps_per_round}", "steps_per_round")
+    rounds: int = opt(4, "synthesize-then-distill rounds", lo=1)
+    per_round: int = opt(256, "samples synthesized per round", lo=1)
+    steps_per_round: int = opt(200, "KD steps after each round", lo=0)
 
     @property
     def total_steps(self) -> int:
@@ -75,7 +70,7 @@ class PoolSource(Source):
                  seed: int = 0, progress: bool = True) -> None:
         self.method = method
         self.rounds = rounds or RoundsConfig()
-        self.rounds.validate()
+        self.rounds.verify()
         cfg = synth_config or SYNTHESIZERS.get(method).config_cls()
         self.synth_config = cfg.replace(num=self.rounds.per_round)
         self.name = f"pool:{method}"

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .._version import __version__
 from ..core import parallel
-from ..core.config import Config, check, opt
+from ..core.config import Config, opt
 from ..core.errors import DatafreeError, first_line
 from ..core.registry import Registry
 from ..core.schema import MISFIT_ERRORS
@@ -52,24 +52,20 @@ def list_synthesizers() -> list[str]:
 class SynthConfig(Config):
     """Options shared by all synthesizers."""
 
-    num: int = opt(512, "number of samples", cli=True)
-    batch_size: int = opt(128, "samples optimized together (one shard each)", cli=True)
+    num: int = opt(512, "number of samples", cli=True, lo=1)
+    batch_size: int = opt(128, "samples optimized together (one shard each)", cli=True, lo=1)
     seed: int = opt(0, "random seed", cli=True)
-
-    def validate(self) -> None:
-        check(self.num >= 1, f"num must be >= 1, got {self.num}", "num")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
 
 
 @dataclasses.dataclass
 class PixelConfig(SynthConfig):
     """Options of methods that optimize pixels with Adam."""
 
-    iterations: int = opt(200, "optimization steps per batch", cli=True)
-    lr: float = opt(0.25, "Adam learning rate on the pixels", cli=True)
+    iterations: int = opt(200, "optimization steps per batch", cli=True, lo=0)
+    lr: float = opt(0.25, "Adam learning rate on the pixels", cli=True, lo=0, lo_open=True)
     beta1: float = 0.5
     beta2: float = 0.9
-    jitter: int = 2  # random shift in pixels
+    jitter: int = opt(2, "random shift in pixels", lo=0)
     flip: bool = True
     tv: float = 0.0  # total-variation prior weight
     l2: float = 0.0  # L2 prior weight on the normalized pixels
@@ -77,12 +73,6 @@ class PixelConfig(SynthConfig):
     channels_last: bool = opt(False, "optimize a channels-last working copy of the teacher (faster on CPU)", cli=True)
     bf16: bool = opt(False, "run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX; losses and "
                             "statistics stay float32)", cli=True)
-
-    def validate(self) -> None:
-        super().validate()
-        check(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}", "iterations")
-        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}", "lr")
-        check(self.jitter >= 0, f"jitter must be >= 0, got {self.jitter}", "jitter")
 
 
 class Synthesizer:

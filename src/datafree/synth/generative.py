@@ -119,7 +119,7 @@ class GenerativeSynthesizer(Synthesizer):
 
     def __init__(self, teacher: nn.Module, config: SynthConfig, student: Optional[nn.Module] = None) -> None:
         super().__init__(teacher, config, student)
-        config.validate()
+        config.verify()
         cfg = self.cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

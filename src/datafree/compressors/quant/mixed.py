@@ -4,18 +4,40 @@ search over the per-layer sums picks the bit widths under a size budget."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...core.config import Config, check, opt
 from ...core.errors import DatafreeError
 from ...data.base import TensorData
 from .layers import FLOAT_BITS
 from .prepare import trace_layers, wrap_layers_
 
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
+
+
+@dataclasses.dataclass
+class MixedConfig(Config):
+    """Mixed precision: per-layer weight widths picked from each layer's sensitivity under a budget."""
+
+    avg_bits: float = opt(0.0, "mixed precision: average weight bits over all conv/linear weights; each layer's width "
+                                "(2-8) is picked from its sensitivity on the calibration source (ZeroQ's KL, Pareto "
+                                "search); 0 = uniform --w-bits", cli=True)
+    target_size: int = opt(0, "mixed precision: bytes of conv/linear weights to fit (instead of --avg-bits)", cli=True,
+                           lo=0)
+
+    def validate(self) -> None:
+        check(self.avg_bits == 0 or 2 <= self.avg_bits <= 8, f"avg_bits must be in [2, 8], got {self.avg_bits}", "avg_bits")
+        check(not (self.avg_bits and self.target_size), "give avg_bits or target_size, not both", "avg_bits")
+
+    @property
+    def on(self) -> bool:
+        """Whether a budget is set."""
+        return bool(self.avg_bits or self.target_size)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 import torch.nn as nn
 
-from ...core.config import Config, check, opt
+from ...core.config import Config, check, nested, opt
 from ...core.errors import DatafreeError
 from ...core.schema import Schema, submodule
 from ...core.utils import model_device, set_module
@@ -20,8 +20,11 @@ from ...models.record import record_of
 from ..base import plain_copy, record_transform, register_compressor
 from .graph import LAYOUTS, act_quantizers, apply_layout, layout_of, tensor_quants
 from .layers import FLOAT_BITS, quant_layers
+from .mixed import MixedConfig
 from .prepare import trace_layers, wrap_layers_
+from .qat import FinetuneConfig
 from .quantizer import RangeObserver
+from .reconstruct import ReconConfig
 
 
 def _bits_ok(b: int) -> bool:
@@ -30,9 +33,10 @@ def _bits_ok(b: int) -> bool:
 
 @dataclasses.dataclass
 class QuantConfig(Config):
-    """Simulated PTQ settings."""
+    """Simulated PTQ settings: the grid and calibration, with reconstruction, mixed precision and fine-tuning nested."""
 
-    version: ClassVar[int] = 2  # 2: round_norm (files before it reconstructed with the per-weight mean scale)
+    # 2: round_norm (files before it reconstructed with the per-weight mean scale); 3: recon/mixed/finetune nested
+    version: ClassVar[int] = 3
 
     w_bits: int = opt(8, "weight bits (2-8, 32 = float)", cli=True)
     a_bits: int = opt(8, "activation bits (2-8, 32 = float)", cli=True)
@@ -42,78 +46,31 @@ class QuantConfig(Config):
     weight_method: str = opt("mse", "per-channel weight clipping", flag="--weight-clip", cli=True, choices=("mse", "minmax"))
     act_method: str = opt("mse", "activation range calibration", flag="--act-range", cli=True,
                           choices=("mse", "percentile", "minmax"))
-    percentile: float = opt(99.99, "percentile of the activation range (--act-range percentile)")
+    percentile: float = opt(99.99, "percentile of the activation range (--act-range percentile)", lo=0, lo_open=True,
+                            hi=100)
     bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
     fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
-    num_calib: int = opt(512, "calibration samples used", cli=True)
-    batch_size: int = opt(128, "calibration batch size")
+    num_calib: int = opt(512, "calibration samples used", cli=True, lo=1)
+    batch_size: int = opt(128, "calibration batch size", lo=1)
     seed: int = opt(0, "seed for sample selection")
-    reconstruct: str = opt("none", "reconstruction PTQ after calibration: adaround = learned up/down rounding per layer "
-                                   "(Nagel et al. 2020), brecq = the same learned per block against the block output "
-                                   "(Li et al. 2021; sketch: plain MSE on the block output, no Fisher weighting)", cli=True,
-                           choices=("none", "adaround", "brecq"))
-    recon_iters: int = opt(500, "reconstruction iterations per layer (adaround) or block (brecq)", cli=True)
-    recon_lr: float = opt(1e-2, "Adam learning rate of the rounding variables during reconstruction", cli=True)
-    recon_act: bool = opt(True, "reconstruction also learns the activation step sizes inside each layer/block "
-                                 "(LSQ-style, jointly with the rounding as in QDrop; BRECQ learns them in a second pass)",
-                          cli=True)
-    recon_act_lr: float = opt(2e-2, "Adam learning rate of the activation step sizes with --recon-act, relative to "
-                                     "each step size", cli=True)
-    finetune_weights: str = opt("train", "KD fine-tuning (--finetune-steps/--finetune-epochs): train = integer weights "
-                                         "move through the straight-through estimator with step sizes and biases; frozen = "
-                                         "the integer weights stay as calibration/reconstruction left them (the learned "
-                                         "rounding is kept) and only step sizes and biases train", cli=True,
-                                choices=("train", "frozen"))
-    recon_drop: float = opt(0.0, "QDrop (Wei et al. 2022; the paper uses 0.5): while reconstruction learns, each "
-                                 "activation inside the layer/block is left unquantized with this probability; 0 = off",
-                            cli=True)
-    round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True)
-    round_norm: str = opt("sum", "scale of the reconstruction loss: sum = the AdaRound/BRECQ reference code's (squared "
-                                 "error summed over output channels, mean over samples and positions, + --round-weight x "
-                                 "the regularizer summed over weights); mean = output MSE + --round-weight x the mean "
-                                 "regularizer per weight (before 2026-12: 100-1000x weaker rounding pressure, 10-20 pt "
-                                 "lower at W2A4)", cli=True, choices=("sum", "mean"))
-    block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
-                          cli=True)
-    avg_bits: float = opt(0.0, "mixed precision: average weight bits over all conv/linear weights; each layer's width "
-                                "(2-8) is picked from its sensitivity on the calibration source (ZeroQ's KL, Pareto "
-                                "search); 0 = uniform --w-bits", cli=True)
-    target_size: int = opt(0, "mixed precision: bytes of conv/linear weights to fit (instead of --avg-bits)", cli=True)
     layout: str = opt("fused", "activation layout: fused = one quantizer per tensor, residual adds and int32 biases "
                                "included, as onnxruntime's integer kernels run it; inputs = each layer quantizes its "
-                               "own input only (datafree <= 0.3; the shortcut stays float)", cli=True,
-                      choices=("fused", "inputs"))
+                               "own input only (datafree <= 0.3; the shortcut stays float)", cli=True, choices=LAYOUTS)
+    recon: ReconConfig = nested(ReconConfig, "reconstruction after calibration")
+    mixed: MixedConfig = nested(MixedConfig, "mixed precision")
+    finetune: FinetuneConfig = nested(FinetuneConfig, "KD fine-tuning of the quantized model")
 
     @classmethod
     def migrate(cls, d: dict[str, Any], from_version: int) -> dict[str, Any]:
-        """Version 1 files reconstructed with the per-weight mean loss scale."""
-        return {"round_norm": "mean", **d} if from_version < 2 else d
+        """Version 1 files reconstructed with the per-weight mean loss scale; versions 1-2 were flat."""
+        if from_version < 2:
+            d = {"round_norm": "mean", **d}
+        return cls.group_flat(d) if from_version < 3 else d
 
     def validate(self) -> None:
         for k in ("w_bits", "a_bits", "first_last_bits"):
             v = getattr(self, k)
             check(_bits_ok(v), f"{k} must be between 2 and 8 (or 32 for float), got {v}", k)
-        check(self.weight_method in ("mse", "minmax"), f"weight_method must be mse or minmax, got {self.weight_method!r}",
-              "weight_method")
-        check(self.act_method in ("mse", "percentile", "minmax"),
-              f"activation range method must be mse, percentile or minmax, got {self.act_method!r}")
-        check(0 < self.percentile <= 100, f"percentile must be in (0, 100], got {self.percentile}", "percentile")
-        check(self.num_calib >= 1, f"num_calib must be >= 1, got {self.num_calib}", "num_calib")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}", "batch_size")
-        check(self.reconstruct in ("none", "adaround", "brecq"),
-              f"reconstruct must be none, adaround or brecq, got {self.reconstruct!r}", "reconstruct")
-        check(self.recon_iters >= 1, f"recon_iters must be >= 1, got {self.recon_iters}", "recon_iters")
-        check(self.recon_lr > 0 and self.recon_act_lr > 0, "recon_lr and recon_act_lr must be > 0", "recon_lr")
-        check(self.round_norm in ("sum", "mean"), f"round_norm must be sum or mean, got {self.round_norm!r}", "round_norm")
-        check(0.0 <= self.recon_drop < 1.0, f"recon_drop must be in [0, 1), got {self.recon_drop}", "recon_drop")
-        check(self.round_weight >= 0, f"round_weight must be >= 0, got {self.round_weight}", "round_weight")
-        check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}", "block_size")
-        check(self.avg_bits == 0 or 2 <= self.avg_bits <= 8, f"avg_bits must be in [2, 8], got {self.avg_bits}", "avg_bits")
-        check(self.target_size >= 0, f"target_size must be >= 0, got {self.target_size}", "target_size")
-        check(not (self.avg_bits and self.target_size), "give avg_bits or target_size, not both", "avg_bits")
-        check(self.finetune_weights in ("train", "frozen"),
-              f"finetune_weights must be train or frozen, got {self.finetune_weights!r}", "finetune_weights")
-        check(self.layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}", "layout")
 
 
 def make_plan(model: nn.Module, cfg: QuantConfig) -> list[dict]:
@@ -213,10 +170,10 @@ def stage_fold(st: QuantRun) -> None:
     """Deep-copy the model, fold each BN into the conv/linear it follows and wrap those layers as QuantLayers."""
     qm = copy.deepcopy(plain_copy(st.model)).eval()  # a hashed model is quantized through its materialized weights
     plan = make_plan(qm, st.config)
-    if st.config.avg_bits or st.config.target_size:
+    if st.config.mixed.on:
         from .mixed import mixed_plan_
 
-        st.info["mixed"] = mixed_plan_(plan, qm, st.calib_subset(), st.config.avg_bits, st.config.target_size)
+        st.info["mixed"] = mixed_plan_(plan, qm, st.calib_subset(), st.config.mixed.avg_bits, st.config.mixed.target_size)
     wrap_layers_(qm, plan)
     rec = record_of(qm)
     rec.quant_plan, rec.quant_config = plan, st.config
@@ -249,14 +206,14 @@ def stage_bn_reestimate(st: QuantRun) -> None:
 def stage_reconstruct(st: QuantRun) -> None:
     """With `reconstruct`: learned rounding (AdaRound per layer, BRECQ per block) on the calibration samples."""
     cfg = st.config
-    if cfg.reconstruct == "none":
+    if cfg.recon.method == "none":
         return
     from .reconstruct import reconstruct_
 
-    st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), cfg.reconstruct, iters=cfg.recon_iters,
-                                          round_weight=cfg.round_weight, block_size=cfg.block_size, seed=cfg.seed,
-                                          lr=cfg.recon_lr, learn_act=cfg.recon_act, act_lr=cfg.recon_act_lr,
-                                          round_norm=cfg.round_norm, drop=cfg.recon_drop)
+    r = cfg.recon
+    st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), r.method, iters=r.iters, round_weight=r.round_weight,
+                                          block_size=r.block_size, seed=cfg.seed, lr=r.lr, learn_act=r.act,
+                                          act_lr=r.act_lr, round_norm=r.round_norm, drop=r.drop)
 
 
 def stage_finetune(st: QuantRun) -> None:
@@ -267,7 +224,7 @@ def stage_finetune(st: QuantRun) -> None:
     from .qat import finetune_quantized_
 
     st.info["finetune"] = finetune_quantized_(_q(st), st.model, st.calib, st.kd, val=st.val, progress=st.progress,
-                                              weights=st.config.finetune_weights)
+                                              weights=st.config.finetune.weights)
 
 
 def _q(st: QuantRun) -> nn.Module:

@@ -2,17 +2,30 @@
 frozen, plus the KD loop."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from ...core.config import Config, opt
 from ...core.errors import DatafreeError
 from ...data.base import TensorData
 from ...kd.loop import KDConfig, distill_
 from .graph import act_quantizers, tensor_quants
 from .layers import FLOAT_BITS, QuantLayer, as_parameter_, quant_layers
 from .quantizer import WeightRounding
+
+
+@dataclasses.dataclass
+class FinetuneConfig(Config):
+    """KD fine-tuning of the quantized model (its steps and schedule are the KD config's)."""
+
+    weights: str = opt("train", "KD fine-tuning (--finetune-steps/--finetune-epochs): train = integer weights move "
+                                "through the straight-through estimator with step sizes and biases; frozen = the integer "
+                                "weights stay as calibration/reconstruction left them (the learned rounding is kept) and "
+                                "only step sizes and biases train", cli=True, choices=("train", "frozen"),
+                       label="finetune_weights")
 
 
 def enable_learned_steps_(qmodel: nn.Module) -> list[nn.Parameter]:

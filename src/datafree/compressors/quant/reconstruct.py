@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...core.config import Config, opt
 from ...core.errors import DatafreeError
 from ...data.base import TensorData
 from .graph import TensorQuant, act_quantizers, float_twin
@@ -26,6 +27,37 @@ from .layers import FLOAT_BITS, QuantLayer, as_buffer_, as_parameter_, quant_lay
 from .quantizer import WeightRounding, signed_range
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound)
+
+
+@dataclasses.dataclass
+class ReconConfig(Config):
+    """Reconstruction after calibration: learned rounding per layer (AdaRound) or block (BRECQ)."""
+
+    method: str = opt("none", "reconstruction PTQ after calibration: adaround = learned up/down rounding per layer "
+                              "(Nagel et al. 2020), brecq = the same learned per block against the block output "
+                              "(Li et al. 2021; sketch: plain MSE on the block output, no Fisher weighting)", cli=True,
+                      choices=("none", "adaround", "brecq"), label="reconstruct")
+    iters: int = opt(500, "reconstruction iterations per layer (adaround) or block (brecq)", cli=True, lo=1,
+                     label="recon_iters")
+    lr: float = opt(1e-2, "Adam learning rate of the rounding variables during reconstruction", cli=True, lo=0,
+                    lo_open=True, label="recon_lr")
+    act: bool = opt(True, "reconstruction also learns the activation step sizes inside each layer/block (LSQ-style, "
+                          "jointly with the rounding as in QDrop; BRECQ learns them in a second pass)", cli=True,
+                    label="recon_act")
+    act_lr: float = opt(2e-2, "Adam learning rate of the activation step sizes with --recon-act, relative to each step "
+                              "size", cli=True, lo=0, lo_open=True, label="recon_act_lr")
+    drop: float = opt(0.0, "QDrop (Wei et al. 2022; the paper uses 0.5): while reconstruction learns, each activation "
+                           "inside the layer/block is left unquantized with this probability; 0 = off", cli=True,
+                      lo=0.0, hi=1.0, hi_open=True, label="recon_drop")
+    round_weight: float = opt(0.01, "weight of the rounding regularizer (pushes each weight to up or down)", cli=True,
+                              lo=0.0)
+    round_norm: str = opt("sum", "scale of the reconstruction loss: sum = the AdaRound/BRECQ reference code's (squared "
+                                 "error summed over output channels, mean over samples and positions, + --round-weight x "
+                                 "the regularizer summed over weights); mean = output MSE + --round-weight x the mean "
+                                 "regularizer per weight (before 2026-12: 100-1000x weaker rounding pressure, 10-20 pt "
+                                 "lower at W2A4)", cli=True, choices=("sum", "mean"))
+    block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
+                          cli=True, lo=1)
 
 
 class AdaRoundRounding(WeightRounding):
@@ -176,12 +208,10 @@ def reconstruct_(qmodel: nn.Module, data: TensorData, mode: str = "brecq", iters
     layer/block is left unquantized with that probability (the errors are measured without dropping)."""
     if mode not in ("adaround", "brecq"):
         raise DatafreeError(f"unknown reconstruction {mode!r}; use adaround or brecq")
-    if round_norm not in ("mean", "sum"):
-        raise DatafreeError(f"unknown rounding-loss scale {round_norm!r}; use mean or sum")
-    if not 0.0 <= drop < 1.0:
-        raise DatafreeError(f"the QDrop probability must be in [0, 1), got {drop}")
-    if iters < 1 or batch_size < 1 or round_weight < 0:
-        raise DatafreeError("reconstruction needs iterations >= 1, a batch size >= 1 and a rounding weight >= 0")
+    ReconConfig(method=mode, iters=iters, lr=lr, act=learn_act, act_lr=act_lr, drop=drop, round_weight=round_weight,
+                round_norm=round_norm, block_size=block_size)  # the config's declared checks
+    if batch_size < 1:
+        raise DatafreeError(f"reconstruction needs a batch size >= 1, got {batch_size}")
     recipe = _Recipe(iters, round_weight, batch_size, lr, learn_act, act_lr, round_norm, drop)
     was = qmodel.training
     qmodel.eval()
