@@ -564,45 +564,104 @@ LOWBIT_MEAN_READING = (
     "within ±0.8 at W4A4. Mixed precision (calibration only) at the weight bytes of W3A3 more than doubles uniform "
     "W3A3 calibration here too (real 50.8, bn-stats 60.6, mixmix 62.1 vs 25-28).")
 
-LOWBIT_NOW = (
-    "\nThis grid runs with the reconstruction loss at the AdaRound/BRECQ reference scale (`round_norm sum`, the "
-    "library default since 2026-12-03; probe round 6 below found the old per-weight mean 100-1000x too weak on the "
-    "rounding). The previous complete grid, its targets and its reading are in the next section; this grid is "
-    "complete too (80 rows; the ResNet-56 MixMix rows from W3A3 KD on ran on a MixMix set re-synthesized from the same seed and config after "
-    "the cache was lost, on a 2-core AMD EPYC session machine; every earlier row ran on the 2-core Intel Xeon, so "
-    "their `seconds` compare across machines only roughly). What the reference scale changed on ResNet-20: "
-    "BRECQ at W2A4 rose on every source (real 74.8 -> 84.9, bn-stats 62.3 -> 76.5, MixMix 70.5 -> 78.9) and is now "
-    "level with AdaRound (84.4 / 75.2 / 81.2) instead of 7-9 pt behind; AdaRound gained 2.4-4.1 pt at W2A4 too; at "
-    "W4A4 cells moved up by up to 1.6 (real BRECQ 89.4 -> 91.0), at W3A3 real and bn-stats rose (BRECQ 84.9 -> "
-    "86.5, AdaRound 82.0 -> 84.6) while MixMix fell within the 1000-image noise (AdaRound 86.0 -> 84.1, BRECQ 85.6 "
-    "-> 84.7; JPEG 77.0 -> 77.1 and 76.5 -> 77.4, i.e. flat). So MixMix's margin over bn-stats after BRECQ narrows "
-    "where bn-stats gained most: +3.0 at W3A3 (jpeg +3.2), +2.4 at W2A4 (jpeg +4.7, was +8.2): part of the old "
-    "margin was BRECQ's weakness, which better samples had partly hidden. KD fine-tuning after BRECQ still costs "
-    "wherever bits are few (W2A4 real 84.9 -> 75.0, MixMix 78.9 -> 60.9) and helps only on real data at W4A4 "
-    "(+0.7). Best data-free W3A3 is now 84.7 (target 87 missed; real data reaches 86.5 with the same pipeline); "
-    "QDrop (activations left float at p 0.5 while the rounding learns, probe round 7) stays within the noise there "
-    "(AdaRound 85.1, BRECQ 84.8), and 4x longer pixel synthesis does not help either (probe round 8: bn-stats at "
-    "400 iterations, BRECQ W3A3 81.7 -> 83.9 on test-exact but flat on JPEG, 74.2 -> 74.2, and W4A4 89.0 -> 89.3 / "
-    "79.7 -> 77.9). On ResNet-56 (FP32 92.6 / 83.2) the reference scale fixed the same weakness: BRECQ W2A4 real "
-    "72.5 -> 89.5, bn-stats 64.8 -> 85.1, now ahead of AdaRound (88.1, 83.2); W3A3 bn-stats BRECQ 86.3 -> 87.2, "
-    "W4A4 real BRECQ 91.4 -> 92.3, bn-stats level (91.0). bn-stats after BRECQ trails real data by 1.3 at W4A4 "
-    "(JPEG 1.7), 1.7 at W3A3 (JPEG 3.0) and 4.4 at W2A4; KD after BRECQ again costs at W2A4 (real 89.5 -> 85.1, "
-    "bn-stats 85.1 -> 77.2) and is within the noise at W4A4/W3A3. The mixed rows are calibration only and did not "
-    "change. MixMix on ResNet-56: W4A4 BRECQ 90.9 / 83.6 (bn-stats 91.0 / 83.1), W3A3 AdaRound 88.7 / 80.7 (above "
-    "real data's 88.4 on test-exact, 2.3 behind on JPEG), BRECQ 88.0 / 79.5, i.e. +0.8 over bn-stats at W3A3 (JPEG "
-    "-0.8), and at W2A4 BRECQ 85.2 / 75.6 vs bn-stats 85.1 / 74.8 (+0.1, JPEG +0.8): with the reference scale the "
-    "deeper model's own samples are nearly as good as the pool's, so target (a) is met on ResNet-20 W3A3 only (the "
-    "old scale had met it on ResNet-56 W2A4, +3.5, between two collapsed BRECQ rows). KD after BRECQ on MixMix "
-    "costs at W3A3 (88.0 -> 87.2) and W2A4 (85.2 -> 79.2) and helps at W4A4 (90.9 -> 91.6 / 83.6, 0.4 / 1.2 behind "
-    "the same pipeline on real data). ResNet-56's best data-free W3A3 is MixMix + AdaRound 88.7 (3.9 below its FP32; "
-    "real data 89.0). The MixMix mixed row (calibration only) is 61.7 / 44.9.")
+def _grid(name: str) -> list[dict]:
+    return json.loads((RESULTS / name).read_text())["rows"]
+
+
+def _cell(rows: list[dict], model: str, bits: str, source: str, stage: str, col: str = "top1_exact") -> float:
+    """One cell of a low-bit grid: bits as 'w4a4', source as real / bn-stats / mixmix."""
+    src = {"real": "cifar10:train-exact"}.get(source, source)
+    w, a = int(bits[1]), int(bits[3])
+    return _row(rows, model=model, w_bits=w, a_bits=a, source=src, stage=stage)[col]
+
+
+def lowbit_now_prose() -> str:
+    """What the current grid says against the old-scale grid and the probes; every number from the result files."""
+    new, old = _grid("lowbit.json"), _grid("lowbit_meannorm.json")
+    probes = _grid("lowbit_probes.json")
+    n = lambda *k, col="top1_exact": _cell(new, *k, col=col)  # noqa: E731
+    o = lambda *k, col="top1_exact": _cell(old, *k, col=col)  # noqa: E731
+    arrow = lambda m, b, src, st, col="top1_exact": f"{o(m, b, src, st, col=col):.1f} -> {n(m, b, src, st, col=col):.1f}"  # noqa: E731
+    srcs = ("real", "bn-stats", "mixmix")
+    r20, r56 = "resnet20", "resnet56"
+    behind = [o(r20, "w2a4", x, "adaround") - o(r20, "w2a4", x, "brecq") for x in srcs]
+    ada_gain = [n(r20, "w2a4", x, "adaround") - o(r20, "w2a4", x, "adaround") for x in srcs]
+    w4_up = max(n(r20, "w4a4", x, st) - o(r20, "w4a4", x, st) for x in srcs for st in ("calibrate", "adaround", "brecq"))
+    margin = lambda rows, b, col: _cell(rows, r20, b, "mixmix", "brecq", col) - _cell(rows, r20, b, "bn-stats", "brecq", col)  # noqa: E731
+    free_w3 = max(n(r20, "w3a3", x, st) for x in ("bn-stats", "mixmix") for st in ("calibrate", "adaround", "brecq", "kd-finetune"))
+    q7 = {x["label"]: x["top1_exact"] for x in probes if x.get("round") == 7 and x["bits"] == [3, 3]}
+    it = {(x["synth_iterations"], tuple(x["bits"])): x for x in probes if x.get("synth_iterations")}
+    fp56 = _row(new, model=r56, stage="fp32")
+    gap = lambda b, col="top1_exact": n(r56, b, "real", "brecq", col=col) - n(r56, b, "bn-stats", "brecq", col=col)  # noqa: E731
+    mm = lambda b, st: f"{n(r56, b, 'mixmix', st):.1f} / {n(r56, b, 'mixmix', st, col='top1_jpeg'):.1f}"  # noqa: E731
+    bn = lambda b, st: f"{n(r56, b, 'bn-stats', st):.1f} / {n(r56, b, 'bn-stats', st, col='top1_jpeg'):.1f}"  # noqa: E731
+    d56 = lambda b, st, col="top1_exact": n(r56, b, "mixmix", st, col=col) - n(r56, b, "bn-stats", "brecq", col=col)  # noqa: E731
+    mixed56 = _row(new, model=r56, source="mixmix", stage="mixed")
+    best56 = n(r56, "w3a3", "mixmix", "adaround")
+    return (
+        "\nThis grid runs with the reconstruction loss at the AdaRound/BRECQ reference scale (`round_norm sum`, the "
+        "library default since 2026-12-03; probe round 6 below found the old per-weight mean 100-1000x too weak on the "
+        "rounding). The previous complete grid, its targets and its reading are in docs/benchmarks-archive.md; this "
+        f"grid is complete too ({len(new)} rows; the ResNet-56 MixMix rows from W3A3 KD on ran on a MixMix set "
+        "re-synthesized from the same seed and config after the cache was lost, on a 2-core AMD EPYC session machine; "
+        "every earlier row ran on the 2-core Intel Xeon, so their `seconds` compare across machines only roughly). "
+        "What the reference scale changed on ResNet-20: BRECQ at W2A4 rose on every source (real "
+        f"{arrow(r20, 'w2a4', 'real', 'brecq')}, bn-stats {arrow(r20, 'w2a4', 'bn-stats', 'brecq')}, MixMix "
+        f"{arrow(r20, 'w2a4', 'mixmix', 'brecq')}) and is now level with AdaRound ("
+        + " / ".join(f"{n(r20, 'w2a4', x, 'adaround'):.1f}" for x in srcs)
+        + f") instead of {min(behind):.0f}-{max(behind):.0f} pt behind; AdaRound gained {min(ada_gain):.1f}-"
+        f"{max(ada_gain):.1f} pt at W2A4 too; at W4A4 cells moved up by up to {w4_up:.1f} (real BRECQ "
+        f"{arrow(r20, 'w4a4', 'real', 'brecq')}), at W3A3 real and bn-stats rose (real BRECQ "
+        f"{arrow(r20, 'w3a3', 'real', 'brecq')}, bn-stats AdaRound {arrow(r20, 'w3a3', 'bn-stats', 'adaround')}) while "
+        f"MixMix fell within the 1000-image noise (AdaRound {arrow(r20, 'w3a3', 'mixmix', 'adaround')}, BRECQ "
+        f"{arrow(r20, 'w3a3', 'mixmix', 'brecq')}; JPEG {arrow(r20, 'w3a3', 'mixmix', 'adaround', 'top1_jpeg')} and "
+        f"{arrow(r20, 'w3a3', 'mixmix', 'brecq', 'top1_jpeg')}). MixMix's margin over bn-stats after BRECQ: "
+        f"{margin(new, 'w3a3', 'top1_exact'):+.1f} at W3A3 (jpeg {margin(new, 'w3a3', 'top1_jpeg'):+.1f}), "
+        f"{margin(new, 'w2a4', 'top1_exact'):+.1f} at W2A4 (jpeg {margin(new, 'w2a4', 'top1_jpeg'):+.1f}, was "
+        f"{margin(old, 'w2a4', 'top1_jpeg'):+.1f}): part of the old margin was BRECQ's weakness, which better samples "
+        "had partly hidden. KD fine-tuning after BRECQ still costs wherever bits are few (W2A4 real "
+        f"{n(r20, 'w2a4', 'real', 'brecq'):.1f} -> {n(r20, 'w2a4', 'real', 'kd-finetune'):.1f}, MixMix "
+        f"{n(r20, 'w2a4', 'mixmix', 'brecq'):.1f} -> {n(r20, 'w2a4', 'mixmix', 'kd-finetune'):.1f}) and helps only on "
+        f"real data at W4A4 ({n(r20, 'w4a4', 'real', 'kd-finetune') - n(r20, 'w4a4', 'real', 'brecq'):+.1f}). Best "
+        f"data-free W3A3 is now {free_w3:.1f} (target 87 missed; real data reaches {n(r20, 'w3a3', 'real', 'brecq'):.1f} "
+        "with the same pipeline); QDrop (activations left float at p 0.5 while the rounding learns, probe round 7) "
+        f"stays within the noise there (AdaRound {q7['adaround-qdrop0.5']:.1f}, BRECQ {q7['brecq-qdrop0.5']:.1f}), and "
+        "4x longer pixel synthesis does not help either (probe round 8: bn-stats at 400 iterations, BRECQ W3A3 "
+        f"{it[100, (3, 3)]['top1_exact']:.1f} -> {it[400, (3, 3)]['top1_exact']:.1f} on test-exact, JPEG "
+        f"{it[100, (3, 3)]['top1_jpeg']:.1f} -> {it[400, (3, 3)]['top1_jpeg']:.1f}, and W4A4 "
+        f"{it[100, (4, 4)]['top1_exact']:.1f} -> {it[400, (4, 4)]['top1_exact']:.1f} / "
+        f"{it[100, (4, 4)]['top1_jpeg']:.1f} -> {it[400, (4, 4)]['top1_jpeg']:.1f}). On ResNet-56 (FP32 "
+        f"{fp56['top1_exact']:.1f} / {fp56['top1_jpeg']:.1f}) the reference scale fixed the same weakness: BRECQ W2A4 "
+        f"real {arrow(r56, 'w2a4', 'real', 'brecq')}, bn-stats {arrow(r56, 'w2a4', 'bn-stats', 'brecq')}, against "
+        f"AdaRound {n(r56, 'w2a4', 'real', 'adaround'):.1f} and {n(r56, 'w2a4', 'bn-stats', 'adaround'):.1f}; W3A3 "
+        f"bn-stats BRECQ {arrow(r56, 'w3a3', 'bn-stats', 'brecq')}, W4A4 real BRECQ {arrow(r56, 'w4a4', 'real', 'brecq')}, "
+        f"bn-stats {arrow(r56, 'w4a4', 'bn-stats', 'brecq')}. bn-stats after BRECQ trails real data by "
+        f"{gap('w4a4'):.1f} at W4A4 (JPEG {gap('w4a4', 'top1_jpeg'):.1f}), {gap('w3a3'):.1f} at W3A3 (JPEG "
+        f"{gap('w3a3', 'top1_jpeg'):.1f}) and {gap('w2a4'):.1f} at W2A4; KD after BRECQ at W2A4: real "
+        f"{n(r56, 'w2a4', 'real', 'brecq'):.1f} -> {n(r56, 'w2a4', 'real', 'kd-finetune'):.1f}, bn-stats "
+        f"{n(r56, 'w2a4', 'bn-stats', 'brecq'):.1f} -> {n(r56, 'w2a4', 'bn-stats', 'kd-finetune'):.1f}. The mixed rows "
+        f"are calibration only. MixMix on ResNet-56: W4A4 BRECQ {mm('w4a4', 'brecq')} (bn-stats {bn('w4a4', 'brecq')}), "
+        f"W3A3 AdaRound {mm('w3a3', 'adaround')} (real data {n(r56, 'w3a3', 'real', 'adaround'):.1f} / "
+        f"{n(r56, 'w3a3', 'real', 'adaround', col='top1_jpeg'):.1f}), BRECQ {mm('w3a3', 'brecq')}, i.e. "
+        f"{d56('w3a3', 'brecq'):+.1f} over bn-stats at W3A3 (JPEG {d56('w3a3', 'brecq', 'top1_jpeg'):+.1f}), and at "
+        f"W2A4 BRECQ {mm('w2a4', 'brecq')} vs bn-stats {bn('w2a4', 'brecq')} ({d56('w2a4', 'brecq'):+.1f}, JPEG "
+        f"{d56('w2a4', 'brecq', 'top1_jpeg'):+.1f}): with the reference scale the deeper model's own samples are "
+        "nearly as good as the pool's. KD after BRECQ on MixMix: W3A3 "
+        f"{n(r56, 'w3a3', 'mixmix', 'brecq'):.1f} -> {n(r56, 'w3a3', 'mixmix', 'kd-finetune'):.1f}, W2A4 "
+        f"{n(r56, 'w2a4', 'mixmix', 'brecq'):.1f} -> {n(r56, 'w2a4', 'mixmix', 'kd-finetune'):.1f}, W4A4 "
+        f"{n(r56, 'w4a4', 'mixmix', 'brecq'):.1f} -> {mm('w4a4', 'kd-finetune')} (real data through the same "
+        f"pipeline: {n(r56, 'w4a4', 'real', 'kd-finetune'):.1f} / {n(r56, 'w4a4', 'real', 'kd-finetune', col='top1_jpeg'):.1f}). "
+        f"ResNet-56's best data-free W3A3 is MixMix + AdaRound {best56:.1f} ({fp56['top1_exact'] - best56:.1f} below "
+        f"its FP32; real data {n(r56, 'w3a3', 'real', 'kd-finetune'):.1f}). The MixMix mixed row (calibration only) is "
+        f"{mixed56['top1_exact']:.1f} / {mixed56['top1_jpeg']:.1f}.")
+
 
 
 def section_lowbit() -> str:
     """The current grid (`lowbit.json`, reference-scale rounding loss) and the probes."""
     d = json.loads((RESULTS / "lowbit.json").read_text())
     out = ["## The low-bit frontier: reconstruction and mixed precision per source\n"] + _lowbit_grid(d)
-    out.append(LOWBIT_NOW)
+    out.append(lowbit_now_prose())
     out += _lowbit_probes()
     return "\n".join(out) + "\n"
 

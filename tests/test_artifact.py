@@ -162,3 +162,23 @@ def test_compressors_chain_through_files(digits_teacher, digits_test, tmp_path, 
     assert main(["evaluate", str(q), "--data", "digits:test", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["top1"] == df.evaluate(back, digits_test)["top1"] and r["size_bits"] < df.model_size_bits(load_artifact(p)) / 4
+
+
+def test_a_file_with_the_flat_quant_config_of_version_2_still_loads(digits_teacher, digits_test, tmp_path):
+    """Files written before QuantConfig nested its stages (version 2, flat) load to the same model."""
+    m, _ = digits_teacher
+    cfg = QuantConfig.from_flat(w_bits=4, a_bits=4, num_calib=64, reconstruct="adaround", recon_iters=5)
+    q = df.quantize(m, df.load_dataset("digits:train", record_of(m).input_spec).subset(64), cfg)
+    save_artifact(q, tmp_path / "new.pt", teacher=m)
+    obj = torch.load(tmp_path / "new.pt", weights_only=True)
+    t = obj["transforms"][0]["config"]
+    flat = {k: v for k, v in t.items() if k not in ("recon", "mixed", "finetune")}
+    flat.update({"reconstruct" if k == "method" else k if k in ("round_weight", "round_norm", "block_size")
+                 else f"recon_{k}": v for k, v in t["recon"].items()})
+    flat.update(t["mixed"], finetune_weights=t["finetune"]["weights"], config_version=2)
+    obj["transforms"][0]["config"] = flat
+    torch.save(obj, tmp_path / "old.pt")
+    back = load_artifact(tmp_path / "old.pt")
+    assert record_of(back).quant_config == cfg
+    with torch.no_grad():
+        assert torch.equal(back(digits_test.x), q(digits_test.x))
