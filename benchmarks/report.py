@@ -926,8 +926,38 @@ def _table_section(title: str, prose: str, file: str, render) -> str:
 def section_kd_student() -> str:
     from .kd_student import render
 
-    return _table_section(
-        "Data-free distillation: ResNet-56 teacher -> ResNet-20 student from scratch",
+    return _table_section("Data-free distillation: ResNet-56 teacher -> ResNet-20 student from scratch", kd_prose(),
+                          "kd_resnet56_resnet20.json", render) + _kd_plot()
+
+
+def kd_prose() -> str:
+    """The distillation section's reading; every measured number from kd_resnet56_resnet20.json (and perf_kd.json)."""
+    d = json.loads((RESULTS / "kd_resnet56_resnet20.json").read_text())
+    rows = d["rows"]
+    r = lambda m, tag: _row(rows, method=m, tag=tag)  # noqa: E731
+    teacher = r("teacher", "reference")["top1_exact"]
+    real15, real60 = r("cifar10:train-exact", "main"), r("cifar10:train-jpeg", "long")
+    di, di10, dil, dil10 = r("deepinversion", "main"), r("deepinversion", "main-af10"), r("deepinversion", "long"), \
+        r("deepinversion", "long-af10")
+    fast, fastl, cmi = r("fast", "main"), r("fast", "long"), r("cmi", "main")
+    dafl, rdskd, dafl_p, rdskd_p, dafll = r("dafl", "main"), r("rdskd", "main"), r("dafl", "main-paper"), \
+        r("rdskd", "main-paper"), r("dafl", "long")
+    budget = fastl["budget_s"]
+
+    def near(curve: list, t: float) -> tuple[float, float]:
+        return min(curve, key=lambda c: abs(c[0] - t))
+
+    def within(curve: list, t: float) -> tuple[float, float]:
+        return max((c for c in curve if c[0] <= t), key=lambda c: c[0])
+
+    best = lambda curve: max(curve, key=lambda c: c[1])  # noqa: E731
+    fast_hour = within(fastl["curve"], budget)
+    in_hour = [c for c in fastl["curve"] if c[0] <= budget]
+    reach = next(c for c in real60["curve"] if c[1] >= fast_hour[1])
+    after = next(c for c in real60["curve"] if c[0] > reach[0] + 200)
+    dg = dafll["plan"]["generator"]["iterations"]
+    perf = json.loads((RESULTS / "perf_kd.json").read_text())
+    return (
         "Every method gets the same wall-clock budget on this machine (synthesis + distillation; KD steps planned "
         "from a step-time probe in the same run). The student never sees a real image except in the "
         "`cifar10:train-exact` row (4000 real training images, the upper reference). Published anchor, as a drop: "
@@ -941,13 +971,15 @@ def section_kd_student() -> str:
         "under or over its budget (see *total s*). The long run is DeepInversion: it was chosen when DeepInversion was "
         "the only finished data-free row (the first ADI attempt stopped on a since-fixed bug: its first round's pool "
         "was smaller than one KD batch); the ADI rows that finished later are not better at 15 minutes. The long run "
-        "was first made at α_f 10 (`long-af10`, 32.40) and repeated at the default α_f 1 (`long`, 33.60, same 1024 samples and "
-        "budget): α_f 1 helps far less after an hour than at 15 minutes (20.00 vs 14.00). Both stay ~59 pt below "
-        "the teacher, and even 4000 real training images reach only 68.90 in 15 minutes here: the ≤ 5-pt target "
-        "is out of reach at this machine's budgets (the published result took hours of GPU time). "
+        f"was first made at α_f 10 (`long-af10`, {dil10['top1_exact']:.2f}) and repeated at the default α_f 1 (`long`, "
+        f"{dil['top1_exact']:.2f}, same {dil['samples']} samples and budget): α_f 1 helps far less after an hour than at "
+        f"15 minutes ({di['top1_exact']:.2f} vs {di10['top1_exact']:.2f}). Both stay "
+        f"~{teacher - max(dil['top1_exact'], dil10['top1_exact']):.0f} pt below the teacher, and even "
+        f"{real15['samples']} real training images reach only {real15['top1_exact']:.2f} in 15 minutes here: the ≤ 5-pt "
+        "target is out of reach at this machine's budgets (the published result took hours of GPU time). "
         "The `main-it200` row asks quantity vs quality at the same budget: 512 DeepInversion samples at 200 iterations "
-        "instead of 256 at 400 (its first chunk is an earlier probe set with the same config, whose recorded 306 s "
-        "synthesis was slowed by a concurrent test run, so its KD share is ~50 s conservative).\n\n"
+        "instead of 256 at 400 (its first chunk is an earlier probe set with the same config, whose recorded "
+        "synthesis was slowed by a concurrent test run, so its KD share is conservative).\n\n"
         "**Generator methods** (`dafl`, `rdskd`, `cmi`, `fast`; `benchmarks.kd_student --methods fast dafl rdskd cmi "
         "--kd-fast`): the budget is planned from probes in the same run. `dafl`/`rdskd` train the generator against the "
         "teacher for 30 % of the budget (`--gen-share`), then every KD step distills on a fresh generator batch (no "
@@ -958,40 +990,65 @@ def section_kd_student() -> str:
         "`cmi`/`fast` synthesize one batch of 128 per round into a pool (the current "
         "student in the adversarial term) and take `--steps-per-round` KD steps from the pool after each round; "
         "`--kd-fast` picks the fastest KD speed variant probed in the run (on this Xeon: channels-last; bf16 was slower). "
-        "A CMI round (200 generator steps on a re-initialized generator, two views, contrastive head) took 420 s here, "
-        "so CMI made one batch in 15 minutes: it is the slow, high-quality end of the family (the FastDFKD paper times "
-        "it at 19 GPU-hours on CIFAR-10). The `cmi main` row was planned before the planner filled a slow method's "
-        "budget with KD steps (it stopped at 428 s); the `fast main` row's plan (59 rounds × 20 KD steps) is what both "
-        "planners give. Published anchors, as drops from their own teachers (ResNet-34 95.70 -> ResNet-18, GPU): "
-        "FastDFKD-10 -1.65 pt in 0.28 GPU-h, CMI -0.86 pt, DAFL -3.48 pt (92.22). Machines: the generator rows ran "
-        "on a 2-core Intel Xeon, the earlier rows on a 2-core AMD EPYC (fastest KD step 0.34 vs 0.30 s, "
-        "`perf_kd` section); equal budgets are equal wall-clock seconds on the machine each row ran on. At 15 "
-        "minutes `fast` (37.8) is above DeepInversion after an hour (33.6): the amortized generator is the "
-        "cheaper source of samples on a CPU. Under today's defaults (BN-statistics term 1.0, width-32 "
-        "generator, ~350 generator steps in the first ~255 s, then a fresh batch per KD step) `dafl` and `rdskd` are "
-        "the best 15-minute rows, tied within the 1000-image noise: 45.30 / 43.05 and 44.70 / 43.49, against 15.20 and "
-        "19.60 with the papers' objectives and 37.80 for `fast` — the BN term, not the DAFL/RDSKD losses, does the work "
-        "on CIFAR, as on MNIST.\n\n"
+        f"A CMI round ({cmi['plan']['generator']['iterations']} generator steps on a re-initialized generator, two views, "
+        f"contrastive head) took {cmi['plan']['round_s']:.0f} s here, so CMI made one batch in 15 minutes: it is the "
+        "slow, high-quality end of the family (the FastDFKD paper times it at 19 GPU-hours on CIFAR-10). The `cmi main` "
+        "row was planned before the planner filled a slow method's budget with KD steps; the `fast main` row's plan "
+        f"({fast['steps'] // 20} rounds × 20 KD steps) is what both planners give. Published anchors, as drops from "
+        "their own teachers (ResNet-34 95.70 -> ResNet-18, GPU): FastDFKD-10 -1.65 pt in 0.28 GPU-h, CMI -0.86 pt, "
+        "DAFL -3.48 pt (92.22). Machines: the generator rows ran on a 2-core Intel Xeon, the earlier rows on a 2-core "
+        f"AMD EPYC (`perf_kd` section: {_perf_kd_fastest(perf)}); equal budgets are equal wall-clock seconds on the "
+        f"machine each row ran on. At 15 minutes `fast` ({fast['top1_exact']:.1f}) is above DeepInversion after an hour "
+        f"({dil['top1_exact']:.1f}): the amortized generator is the cheaper source of samples on a CPU. Under today's "
+        f"defaults (BN-statistics term 1.0, width-32 generator, ~{dafl['plan']['generator']['iterations']} generator "
+        f"steps in the first ~{dafl['synth_seconds']:.0f} s, then a fresh batch per KD step) `dafl` and `rdskd` are the "
+        f"best 15-minute rows, tied within the 1000-image noise: {dafl['top1_exact']:.2f} / {dafl['top1_jpeg']:.2f} and "
+        f"{rdskd['top1_exact']:.2f} / {rdskd['top1_jpeg']:.2f}, against {dafl_p['top1_exact']:.2f} and "
+        f"{rdskd_p['top1_exact']:.2f} with the papers' objectives and {fast['top1_exact']:.2f} for `fast` — the BN term, "
+        "not the DAFL/RDSKD losses, does the work on CIFAR, as on MNIST.\n\n"
         "**`dafl` at one hour** (`python -m benchmarks.kd_student --methods dafl --budget 3600 --kd-fast --tag long`, the "
-        "best 15-minute row run for an hour): 68.50 exact / 62.89 jpeg, stopped by the time limit at 3600 s. Its planner "
-        "gave the generator 1478 steps (1050 s, 0.73 s a step), then 10,173 KD steps on fresh generator batches "
-        "(1.3 M samples, 0.25 s a step with bf16 + channels-last, the fastest variant probed in that run); the curve "
-        "climbs from 23.9 at 1100 s to 54.4 at 1800 s and 65.1 at 2700 s, peaking at 69.0 (3257 s). Above the "
-        "1-hour target of 50 %, and level with `fast` at one hour (69.9 on its curve at 3592 s): the two generator "
-        "families end the hour within the 1000-image noise, though `dafl` led by 7.5 pt at 15 minutes.\n\n"
+        f"best 15-minute row run for an hour): {dafll['top1_exact']:.2f} exact / {dafll['top1_jpeg']:.2f} jpeg, stopped "
+        f"by the time limit at {dafll['seconds']:.0f} s. Its planner gave the generator {dg} steps "
+        f"({dafll['synth_seconds']:.0f} s, {dafll['plan']['gen_step_s']:.2f} s a step in the probe), then {dafll['steps']:,} KD steps "
+        f"on fresh generator batches ({dafll['samples'] / 1e6:.1f} M samples, {dafll['plan']['kd_step_s']:.2f} s a step "
+        "with bf16 + channels-last, the fastest variant probed in that run); the curve climbs from "
+        f"{dafll['curve'][0][1]:.1f} at {dafll['curve'][0][0]:.0f} s to {near(dafll['curve'], 1800)[1]:.1f} at "
+        f"{near(dafll['curve'], 1800)[0]:.0f} s and {near(dafll['curve'], 2700)[1]:.1f} at "
+        f"{near(dafll['curve'], 2700)[0]:.0f} s, peaking at {best(dafll['curve'])[1]:.1f} "
+        f"({best(dafll['curve'])[0]:.0f} s). Above the 1-hour target of 50 %, and level with `fast` at one hour "
+        f"({fast_hour[1]:.1f} on its curve at {fast_hour[0]:.0f} s): the two generator families end the hour within the "
+        f"1000-image noise, though `dafl` led by {dafl['top1_exact'] - fast['top1_exact']:.1f} pt at 15 minutes.\n\n"
         "**`fast` at one hour** (`python -m benchmarks.kd_student --methods fast --budget 3600 --kd-fast --tag long`): "
-        "69.9 % on test-exact at 3592 s on its curve (70.1 at 3435 s), above the 1-hour target of 50 % and above "
-        "what 4000 real images give in 15 minutes (68.9); 34,432 synthetic samples, 269 rounds, 5380 KD steps. Its "
-        "planned steps ran 14 % past the budget (rounds got slower than the probe: ~7 s vs 5.7 s as the adversarial "
-        "student grew), so the row's final 69.80 / 64.82 is at 4094 s; the curve shows it had plateaued at ~70 since "
-        "3400 s (that row predates `--time-limit`; rows made since stop at their budget).\n\n"
+        f"{fast_hour[1]:.1f} % on test-exact at {fast_hour[0]:.0f} s on its curve (best within the hour "
+        f"{best(in_hour)[1]:.1f} at {best(in_hour)[0]:.0f} s), above the 1-hour target of 50 % and above what {real15['samples']} real "
+        f"images give in 15 minutes ({real15['top1_exact']:.1f}); {fastl['samples']:,} synthetic samples, "
+        f"{fastl['steps'] // 20} rounds, {fastl['steps']} KD steps. Its planned steps ran "
+        f"{100 * (fastl['seconds'] / budget - 1):.0f} % past the budget (rounds got slower than the probe as the "
+        f"adversarial student grew: {fastl['synth_seconds'] / (fastl['steps'] // 20):.1f} s a round on average vs the "
+        f"probe's {fastl['plan']['round_s']:.1f} s), so the row's final {fastl['top1_exact']:.2f} / "
+        f"{fastl['top1_jpeg']:.2f} is at {fastl['seconds']:.0f} s (that row predates `--time-limit`; rows made since "
+        "stop at their budget).\n\n"
         "**Real data at one hour** (`python -m benchmarks.kd_student --methods cifar10:train-jpeg --budget 3600 "
-        "--kd-fast --tag long`, all 50k JPEG training images, the same KD recipe): 82.70 exact / 78.90 jpeg, stopped by "
-        "the time limit at 3601 s after 7216 KD steps (0.49 s a step with augmentation of real images, same Xeon type). "
-        "At equal wall-clock on this machine the best data-free source (`fast`, ~69.9 at one hour) is 12.8 pt below "
-        "real data and 22.8 pt below the teacher; an hour of `fast` buys what ~12 minutes of real data buy here (the real row's curve: 70.0 "
-        "at 737 s, 73.5 at 986 s).",
-        "kd_resnet56_resnet20.json", render) + _kd_plot()
+        f"--kd-fast --tag long`, all 50k JPEG training images, the same KD recipe): {real60['top1_exact']:.2f} exact / "
+        f"{real60['top1_jpeg']:.2f} jpeg, stopped by the time limit at {real60['seconds']:.0f} s after {real60['steps']} "
+        f"KD steps ({real60['seconds'] / real60['steps']:.2f} s a step with augmentation of real images, same Xeon "
+        f"type). At equal wall-clock on this machine the best data-free source (`fast`, ~{fast_hour[1]:.1f} at one hour) "
+        f"is {real60['top1_exact'] - fast_hour[1]:.1f} pt below real data and {teacher - fast_hour[1]:.1f} pt below the "
+        f"teacher; an hour of `fast` buys what ~{reach[0] / 60:.0f} minutes of real data buy here (the real row's "
+        f"curve: {reach[1]:.1f} at {reach[0]:.0f} s, {after[1]:.1f} at {after[0]:.0f} s).")
+
+
+def _perf_kd_fastest(perf: dict) -> str:
+    """The fastest KD step time per machine in perf_kd.json (and its Xeon copy)."""
+    out = []
+    for name in ("perf_kd.json", "perf_kd_xeon.json"):
+        f = RESULTS / name
+        if f.is_file():
+            d = json.loads(f.read_text())
+            secs = [r["seconds_per_step"] for r in d["rows"] if "seconds_per_step" in r]
+            if secs:
+                out.append(f"fastest KD step {min(secs):.2f} s on the {d['meta']['machine'].get('cpu', 'CPU')}")
+    return "; ".join(out) or "step times in that section"
 
 
 def _kd_plot() -> str:
