@@ -109,12 +109,30 @@ def section_kw() -> str:
                             if r.get("stage") != "fp32" else None,
                             "What the fused layout moved")
             + ("" if p == old else
-               "\nWhat the regenerated table says: at the same 500 KD steps, bn-stats samples stay close to real data "
-               "(ResNet-20 W4A4 90.1 vs 90.4, W3A3 83.0 vs 82.6, W8A8 91.7 vs 91.8; ResNet-56 W4A4 91.9 vs 92.6 "
-               "test-exact) and Gaussian noise falls behind below 8 bits (84.3 / 35.6 / 87.5). Most cells moved by "
-               "less than 1.5 pt against the per-input layout; the large moves are KD on `inception` samples "
-               "(+5.0, +13.8, -2.7), a source whose fine-tuning is unstable in both layouts (it collapses BN "
-               "re-estimation to ~10 % and drifts under KD), and Gaussian W3A3 KD (-3.2).\n"))
+               _kw_prose(d, old)))
+
+
+def _kw_prose(d: dict, old: Path) -> str:
+    """What the regenerated table says; every number from kw_table.json and kw_table_inputs.json."""
+    rows = d["rows"]
+    v = lambda m, b, src, st="kd-finetune": _row(rows, model=m, w_bits=b[0], a_bits=b[1], source=src, stage=st)["top1_exact"]  # noqa: E731
+    vs = lambda m, b: f"{v(m, b, 'bn-stats'):.1f} vs {v(m, b, 'real'):.1f}"  # noqa: E731
+    moves = []
+    if old.is_file():
+        prev = {(r["model"], r["w_bits"], r["a_bits"], r["source"], r["stage"]): r["top1_exact"]
+                for r in json.loads(old.read_text())["rows"]}
+        for r in rows:
+            k = (r["model"], r["w_bits"], r["a_bits"], r["source"], r["stage"])
+            if k in prev and r["stage"] != "fp32" and abs(r["top1_exact"] - prev[k]) >= 1.5:
+                moves.append((k, r["top1_exact"] - prev[k]))
+    big = ", ".join(f"{m} W{w}A{a} {src} {st} {dv:+.1f}" for (m, w, a, src, st), dv in moves)
+    return ("\nWhat the regenerated table says: at the same 500 KD steps, bn-stats samples stay close to real data "
+            f"(ResNet-20 W4A4 {vs('resnet20', (4, 4))}, W3A3 {vs('resnet20', (3, 3))}, W8A8 {vs('resnet20', (8, 8))}; "
+            f"ResNet-56 W4A4 {vs('resnet56', (4, 4))} test-exact) and Gaussian noise falls behind below 8 bits "
+            f"({v('resnet20', (4, 4), 'gaussian'):.1f} / {v('resnet20', (3, 3), 'gaussian'):.1f} / "
+            f"{v('resnet56', (4, 4), 'gaussian'):.1f}). Against the per-input layout, cells moving by 1.5 pt or more: "
+            f"{big or 'none'}; the large moves are KD on `inception` samples, a source whose fine-tuning is unstable in "
+            "both layouts (it collapses BN re-estimation to ~10 % and drifts under KD).\n")
 
 
 def section_kw_long() -> str:
