@@ -1192,20 +1192,28 @@ def section_di_weight() -> str:
 def section_prune() -> str:
     from .prune import render
 
+    rows = json.loads((RESULTS / "prune_resnet56.json").read_text())["rows"]
+    r = lambda m, steps, n=512, af=None: _row(rows, method=m, steps=steps, samples=n,  # noqa: E731
+                                              **({"bn_weight": af} if af is not None else {}))["top1_exact"]
+    di, real = "deepinversion", "cifar10:train-exact"
+    top = _row(rows, method="unpruned")["top1_exact"]
+    di1024 = r(di, 4000, 1024, 1.0)
     return _table_section(
         "Data-free structured pruning of ResNet-56",
         "The inner conv of every residual block loses half its output channels (lowest BN-folded L1 norm; the next "
         "conv loses the matching inputs), then KD fine-tuning from the unpruned model on each data source (Adam "
         "lr 5e-4, cosine, batch 64, T 4, crop/flip), 1500 steps for every source; the 4000-step rows ask whether "
-        "longer fine-tuning closes the gap (deepinversion +1.2 pt, real data +0.5 pt: it narrows, it does not reach "
-        "the 2-pt target). The 1024-sample deepinversion row (its extra chunks are the KD long run's) asks the same of "
-        "sample count: 89.50, +1.1 over 512 at the same steps, level with 512 real images at 1500 steps and still 3.1 "
-        "pt below the unpruned model. Otherwise 512 samples per source; synthetic ones are stored chunks of 256 (400 "
-        "iterations, bf16) shared with the KD benchmark. *synthesis s* is their recorded synthesis time; *seconds* is "
-        "the row's wall time in the run (fine-tuning and evaluation, plus synthesizing the chunks not stored yet: the "
-        "deepinversion row made its second chunk, bn-stats both of its own). The α_f 10 row uses the α_f-10 chunks "
-        "of the earlier KD runs: for fine-tuning a pruned model α_f makes no measurable difference (87.6 vs 87.2, "
-        "within the ±1 pt of 1000 test images), unlike distillation from scratch (see above).",
+        f"longer fine-tuning closes the gap (deepinversion {r(di, 4000, af=1.0) - r(di, 1500, af=1.0):+.1f} pt, real "
+        f"data {r(real, 4000) - r(real, 1500):+.1f} pt: it narrows, it does not reach the 2-pt target). The "
+        "1024-sample deepinversion row (its extra chunks are the KD long run's) asks the same of sample count: "
+        f"{di1024:.2f}, {di1024 - r(di, 4000, af=1.0):+.1f} over 512 at the same steps, against {r(real, 1500):.1f} "
+        f"for 512 real images at 1500 steps and still {top - di1024:.1f} pt below the unpruned model. Otherwise 512 "
+        "samples per source; synthetic ones are stored chunks of 256 (400 iterations, bf16) shared with the KD "
+        "benchmark. *synthesis s* is their recorded synthesis time; *seconds* is the row's wall time in the run "
+        "(fine-tuning and evaluation, plus synthesizing the chunks not stored yet: the deepinversion row made its "
+        "second chunk, bn-stats both of its own). The α_f 10 row uses the α_f-10 chunks of the earlier KD runs: for "
+        f"fine-tuning a pruned model α_f makes no measurable difference ({r(di, 1500, af=10.0):.1f} vs "
+        f"{r(di, 1500, af=1.0):.1f}, within the ±1 pt of 1000 test images), unlike distillation from scratch (see above).",
         "prune_resnet56.json", render)
 
 
