@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from datafree import evaluate, load_dataset
+from datafree.core.seeds import derived_seed
 from datafree.kd.loop import Distiller, KDConfig
 from datafree.kd.run import distill_student_
 from datafree.kd.sources import GeneratorSource, PoolSource, RoundsConfig
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
                 rounds = RoundsConfig(rounds=a.rounds, per_round=a.num // a.rounds, steps_per_round=steps // a.rounds)
                 scfg = make_config(method, iterations=a.iterations, seed=a.seed, **di_kw)
                 r = distill_student_(student, teacher, kd.replace(steps=rounds.total_steps),
-                                     PoolSource(method, scfg, rounds, seed=a.seed * 7919), checkpoint_dir=ck,
+                                     PoolSource(method, scfg, rounds, seed=derived_seed(a.seed, "stream")), checkpoint_dir=ck,
                                      checkpoint_every=rounds.steps_per_round)
                 synth_s, total = r["synth_seconds"], r["seconds"]
             else:
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                     steps = n_rounds * spr
                 plan = {k: round(v, 3) for k, v in plan.items()}
                 plan["generator"] = {k: v for k, v in cfg.to_dict().items() if k not in ("config_version",)}
-                data = GeneratorSource(method, cfg, rounds, seed=a.seed * 7919, progress=False)
+                data = GeneratorSource(method, cfg, rounds, seed=derived_seed(a.seed, "stream"), progress=False)
             # the plan fills the budget from probes; the time limit stops it there if steps grow slower than probed
             r = distill_student_(student, teacher, kdm.replace(steps=steps), data, checkpoint_dir=ck, checkpoint_every=250,
                                  val=tests["exact"], time_limit=a.budget)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from datafree import evaluate, load_dataset
+from datafree.core.seeds import derived_seed
 from datafree.data.train import train_classifier_
 from datafree.kd.loop import KDConfig
 from datafree.kd.run import distill_student_
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             bn = {} if a.bn_weight is None else {"bn_weight": a.bn_weight}
             cfg = make_config(method, seed=seed, width=a.width, **{**bn, **overrides})
             data = GeneratorSource(method, cfg, RoundsConfig(rounds=1, per_round=cfg.batch_size, steps_per_round=a.kd_steps),
-                                   seed=seed * 7919, progress=False)
+                                   seed=derived_seed(seed, "stream"), progress=False)
         r = distill_student_(student, teacher, kd, data, progress=False, val=test if a.curve_every else None)
         out = {"top1": evaluate(student, test)["top1"], "seconds": round(time.time() - t0, 1),
                "synth_seconds": r["synth_seconds"], "kd_steps": r["steps"], "overrides": overrides, "command": cmd}
