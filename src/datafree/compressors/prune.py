@@ -11,6 +11,7 @@ import torch.nn as nn
 from ..core.config import Config, check
 from ..core.errors import DatafreeError, first_line
 from ..core.schema import Schema
+from ..core.utils import eval_modes
 from ..data.source import SourceLike
 from ..kd.loop import KDConfig
 from ..kd.run import distill_student_
@@ -74,7 +75,8 @@ def prunable_chains(model: nn.Module) -> list[Chain]:
     import torch.fx
 
     try:
-        gm = torch.fx.symbolic_trace(model)
+        with eval_modes(model):
+            gm = torch.fx.symbolic_trace(model)
     except Exception as e:
         raise DatafreeError(f"structured pruning needs a model torch.fx can trace ({first_line(e, 120)}); "
                             "use --unstructured for this model") from None

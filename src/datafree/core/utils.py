@@ -41,6 +41,19 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(f)
 
 
+@contextlib.contextmanager
+def eval_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in eval mode for the duration (tracing: a graph never freezes training-mode branches such as
+    drop-path into inference); restores each module's own mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of a model's first parameter or buffer (CPU if none)."""
     for t in list(model.parameters()) + list(model.buffers()):
@@ -61,12 +74,28 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+LARGE_INPUT = 64 * 64  # pixels per image from which inference runs in small channels-last batches
+BATCH_ELEMENTS = 2_500_000  # input values per inference batch for large images (224 px: 16 images)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: "TensorData", batch_size: int = 256) -> torch.Tensor:
-    """Argmax predictions of `model` on `data` (model left in its original mode)."""
+    """Argmax predictions of `model` on `data` (model left in its original mode). Large images (ImageNet size) run in
+    batches sized for the input and channels-last on a working copy: measured 2x faster on a 2-core CPU at 224 px."""
     dev = model_device(model)
+    x0 = data.x[:1]
+    large = x0.dim() == 4 and x0.shape[-1] * x0.shape[-2] >= LARGE_INPUT
+    if large:
+        import copy
+
+        batch_size = max(1, min(batch_size, BATCH_ELEMENTS // max(1, x0[0].numel())))
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     with frozen_eval(model):
-        return torch.cat([model(xb.to(dev)).argmax(1).cpu() for xb in data.batches(batch_size)])
+        out = []
+        for xb in data.batches(batch_size):
+            xb = xb.to(dev)
+            out.append(model(xb.contiguous(memory_format=torch.channels_last) if large else xb).argmax(1).cpu())
+        return torch.cat(out)
 
 
 def top1(model: nn.Module, data: "TensorData", batch_size: int = 256) -> float:

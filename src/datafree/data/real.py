@@ -34,8 +34,12 @@ DATASET_SPECS: dict[str, str] = {
     "mnist:test": "MNIST 10k test (mnist/mnist_test.npz or idx files)",
     "digits:train": "scikit-learn 8x8 digits, fixed 80% split (no files needed)",
     "digits:test": "scikit-learn 8x8 digits, fixed 20% split (no files needed)",
+    "imagenet:val1300": "1300 real ILSVRC2012 validation images, 725 classes (imagenet/val1300/, evaluation)",
+    "imagenet:sample1000": "1000 ImageNet images, one per class (imagenet/sample1000/, 'the real data a user has')",
     "folder:PATH": "a folder of images with one subfolder per class (sorted names = labels 0..K-1)",
 }
+_LABELLED = {"imagenet:val1300": ("imagenet/val1300", "imagenet/val1300_labels.csv"),
+             "imagenet:sample1000": ("imagenet/sample1000", "imagenet/sample1000_labels.csv")}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -65,6 +69,43 @@ def load_folder(path: str, input_spec: InputSpec) -> tuple[np.ndarray, np.ndarra
     if not xs:
         raise DatafreeError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {path!r}")
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+def _read_image(f: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as im:
+            return np.asarray(im.convert(mode).resize(size, Image.BILINEAR), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DatafreeError(f"cannot read image {f}: {e}") from None
+
+
+def load_labelled_folder(folder: Path, labels_csv: Path, input_spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images resized to the spec (one bilinear resize, as the shared ImageNet sets expect) and labels from a
+    `file,label` CSV."""
+    import csv
+
+    if not labels_csv.is_file() or not folder.is_dir():
+        raise DatafreeError(f"{folder} with {labels_csv.name} not found; point --data-root or {DATA_ENV} at the folder "
+                            "holding imagenet/")
+    c, h, w = input_spec.shape
+    with open(labels_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh)]
+    if not rows or not {"file", "label"} <= set(rows[0]):
+        raise DatafreeError(f"{labels_csv} must be a CSV with columns file,label")
+    xs = [_read_image(folder / r["file"], "L" if c == 1 else "RGB", (w, h)) for r in rows]
+    return np.stack(xs), np.asarray([int(r["label"]) for r in rows], dtype=np.int64)
+
+
+def class_names(spec: str, root: Optional[str] = None) -> list[str]:
+    """Human-readable class names of a dataset spec, index = label (ImageNet: imagenet/synsets.txt; else numbers)."""
+    if spec.startswith("imagenet:"):
+        f = _find(data_root(root), "imagenet/synsets.txt")
+        return [ln.split(" ", 1)[1].split(",")[0].strip() for ln in f.read_text().splitlines() if ln.strip()]
+    if spec.startswith("cifar10:"):
+        return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return [str(i) for i in range(10)]
 
 
 def data_root(root: Optional[str] = None) -> Path:
@@ -167,6 +208,8 @@ def load_raw(spec: str, root: Optional[str] = None) -> tuple[np.ndarray, np.ndar
     if spec in _NPZ:
         r = data_root(root)
         return _load_npz([_find(r, rel) for rel in _NPZ[spec]])
+    if spec in _LABELLED:
+        raise DatafreeError(f"{spec} holds images of different sizes; load it for a model with load_dataset")
     name, split = spec.split(":")
     if name == "digits":
         return _load_digits(split == "train")
@@ -179,6 +222,9 @@ def load_dataset(spec: str, input_spec: InputSpec, root: Optional[str] = None) -
     """A real dataset as TensorData normalized for a model's input spec."""
     if spec.startswith("folder:"):
         images, labels = load_folder(spec[len("folder:"):], input_spec)
+    elif spec in _LABELLED:
+        r = data_root(root)
+        images, labels = load_labelled_folder(r / _LABELLED[spec][0], r / _LABELLED[spec][1], input_spec)
     else:
         images, labels = load_raw(spec, root)
     return TensorData(images_to_tensor(images, input_spec), torch.from_numpy(labels), name=spec)

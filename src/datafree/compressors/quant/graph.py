@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...core.errors import DatafreeError
+from ...core.utils import eval_modes
 from ...models.record import RECORD_ATTR
 from .layers import FLOAT_BITS, QuantLayer, quant_layers
 from .quantizer import act_qparams, drop_quant, fake_quant, unsigned_range
@@ -176,7 +177,8 @@ class _Tracer:
             def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
                 return isinstance(m, (QuantLayer, TensorQuant)) or super().is_leaf_module(m, qualname)
 
-        return T().trace(model)
+        with eval_modes(model):  # Python-level `if self.training` branches (drop-path) are traced as in inference
+            return T().trace(model)
 
 
 def _carried(src: nn.Module, dst: nn.Module) -> dict[str, Any]:

@@ -39,6 +39,25 @@ def as_buffer_(mod: nn.Module, name: str) -> None:
     mod.register_buffer(name, t)
 
 
+def own_forward(layer: nn.Module) -> Optional[nn.Module]:
+    """For a conv/linear subclass that overrides forward: a shell of it without tensors, whose forward runs with the
+    weight and bias given to it; None for plain nn.Conv2d / nn.Linear."""
+    base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+    if type(layer).forward is base.forward:
+        return None
+    import copy
+
+    extra = [n for n, _ in layer.named_parameters() if n not in ("weight", "bias")] + \
+        [n for n, _ in layer.named_buffers()]
+    if extra:
+        raise DatafreeError(f"{type(layer).__name__} keeps tensors of its own ({', '.join(extra)}) besides weight and "
+                            "bias; datafree cannot quantize such a layer")
+    shell = copy.deepcopy(layer)
+    for k in ("weight", "bias"):
+        shell._parameters.pop(k, None)
+    return shell
+
+
 class QuantLayer(nn.Module):
     """Conv/linear with per-channel symmetric weight and per-tensor asymmetric input fake-quant."""
 
@@ -56,6 +75,9 @@ class QuantLayer(nn.Module):
             self.conv_args = {}
         else:
             raise TypeError(f"cannot quantize {type(layer).__name__}")
+        # a subclass with its own forward (padding inside forward, a TF port's "same" convolution) keeps it: the
+        # quantized layer runs that forward with the quantized weight and bias given to it (`own_forward`)
+        object.__setattr__(self, "_inner", own_forward(layer))
         w = layer.weight.detach().clone()
         b = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         gamma = beta = bn_std = torch.empty(0, device=w.device)
@@ -157,7 +179,7 @@ class QuantLayer(nn.Module):
             self.observer.update(x)
         x = self.quantize_input(x)
         w, b = self.quant_weight(), self.quant_bias()
-        y = F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
+        y = self.op(x, w, b)
         if self._reest is not None and self.folded_bn:
             m, v = batch_moments(y)
             n = y.shape[0]
@@ -167,6 +189,17 @@ class QuantLayer(nn.Module):
             shape = (1, -1) + (1,) * (y.dim() - 2)
             y = (y - m.view(shape)) * self._reest_scale(v).view(shape) + self.bn_beta.view(shape)
         return y
+
+    def op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The layer's own operation with these weights: a subclass's forward, else conv2d / linear."""
+        shell = self._inner
+        if shell is not None:  # the subclass's forward reads self.weight / self.bias: these, for this call
+            shell.__dict__["weight"], shell.__dict__["bias"] = w, b
+            try:
+                return shell(x)
+            finally:
+                del shell.__dict__["weight"], shell.__dict__["bias"]
+        return F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
 
     def _reest_scale(self, var_y: torch.Tensor) -> torch.Tensor:
         """|γ| / sqrt(var_z + eps) expressed with the folded output's variance var_y (var_z = var_y·σ²/γ²)."""

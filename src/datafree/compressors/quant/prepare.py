@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ...core.errors import DatafreeError
 from ...core.utils import set_module
 from .layers import QuantLayer
 
@@ -45,14 +46,49 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, Opt
 
 
 def wrap_layers_(model: nn.Module, plan: list[dict]) -> list[QuantLayer]:
-    """Replace each planned layer by a QuantLayer (folding its BN, which becomes Identity); in place."""
+    """Replace each planned layer by a QuantLayer (folding its BN, which becomes Identity); in place. A subclass with its
+    own forward is checked to compute the same function as the layer (+ BN) before any rounding, else refused."""
     out = []
     for entry in plan:
         layer = model.get_submodule(entry["name"])
         bn = model.get_submodule(entry["bn"]) if entry.get("bn") else None
-        q = QuantLayer(layer, bn, entry["w_bits"], entry["a_bits"])
+        try:
+            q = QuantLayer(layer, bn, entry["w_bits"], entry["a_bits"])
+        except DatafreeError as e:
+            raise DatafreeError(f"layer {entry['name']!r}: {e}") from None
+        if q._inner is not None:
+            _check_same_function(entry["name"], layer, bn, q)
         set_module(model, entry["name"], q)
         if entry.get("bn"):
             set_module(model, entry["bn"], nn.Identity())
         out.append(q)
     return out
+
+
+@torch.no_grad()
+def _check_same_function(name: str, layer: nn.Module, bn: Optional[nn.Module], q: QuantLayer) -> None:
+    """The subclass's forward with the folded weights must equal layer (+ BN): a forward that transforms its weight
+    (weight standardization) would not, and is refused in one line."""
+    p = next(layer.parameters())
+    if q.kind == "conv2d":
+        k = max(max(layer.kernel_size) * max(layer.dilation), 1)
+        x = torch.randn(2, layer.in_channels, 2 * k + 5, 2 * k + 5, dtype=p.dtype, device=p.device)
+    else:
+        x = torch.randn(2, layer.in_features, dtype=p.dtype, device=p.device)
+    modes = [(m, m.training) for m in (layer, bn) if m is not None]
+    try:
+        for m, _ in modes:
+            m.eval()
+        ref = layer(x) if bn is None else bn(layer(x))
+    finally:
+        for m, t in modes:
+            m.train(t)
+    got = q.op(x, q.weight, q.bias)
+    zero = torch.zeros_like(q.bias)
+    once, twice = q.op(x, q.weight, zero), q.op(x, 2 * q.weight, zero)  # a convolution is linear in its weight
+    close = lambda u, v: u.shape == v.shape and torch.allclose(u, v, rtol=1e-3, atol=1e-4 * float(v.abs().max()) + 1e-6)  # noqa: E731
+    if not (close(got, ref) and close(twice, 2 * once)):
+        raise DatafreeError(f"layer {name!r} ({type(layer).__name__}) does more than a convolution with its weight in "
+                            "its forward (e.g. it standardizes the weight), so its quantized copy would compute another "
+                            "function; datafree cannot quantize it: replace it by a plain layer with the transformed "
+                            "weight, or use a compressor that keeps it float")

@@ -1,0 +1,67 @@
+"""ImageNet-scale inputs, first class: the shared ImageNet sets as dataset specs and EfficientNet-Lite0 in the zoo."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datafree as df
+from datafree.cli import main
+from datafree.data.real import class_names, load_labelled_folder
+from datafree.models import InputSpec
+from tests.conftest import shared_or_skip
+
+
+def test_a_labelled_folder_is_resized_once_to_the_model_input(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.RandomState(0)
+    rows = []
+    for i, size in enumerate([(227, 227), (256, 256), (300, 200)]):
+        Image.fromarray(rng.randint(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
+        rows.append(f"{i}.jpg,{i * 7}")
+    (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    spec = InputSpec((3, 64, 64), (0.5,) * 3, (0.5,) * 3, 1000)
+    x, y = load_labelled_folder(tmp_path / "imgs", tmp_path / "labels.csv", spec)
+    assert x.shape == (3, 64, 64, 3) and x.dtype == np.uint8 and y.tolist() == [0, 7, 14]
+    with Image.open(tmp_path / "imgs" / "2.jpg") as im:  # one bilinear resize of the RGB image, nothing else
+        assert np.array_equal(x[2], np.asarray(im.convert("RGB").resize((64, 64), Image.BILINEAR)))
+    (tmp_path / "bad.csv").write_text("name,class\n0.jpg,1\n")
+    with pytest.raises(df.DatafreeError, match="columns file,label"):
+        load_labelled_folder(tmp_path / "imgs", tmp_path / "bad.csv", spec)
+
+
+def test_efficientnet_lite0_is_in_the_zoo_with_its_own_spec_and_weights():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    m = df.load_model("efficientnet_lite0")
+    spec = df.record_of(m).input_spec
+    assert spec.shape == (3, 224, 224) and spec.num_classes == 1000 and abs(spec.mean[0] - 127 / 255) < 1e-9
+    assert df.models.head_of(m) == "_fc" and 4.6e6 < sum(p.numel() for p in m.parameters()) < 4.7e6
+    w = m._fc.weight
+    assert float(w.std()) > 0.01  # Google's weights, not an initialization (those are reset by the package)
+    with pytest.raises(df.DatafreeError, match="1000 ImageNet classes"):
+        df.load_model("efficientnet_lite0", num_classes=10)
+
+
+def test_without_the_extra_the_zoo_entry_says_which_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # import fails as if not installed
+    assert main(["evaluate", "efficientnet_lite0", "--data", "digits:test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'datafree[imagenet]'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_imagenet_specs_and_the_real_model_on_them():
+    shared_or_skip("imagenet/val1300_labels.csv")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    m = df.load_model("efficientnet_lite0")
+    spec = df.record_of(m).input_spec
+    val = df.load_dataset("imagenet:val1300", spec)
+    sample = df.load_dataset("imagenet:sample1000", spec)
+    assert len(val) == 1300 and len(sample) == 1000 and len(set(val.y.tolist())) == 725
+    assert sorted(sample.y.tolist()) == list(range(1000))
+    assert class_names("imagenet:val1300")[0] == "tench"
+    top1 = df.evaluate(m, val.subset(200, 0))["top1"]
+    assert top1 > 70, top1  # 81.5 on all 1300 (README of the shared data); 200 images: a loose floor
+    with torch.no_grad():
+        assert torch.equal(m(val.x[:4]), m(val.x[:4]))
