@@ -138,3 +138,26 @@ def test_bf16_autocast_still_matches_bn_statistics():
     data = synthesize(m, "bn-stats", make_config("bn-stats", num=32, batch_size=32, iterations=60, bf16=True), progress=False)
     assert data.x.dtype == torch.float32 and torch.isfinite(data.x).all()
     assert measured("bnstats_bf16.bn_ratio_to_noise", _bn_loss(m, data.x) / _bn_loss(m, torch.randn(32, 1, 8, 8))) < 0.5
+
+
+def test_low_res_synthesis_optimizes_at_half_size_first_and_is_off_by_default(monkeypatch):
+    """`low_res`: the first part of the iterations at half resolution (each step ~4x cheaper), then full size."""
+    import datafree as df
+    from datafree.models import InputSpec
+    from datafree.models.record import record_of
+
+    torch.manual_seed(0)
+    m = df.create_model("small_cnn_cifar")
+    record_of(m).input_spec = InputSpec((3, 32, 32), (0.5,) * 3, (0.5,) * 3, 10)
+    sizes = []
+    m.register_forward_pre_hook(lambda mod, inp: sizes.append(tuple(inp[0].shape[-2:])))
+    cfg = df.make_config("bn-stats", num=8, batch_size=8, iterations=10, low_res=0.6)
+    data = df.synthesize(m, "bn-stats", cfg, progress=False)
+    assert data.x.shape == (8, 3, 32, 32) and torch.isfinite(data.x).all()
+    run = sizes[:10]
+    assert run[:6] == [(16, 16)] * 6 and run[6:10] == [(32, 32)] * 4, run
+    sizes.clear()
+    df.synthesize(m, "bn-stats", df.make_config("bn-stats", num=8, batch_size=8, iterations=4), progress=False)
+    assert sizes[:4] == [(32, 32)] * 4  # off by default
+    with pytest.raises(df.DatafreeError, match="low_res must be < 1"):
+        df.make_config("bn-stats", low_res=1.0)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Optional, cast
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .._version import __version__
 from ..core import parallel
@@ -73,6 +74,10 @@ class PixelConfig(SynthConfig):
     channels_last: bool = opt(False, "optimize a channels-last working copy of the teacher (faster on CPU)", cli=True)
     bf16: bool = opt(False, "run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX; losses and "
                             "statistics stay float32)", cli=True)
+    low_res: float = opt(0.0, "fraction of the iterations optimized at half resolution before the upsampled batch "
+                              "finishes at full size (DeepInversion's ImageNet schedule; each low-resolution step costs "
+                              "about a quarter); 0 = off, inputs under 32 px stay at full size", cli=True, lo=0.0,
+                         hi=1.0, hi_open=True)
 
 
 class Synthesizer:
@@ -139,19 +144,33 @@ class Synthesizer:
         return x, y
 
     def optimize_pixels(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
-        """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels."""
+        """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels; with `low_res`, the
+        first part of the iterations at half resolution, then the upsampled batch finishes at full resolution."""
         cfg = cast(PixelConfig, self.cfg)
-        x = self.init_batch(len(y), gen, cfg.init_std)
+        c, h, w = self.spec.shape
+        n_low = int(round(cfg.low_res * cfg.iterations)) if min(h, w) >= 32 else 0
+        if n_low == 0:
+            return self._adam(self.init_batch(len(y), gen, cfg.init_std), y, gen, step, cfg.iterations, cfg.jitter)
+        x = (torch.randn((len(y), c, h // 2, w // 2), generator=gen) * cfg.init_std).to(self.device)
+        x = self._adam(x, y, gen, step, n_low, max(0, cfg.jitter // 2), keep_best=False)
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return self._adam(x, y, gen, step, cfg.iterations - n_low, cfg.jitter)
+
+    def _adam(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, step: "StepCallback", iterations: int,
+              jitter: int, keep_best: Optional[bool] = None) -> torch.Tensor:
+        """`iterations` Adam steps on the batch x (any resolution the teacher takes), cosine schedule, valid pixels."""
+        cfg = cast(PixelConfig, self.cfg)
+        x = torch.maximum(torch.minimum(x, self.hi), self.lo)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.iterations))
-        keep_best = bool(getattr(cfg, "keep_best", False))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
+        keep_best = bool(getattr(cfg, "keep_best", False)) if keep_best is None else keep_best
         best, best_loss = None, math.inf
-        for it in range(cfg.iterations):
+        for it in range(iterations):
             opt.zero_grad(set_to_none=True)
-            xa = jitter_flip(x, cfg.jitter, cfg.flip, gen)
+            xa = jitter_flip(x, jitter, cfg.flip, gen)
             xa, target = self.mix_inputs(xa, y, gen)
             with torch.autocast(device_type=xa.device.type, dtype=torch.bfloat16, enabled=bool(getattr(cfg, "bf16", False))):
                 logits = self.teacher(xa)
