@@ -1254,6 +1254,19 @@ def section_imagenet() -> str:
         out.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['source']} | {r['stage']} | {r['top1']:.2f} | "
                    f"{fp['top1'] - r['top1']:+.2f} | {r['agreement']:.2f} | {r.get('synth_seconds', 0):.0f} | "
                    f"{r.get('quant_seconds', 0):.0f} |")
+    ex = RESULTS / "imagenet_lite0_export.json"
+    if ex.is_file():
+        e = json.loads(ex.read_text())
+        x = e["rows"][0]
+        lat = "; ".join(f"batch {v['batch']} / {v['threads']} thread(s) {v['ms']:.1f} ms vs FP32 {v['fp32_ms']:.1f} ms "
+                        f"({v['ratio']:.2f}x)" for v in x["latency"].values())
+        out.append(f"\n**Deployed** (`{ex.name}`, {e['meta']['machine'].get('cpu', 'CPU')}, commit "
+                   f"{e['meta']['commit'][:7]}): `{e['meta']['command']}`. The W8A8 file (real calibration) in "
+                   f"onnxruntime: top-1 {x['top1_ort']:.2f} vs the simulation's {x['top1_sim']:.2f}, the same "
+                   f"prediction on {x['prediction_agreement']:.2f} % of {x['n']} images; {lat}; "
+                   f"{x['bytes'] / 1e6:.1f} MB vs {x['bytes_fp32'] / 1e6:.1f} MB; integer kernels "
+                   + ", ".join(f"{k} {n}" for k, n in x["integer_ops"].items()) + ", float compute left "
+                   + (", ".join(f"{k} {n}" for k, n in x["float_ops"].items()) or "none") + ".")
     out.append("\nPublished anchors, as drops from their own FP32 (full ImageNet validation, GPU-scale data "
                "generation; not reproduced here): MCT data generation, MobileNetV2 W4A8 (EPTQ): generated -3.29 "
                "(71.89 -> 68.60), real data -2.56; ResNet-18 W4A8 generated -1.22; IntraQ MobileNetV2 W4A4 65.10 from "
