@@ -1,6 +1,6 @@
 """Real scale: EfficientNet-Lite0 (ImageNet, 224 px) quantized from each calibration source, on this CPU.
 
-Run: python -m benchmarks.imagenet [--bits w8a8] [--sources real gaussian bn-stats bn-stats-lowres] [--num 64]
+Run: python -m benchmarks.imagenet [--bits w8a8] [--sources real gaussian bn-stats bn-stats-lowres bn-stats-fast] [--num 64]
      [--iterations 100] [--low-res 0.75] [--eval-num 1300]
 Writes benchmarks/results/imagenet_lite0.json: rows model, w_bits, a_bits, source, stage, top1 (val1300, the real
 ILSVRC2012 validation images), agreement (same prediction as FP32), seconds (synthesis + quantization; synthesis
@@ -20,7 +20,8 @@ from datafree.core.utils import predict
 from .common import RowStore, command_line, data_root, git_commit, machine
 
 SOURCES = {"real": ("imagenet:sample1000", {}), "gaussian": ("gaussian", {}), "bn-stats": ("bn-stats", {}),
-           "bn-stats-lowres": ("bn-stats", {"low_res": None})}  # None: --low-res
+           "bn-stats-lowres": ("bn-stats", {"low_res": None}),  # None: --low-res
+           "bn-stats-fast": ("bn-stats", {"low_res": None, "channels_last": True, "bf16": True})}
 
 
 def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, float]:
@@ -39,7 +40,8 @@ def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, fl
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", nargs="+", default=["w8a8"])
-    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
+                   help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")

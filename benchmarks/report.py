@@ -1241,7 +1241,8 @@ def section_imagenet() -> str:
            f"{d['meta']['config']['num']} calibration samples per source: `real` = `imagenet:sample1000` (one training "
            "image per class, the real data a user has), `gaussian`, `bn-stats` (the model's own BN statistics, "
            f"{d['meta']['config']['iterations']} iterations at 224 px), `bn-stats-lowres` (the same with the first "
-           f"{100 * d['meta']['config']['low_res']:.0f} % of the iterations at 112 px: `--low-res`). top-1 and "
+           f"{100 * d['meta']['config']['low_res']:.0f} % of the iterations at 112 px: `--low-res`), `bn-stats-fast` (that, "
+           "plus a channels-last teacher and bfloat16 autocast: `--channels-last --bf16`). top-1 and "
            "agreement (same prediction as FP32) on `imagenet:val1300` (real ILSVRC2012 validation images, squashed "
            "227 px full frames: compare drops, never absolute top-1 with published numbers). *seconds* = synthesis + "
            "quantization on 2 cores.\n",
