@@ -276,6 +276,9 @@ class _LayoutPass:
 
         for n in self.original:
             r = n.args[0] if self.is_ql(n) and n.args else None
+            while isinstance(r, fx.Node) and isinstance(self.mod(r), (nn.Dropout, nn.Identity)) and len(r.users) == 1 \
+                    and r.args and isinstance(r.args[0], fx.Node):
+                r = r.args[0]  # dropout (identity in inference) between the flatten and the classifier
             reshape = isinstance(r, fx.Node) and ((r.op == "call_function" and r.target in (torch.flatten, torch.reshape))
                                                   or (r.op == "call_method" and r.target in ("flatten", "view", "reshape")))
             if reshape and len(r.users) == 1 and isinstance(r.args[0], fx.Node) and len(r.args[0].users) == 1:
