@@ -65,3 +65,25 @@ def test_imagenet_specs_and_the_real_model_on_them():
     assert top1 > 70, top1  # 81.5 on all 1300 (README of the shared data); 200 images: a loose floor
     with torch.no_grad():
         assert torch.equal(m(val.x[:4]), m(val.x[:4]))
+
+
+def test_evaluate_folds_bn_for_large_images_and_gives_the_same_numbers():
+    """At ImageNet-like sizes evaluate runs a copy with BN folded into the convs: same logits, same predictions."""
+    from datafree.evaluation.metrics import _inference_copy
+
+    torch.manual_seed(0)
+    m = df.create_model("small_cnn_cifar")
+    df.record_of(m).input_spec = InputSpec((3, 64, 64), (0.5,) * 3, (0.5,) * 3, 10)
+    for mod in m.modules():  # non-trivial BN statistics, as after training
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5), mod.running_var.uniform_(0.5, 2.0), mod.weight.data.uniform_(0.5, 1.5)
+    m.eval()
+    data = df.TensorData(torch.randn(40, 3, 64, 64), torch.randint(0, 10, (40,)))
+    fused = _inference_copy(m, data)
+    assert fused is not m and not any(isinstance(x, torch.nn.BatchNorm2d) for x in fused.modules())
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # the model itself is untouched
+    with torch.no_grad():
+        assert torch.allclose(fused(data.x), m(data.x), atol=1e-4)
+    assert df.evaluate(m, data)["top1"] == round(100 * (m(data.x).argmax(1) == data.y).float().mean().item(), 3)
+    small = df.TensorData(torch.randn(4, 3, 32, 32))
+    assert _inference_copy(m, small) is m  # small images: no copy
