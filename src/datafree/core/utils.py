@@ -8,7 +8,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -27,18 +27,15 @@ if TYPE_CHECKING:  # annotations only: utils imports nothing of the package abov
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no parameter grads for the duration; restores the caller's mode and flags."""
-    modes = {m: m.training for m in model.modules()}
     flags = {p: p.requires_grad for p in model.parameters()}
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for m, t in modes.items():
-            m.training = t
-        for p, f in flags.items():
-            p.requires_grad_(f)
+    with eval_modes(model):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            yield model
+        finally:
+            for p, f in flags.items():
+                p.requires_grad_(f)
 
 
 @contextlib.contextmanager
@@ -52,6 +49,15 @@ def eval_modes(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, t in modes.items():
             m.training = t
+
+
+def fold_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of a conv/linear with the eval-mode BatchNorm that follows it folded in (same function)."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    g = bn.weight.detach() if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(std)
+    b = bias if bias is not None else torch.zeros_like(std)
+    return weight * (g / std).view(-1, *[1] * (weight.dim() - 1)), beta + (b - bn.running_mean) * g / std
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -45,8 +45,6 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 def load_folder(path: str, input_spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (resized to the spec, RGB or grayscale) and labels from class subfolders."""
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(path)
     if not root.is_dir():
         raise DatafreeError(f"image folder {path!r} not found; give folder:PATH with one subfolder per class")
@@ -60,11 +58,7 @@ def load_folder(path: str, input_spec: InputSpec) -> tuple[np.ndarray, np.ndarra
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_EXTS:
                 continue
-            try:
-                with Image.open(f) as im:
-                    xs.append(np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8))
-            except (OSError, UnidentifiedImageError) as e:
-                raise DatafreeError(f"cannot read image {f}: {e}") from None
+            xs.append(_read_image(f, mode, (w, h)))
             ys.append(label)
     if not xs:
         raise DatafreeError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {path!r}")

@@ -34,7 +34,7 @@ def _inference_copy(model: nn.Module, data: TensorData) -> nn.Module:
     import copy
 
     from ..compressors.quant.prepare import trace_layers
-    from ..core.utils import LARGE_INPUT, set_module
+    from ..core.utils import LARGE_INPUT, fold_bn, set_module
 
     x0 = data.x[:1]
     if x0.dim() != 4 or x0.shape[-1] * x0.shape[-2] < LARGE_INPUT:
@@ -44,12 +44,9 @@ def _inference_copy(model: nn.Module, data: TensorData) -> nn.Module:
         return model
     m = copy.deepcopy(model).eval()
     for c, b in pairs:
-        conv, bn = m.get_submodule(c), m.get_submodule(b)
-        scale = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias if bn.bias is not None else torch.zeros_like(scale)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-        conv.weight = nn.Parameter(conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)))
-        conv.bias = nn.Parameter(shift + (bias - bn.running_mean) * scale)
+        conv = m.get_submodule(c)
+        w, bias = fold_bn(conv.weight, conv.bias, m.get_submodule(b))
+        conv.weight, conv.bias = nn.Parameter(w), nn.Parameter(bias)
         set_module(m, b, nn.Identity())
     return m
 

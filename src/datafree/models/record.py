@@ -34,7 +34,3 @@ def record_of(model: nn.Module) -> ModelRecord:
         rec.input_spec = model.__dict__.pop("input_spec")
     return rec
 
-
-def has_record(model: nn.Module) -> bool:
-    """Whether datafree has recorded anything about this model."""
-    return _ATTR in model.__dict__

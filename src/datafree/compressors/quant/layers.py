@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...core.errors import DatafreeError
-from ...core.utils import batch_moments
+from ...core.utils import batch_moments, fold_bn
 from .quantizer import (
     RangeObserver,
     WeightRounding,
@@ -83,11 +83,10 @@ class QuantLayer(nn.Module):
         gamma = beta = bn_std = torch.empty(0, device=w.device)
         eps = 0.0
         if bn is not None:
+            w, b = fold_bn(w, b, bn)
             std = torch.sqrt(bn.running_var + bn.eps)
             g = bn.weight.detach() if bn.weight is not None else torch.ones_like(std)
             bt = bn.bias.detach() if bn.bias is not None else torch.zeros_like(std)
-            w = w * (g / std).view(-1, *[1] * (w.dim() - 1))
-            b = bt + (b - bn.running_mean) * g / std
             gamma, beta, bn_std, eps = g.clone(), bt.clone(), std.clone(), float(bn.eps)
         self.weight = nn.Parameter(w)
         self.bias = nn.Parameter(b)

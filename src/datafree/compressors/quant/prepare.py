@@ -70,11 +70,13 @@ def _check_same_function(name: str, layer: nn.Module, bn: Optional[nn.Module], q
     """The subclass's forward with the folded weights must equal layer (+ BN): a forward that transforms its weight
     (weight standardization) would not, and is refused in one line."""
     p = next(layer.parameters())
+    gen = torch.Generator().manual_seed(0)  # its own probe: the caller's random stream is left as it was
     if q.kind == "conv2d":
         k = max(max(layer.kernel_size) * max(layer.dilation), 1)
-        x = torch.randn(2, layer.in_channels, 2 * k + 5, 2 * k + 5, dtype=p.dtype, device=p.device)
+        shape: tuple[int, ...] = (2, layer.in_channels, 2 * k + 5, 2 * k + 5)
     else:
-        x = torch.randn(2, layer.in_features, dtype=p.dtype, device=p.device)
+        shape = (2, layer.in_features)
+    x = torch.randn(shape, generator=gen, dtype=p.dtype).to(p.device)
     modes = [(m, m.training) for m in (layer, bn) if m is not None]
     try:
         for m, _ in modes:
