@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(a.seed)
     meta = {"benchmark": "imagenet_lite0", "config": {k: v for k, v in vars(a).items() if k not in ("no_progress",)},
             "seed": a.seed, "commit": git_commit(), "machine": machine(),
-            "command": command_line("benchmarks.imagenet", a, skip=("out", "no_progress")),
+            "command": command_line("benchmarks.imagenet", a, skip=("out", "no_progress", "bits", "sources")),
+            "rows": "each row ran with this command and `--bits B --sources S` naming it (the protocol is the rest)",
             "note": "val1300 holds 227 px squashed full frames: compare drops from the model's own FP32 here, never "
                     "absolute top-1 with published full-validation numbers"}
     store = RowStore(a.out, meta, selection=("bits", "sources"))

@@ -16,6 +16,7 @@ from datafree.compressors.quant import QuantConfig
 from datafree.data.train import train_classifier_
 from datafree.kd.loop import KDConfig
 from datafree.models import InputSpec
+from tests.conftest import SEED, measured
 
 
 class SameConv(nn.Conv2d):
@@ -85,9 +86,9 @@ def build(num_classes: int = 10) -> TFNet:
 
 @pytest.fixture(scope="module")
 def tfnet():
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     m = df.create_model(FACTORY)
-    train_classifier_(m, df.load_dataset("digits:train", SPEC), epochs=8, seed=0)
+    train_classifier_(m, df.load_dataset("digits:train", SPEC), epochs=8, seed=SEED)
     return m.eval()
 
 
@@ -111,7 +112,9 @@ def test_quantized_subclass_model_is_deterministic_and_equal_to_float_before_rou
     with torch.no_grad():
         assert torch.equal(q(test.x), q(test.x))
         agree = (q(test.x).argmax(1) == tfnet(test.x).argmax(1)).float().mean().item()
-    assert agree >= 0.95, agree  # W8A8 on a 2-layer-wide toy (measured 0.99 here)
+    # W8A8 on the toy (measured in test_bounds_subclass.json, 20 runs, seeds 0-19, 1/2 threads, half beside a heavy
+    # job: 0.956..0.992; seed 0 gives 0.986)
+    assert measured("subclass.w8a8_agreement", agree) >= 0.95, agree
     assert "rand" not in str(getattr(q, "graph", "")), "drop-path frozen into the traced graph"
 
 
@@ -150,6 +153,7 @@ def test_the_int8_export_of_a_subclass_model_matches_its_simulation(tfnet, digit
     calib, test = digits
     q = df.quantize(tfnet, calib, QuantConfig(num_calib=128))
     info = export_model(q, tmp_path / "q.onnx", ExportOptions(reps=2, latency_batch=8), check=test)
-    assert info["prediction_agreement"] >= 99.5, info["prediction_agreement"]
+    # measured in test_bounds_subclass.json, 20 runs: agreement 100.0 and top-1 gap 0.0 in every run
+    assert measured("subclass.onnx_agreement", info["prediction_agreement"]) >= 99.5, info["prediction_agreement"]
     assert not {"Conv", "FusedConv", "Gemm"} & set(info["float_ops"]), info["float_ops"]  # every conv on integers
-    assert abs(info["top1_ort"] - info["top1_sim"]) <= 0.6
+    assert measured("subclass.onnx_top1_gap", abs(info["top1_ort"] - info["top1_sim"])) <= 0.6
