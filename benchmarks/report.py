@@ -1234,7 +1234,7 @@ def section_imagenet() -> str:
     rows = d["rows"]
     fp = _row(rows, stage="fp32")
     out = ["## Real scale: EfficientNet-Lite0 (ImageNet, 224 px) on this CPU\n", _meta_line(d["meta"]),
-           _incomplete(d["meta"]), (d["meta"]["rows"].capitalize() + ".\n") if d["meta"].get("rows") else "",
+           _incomplete(d["meta"]), (d["meta"]["rows"][:1].upper() + d["meta"]["rows"][1:] + ".\n") if d["meta"].get("rows") else "",
            "EfficientNet-Lite0 with Google's ImageNet weights (`datafree[imagenet]`, unmodified: its convolutions are "
            "`nn.Conv2d` subclasses that pad inside `forward`, its blocks use drop-connect), quantized with every layer's "
            "input on a per-tensor grid and first/last layer at 8 bits, from "
