@@ -87,3 +87,15 @@ def test_evaluate_folds_bn_for_large_images_and_gives_the_same_numbers():
     assert df.evaluate(m, data)["top1"] == round(100 * (m(data.x).argmax(1) == data.y).float().mean().item(), 3)
     small = df.TensorData(torch.randn(4, 3, 32, 32))
     assert _inference_copy(m, small) is m  # small images: no copy
+
+
+def test_the_allocator_threshold_is_raised_on_glibc_and_can_be_turned_off():
+    import subprocess
+
+    code = ("import ctypes, datafree as df; print(df.tune_allocator(), df.tune_allocator())")
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    env = {**__import__("os").environ, "DATAFREE_MALLOC_TUNE": "0"}
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert off == ["False", "False"]
+    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert on == ["True", "True"]  # set once, and the second call reports the first

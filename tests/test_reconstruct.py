@@ -274,3 +274,33 @@ def test_qdrop_keeps_each_activation_float_with_its_probability_and_only_while_l
         reconstruct_(copy.deepcopy(q), calib, "brecq", iters=1, drop=1.0)
     with pytest.raises(df.DatafreeError, match="recon_drop"):
         df.QuantConfig.from_flat(recon_drop=-0.1)
+
+
+class _SizeBeforeBlocks(torch.nn.Module):
+    """Reads the batch size at the input and uses it after the last conv, as EfficientNet's head does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        n = x.size(0)
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.conv2(x)).mean((2, 3))
+        return self.fc(x.view(n, -1))
+
+
+@pytest.mark.parametrize("mode", ["adaround", "brecq"])
+def test_a_batch_size_read_before_a_block_follows_the_reconstruction_batch(mode):
+    torch.manual_seed(0)
+    m = _SizeBeforeBlocks().eval()
+    record_of(m).input_spec = DIGITS_SPEC
+    data = df.load_dataset("digits:train", DIGITS_SPEC).subset(40)
+    q = df.quantize(m, data, df.QuantConfig(w_bits=4, a_bits=8, num_calib=40))
+    x = data.x[:5]
+    before = q(x)
+    report = reconstruct_(q, data, mode, iters=5, batch_size=16)  # captures run 40 at a time, learning 16 at a time
+    assert len(report) == 3 and q(x).shape == before.shape  # every layer sits directly under the root

@@ -135,6 +135,9 @@ def setup(a: argparse.Namespace) -> None:
     """Threads, device and (under torchrun) the process group."""
     import torch
 
+    from ..core.runtime import tune_allocator
+
+    tune_allocator()
     if a.threads is not None and a.threads < 1:
         raise DatafreeError(f"--threads must be >= 1, got {a.threads}")
     if a.threads:

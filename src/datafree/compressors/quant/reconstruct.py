@@ -132,6 +132,7 @@ def _regions(gm, blocks: list[list[str]]) -> list[tuple[list, list, Any]]:
     for k, first in enumerate(firsts):
         end = index[firsts[k + 1]] if k + 1 < len(firsts) else next(i for i, n in enumerate(nodes) if n.op == "output")
         region = [n for n in nodes[index[first]:end] if n.op not in ("placeholder", "output")]
+        region = _with_shape_queries(region, index)
         inside = set(region)
         ext = []
         for n in region:
@@ -140,6 +141,29 @@ def _regions(gm, blocks: list[list[str]]) -> list[tuple[list, list, Any]]:
                     ext.append(a)
         out.append((region, ext, region[-1]))
     return out
+
+
+def _is_shape_query(n: Any) -> bool:
+    """A node that reads a tensor's shape (x.size(0), x.shape, x.dim()): its value is a number, not a tensor."""
+    import operator
+
+    return (n.op == "call_method" and n.target in ("size", "dim")) or \
+        (n.op == "call_function" and n.target in (getattr, operator.getitem, torch.numel) and
+         (n.target is not getattr or n.args[1] in ("shape", "ndim")) and
+         (n.target is not operator.getitem or _is_shape_query(n.args[0])))
+
+
+def _with_shape_queries(region: list, index: dict) -> list:
+    """The region with the shape queries it reads pulled in (recomputed from the captured tensors): a batch size read
+    before the region must follow the reconstruction batch, not the capture's."""
+    inside = set(region)
+    todo = [a for n in region for a in n.all_input_nodes if a not in inside]
+    while todo:
+        a = todo.pop()
+        if a not in inside and _is_shape_query(a):
+            inside.add(a)
+            todo.extend(x for x in a.all_input_nodes if x not in inside)
+    return sorted(inside, key=index.__getitem__)
 
 
 def _subgraph(gm, region: list, inputs: list, output: Any):
