@@ -1,10 +1,12 @@
 """Real scale: EfficientNet-Lite0 (ImageNet, 224 px) quantized from each calibration source, on this CPU.
 
-Run: python -m benchmarks.imagenet [--bits w8a8] [--sources real gaussian bn-stats bn-stats-lowres bn-stats-fast] [--num 64]
-     [--iterations 100] [--low-res 0.75] [--eval-num 1300]
+Run: python -m benchmarks.imagenet [--bits w8a8 w4a8 w4a4] [--sources real gaussian bn-stats bn-stats-lowres]
+     [--stages calibrate brecq] [--num 64] [--iterations 100] [--low-res 0.75] [--recon-iters 200] [--eval-num 1300]
 Writes benchmarks/results/imagenet_lite0.json: rows model, w_bits, a_bits, source, stage, top1 (val1300, the real
 ILSVRC2012 validation images), agreement (same prediction as FP32), seconds (synthesis + quantization; synthesis
-recorded apart), resumable row by row. Needs the extra: pip install -e '.[imagenet]'.
+recorded apart), resumable row by row. First and last layer stay at 8 bits (weights and input) in every row.
+Synthetic sets are stored under benchmarks/cache/ and shared by the rows of one source. Needs the extra:
+pip install -e '.[imagenet]'.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import datafree as df
 from datafree.compressors.quant import QuantConfig
 from datafree.core.utils import predict
 
-from .common import RowStore, command_line, data_root, git_commit, machine
+from .common import RowStore, cached_set, command_line, data_root, git_commit, machine
 
 SOURCES = {"real": ("imagenet:sample1000", {}), "gaussian": ("gaussian", {}), "bn-stats": ("bn-stats", {}),
            "bn-stats-lowres": ("bn-stats", {"low_res": None}),  # None: --low-res
@@ -30,11 +32,15 @@ def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, fl
     if name.startswith("imagenet:"):
         return df.load_dataset(name, spec, data_root()).subset(a.num, a.seed), 0.0
     over = {k: (a.low_res if v is None else v) for k, v in over.items()}
-    cfg = df.make_config(name, num=a.num, batch_size=min(32, a.num), seed=a.seed,
-                         **({"iterations": a.iterations} if name != "gaussian" else {}), **over)
-    t0 = time.time()
-    data = df.synthesize(model, name, cfg, progress=not a.no_progress)
-    return data, time.time() - t0
+    if name == "gaussian":
+        t0 = time.time()
+        return df.synthesize(model, name, df.make_config(name, num=a.num, seed=a.seed)), time.time() - t0
+    data, man = cached_set(model, "efficientnet_lite0", name, a.num, a.iterations, a.seed, batch_size=min(32, a.num),
+                           **over)
+    return data, float(man.get("seconds") or 0.0)
+
+
+STAGES = {"calibrate": {}, "adaround": {"reconstruct": "adaround"}, "brecq": {"reconstruct": "brecq"}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,22 +48,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bits", nargs="+", default=["w8a8"])
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
                    help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16")
+    p.add_argument("--stages", nargs="+", default=["calibrate"], choices=list(STAGES),
+                   help="calibrate = ranges only; adaround / brecq = learned rounding after calibration (--recon-iters)")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")
+    p.add_argument("--recon-iters", type=int, help="reconstruction iterations per layer / block (default 200)")
     p.add_argument("--eval-num", type=int, default=1300, help="val1300 images to evaluate on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="benchmarks/results/imagenet_lite0.json")
     a = p.parse_args(argv)
+    df.tune_allocator()
     torch.manual_seed(a.seed)
     meta = {"benchmark": "imagenet_lite0", "config": {k: v for k, v in vars(a).items() if k not in ("no_progress",)},
             "seed": a.seed, "commit": git_commit(), "machine": machine(),
-            "command": command_line("benchmarks.imagenet", a, skip=("out", "no_progress", "bits", "sources")),
-            "rows": "each row ran with this command and `--bits B --sources S` naming it (the protocol is the rest)",
+            "command": command_line("benchmarks.imagenet", a, skip=("out", "no_progress", "bits", "sources", "stages")),
+            "rows": "each row ran with this command and `--bits B --sources S --stages T` naming it (the protocol is the "
+                    "rest)",
             "note": "val1300 holds 227 px squashed full frames: compare drops from the model's own FP32 here, never "
                     "absolute top-1 with published full-validation numbers"}
-    store = RowStore(a.out, meta, selection=("bits", "sources"))
+    store = RowStore(a.out, meta, selection=("bits", "sources", "stages"))
     model = df.load_model("efficientnet_lite0")
     val = df.load_dataset("imagenet:val1300", df.record_of(model).input_spec, data_root()).subset(a.eval_num, a.seed)
     fp_pred = predict(model, val)
@@ -66,20 +77,25 @@ def main(argv: list[str] | None = None) -> None:
     for bits in a.bits:
         w, act = int(bits[1]), int(bits[3])
         for src in a.sources:
-            def row() -> dict:
-                calib, synth_s = _calib(model, src, a)
-                t0 = time.time()
-                q = df.quantize(model, calib, QuantConfig(w_bits=w, a_bits=act, num_calib=a.num, batch_size=16))
-                quant_s = time.time() - t0
-                pred = predict(q, val)
-                return {"top1": round(100 * (pred == val.y).float().mean().item(), 2),
-                        "agreement": round(100 * (pred == fp_pred).float().mean().item(), 2),
-                        "synth_seconds": round(synth_s, 1), "quant_seconds": round(quant_s, 1),
-                        "seconds": round(synth_s + quant_s, 1), "samples": len(calib)}
+            for stage in a.stages:
+                def row() -> dict:
+                    calib, synth_s = _calib(model, src, a)
+                    iters = a.recon_iters or 200
+                    cfg = QuantConfig.from_flat(w_bits=w, a_bits=act, num_calib=a.num, batch_size=16,
+                                                recon_iters=iters, **STAGES[stage])
+                    t0 = time.time()
+                    q = df.quantize(model, calib, cfg)
+                    quant_s = time.time() - t0
+                    pred = predict(q, val)
+                    return {"top1": round(100 * (pred == val.y).float().mean().item(), 2),
+                            "agreement": round(100 * (pred == fp_pred).float().mean().item(), 2),
+                            "synth_seconds": round(synth_s, 1), "quant_seconds": round(quant_s, 1),
+                            "seconds": round(synth_s + quant_s, 1), "samples": len(calib),
+                            **({"recon_iters": iters} if stage != "calibrate" else {})}
 
-            r = store.run({"model": "efficientnet_lite0", "w_bits": w, "a_bits": act, "source": src,
-                           "stage": "calibrate"}, row)
-            print(r, flush=True)
+                r = store.run({"model": "efficientnet_lite0", "w_bits": w, "a_bits": act, "source": src,
+                               "stage": stage}, row)
+                print(r, flush=True)
     store.finish(complete=True)
 
 

@@ -133,8 +133,8 @@ def test_quantize_runs_named_stages_and_a_stage_can_be_inserted(digits_teacher):
         seen.append([q.act_quant for q in quant_layers(st.qmodel)])
 
     stages = with_stage("probe", probe, after="weight_scales")
-    assert [n for n, _ in stages] == ["fold", "weight_scales", "probe", "calibrate", "bn_reestimate", "reconstruct",
-                                      "finetune"]
+    assert [n for n, _ in stages] == ["fold", "weight_scales", "probe", "calibrate", "bias_correct", "bn_reestimate",
+                                      "reconstruct", "finetune"]
     q = quantize(m, data, QuantConfig(w_bits=4, a_bits=4), stages=stages)
     assert seen and not any(seen[0])  # ran before calibration
     assert record_of(q).transforms[-1]["stages"] == [n for n, _ in stages]
@@ -177,3 +177,37 @@ def test_quantize_draws_its_calibration_samples_from_any_source(digits_teacher):
     ref = quantize(m, df.TensorData(real.x[:64], real.y[:64]), QuantConfig(w_bits=4, a_bits=4, num_calib=64))
     with torch.no_grad():
         assert torch.equal(q(real.x[:32]), ref(real.x[:32]))
+
+
+def test_bias_correction_makes_each_layers_mean_output_the_float_one():
+    """Two layers at 3-bit weights, float inputs: after correction the first layer's mean output over the data equals
+    the float layer's (per channel), and the second's equals its float weights' on the corrected first output."""
+    import torch.nn.functional as F
+
+    import datafree as df
+    from datafree.compressors.quant import QuantConfig, correct_bias_, quantize
+    from datafree.models import InputSpec
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    record_of(m).input_spec = InputSpec((2, 6, 6), (0.0, 0.0), (1.0, 1.0), 3)
+    x = torch.rand(40, 2, 6, 6) + 0.5  # positive inputs: a weight error shifts the mean output
+    data = df.TensorData(x, torch.zeros(40, dtype=torch.long))
+    cfg = QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40)
+    q = quantize(m, data, cfg)
+    conv, lin = quant_layers(q)
+    b_conv, b_lin = conv.bias.detach().clone(), lin.bias.detach().clone()
+    assert correct_bias_(q, data) == 40
+    with torch.no_grad():
+        yq = F.conv2d(x, conv.quant_weight(), b_conv)
+        shift = (F.conv2d(x, conv.weight, b_conv) - yq).mean((0, 2, 3))
+        assert shift.abs().max() > 1e-3  # there was a shift to correct
+        assert torch.allclose(conv.bias, b_conv + shift, atol=1e-6)
+        h = torch.relu(F.conv2d(x, conv.quant_weight(), conv.bias)).flatten(1)
+        assert torch.allclose(lin.bias, b_lin + (F.linear(h, lin.weight, b_lin) - F.linear(h, lin.quant_weight(), b_lin)).mean(0), atol=1e-5)
+        assert torch.allclose(F.conv2d(x, conv.quant_weight(), conv.bias).mean((0, 2, 3)),
+                              F.conv2d(x, conv.weight, b_conv).mean((0, 2, 3)), atol=1e-5)
+    assert not any("correcting" in vars(layer) for layer in (conv, lin))  # the flag is gone after the pass
+    # as a stage: recorded, the same biases
+    q2 = quantize(m, data, QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40, bias_correct=True))
+    assert torch.allclose(quant_layers(q2)[0].bias, conv.bias) and record_of(q2).reports["quantize"]["bias_correct"] == {"samples": 40}

@@ -6,6 +6,7 @@ from .ptq import (
            QuantConfig,
            QuantRun,
            calibrate_activations_,
+           correct_bias_,
            prepare_quantized,
            quant_layers,
            quantize,
@@ -26,6 +27,6 @@ from .quantizer import (
 )
 
 __all__ = ["enable_learned_steps_", "finetune_quantized_", "QuantLayer", "trace_layers", "wrap_layers_",
-           "STAGES", "QuantConfig", "QuantRun", "with_stage", "calibrate_activations_", "prepare_quantized", "quant_layers", "quantize", "reestimate_bn_",
+           "STAGES", "QuantConfig", "QuantRun", "with_stage", "calibrate_activations_", "correct_bias_", "prepare_quantized", "quant_layers", "quantize", "reestimate_bn_",
            "RangeObserver", "WeightRounding", "act_qparams", "fake_quant", "mse_range", "quantize_int", "signed_range",
            "unsigned_range", "weight_scales"]

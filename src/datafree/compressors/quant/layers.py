@@ -62,6 +62,7 @@ class QuantLayer(nn.Module):
     """Conv/linear with per-channel symmetric weight and per-tensor asymmetric input fake-quant."""
 
     qdrop: Optional[tuple[float, torch.Generator]] = None  # set only while reconstruction drops quantization (QDrop)
+    correcting: bool = False  # set only during bias correction (`correct_bias_`)
 
     def __init__(self, layer: nn.Module, bn: Optional[nn.Module] = None, w_bits: int = 8, a_bits: int = 8) -> None:
         super().__init__()
@@ -179,6 +180,8 @@ class QuantLayer(nn.Module):
         x = self.quantize_input(x)
         w, b = self.quant_weight(), self.quant_bias()
         y = self.op(x, w, b)
+        if self.correcting and self.w_bits < FLOAT_BITS:
+            y = y + self._correct_bias(x, y)
         if self._reest is not None and self.folded_bn:
             m, v = batch_moments(y)
             n = y.shape[0]
@@ -199,6 +202,16 @@ class QuantLayer(nn.Module):
             finally:
                 del shell.__dict__["weight"], shell.__dict__["bias"]
         return F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
+
+    @torch.no_grad()
+    def _correct_bias(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Empirical bias correction: add to the bias the mean per-channel output shift that the quantized weights cause
+        on this input; returns that shift shaped to broadcast over y."""
+        ch = 1 if self.kind == "conv2d" else y.dim() - 1
+        dims = [d for d in range(y.dim()) if d != ch]
+        shift = (self.op(x, self.weight, self.bias) - y).mean(dims)
+        self.bias.add_(shift)
+        return shift.view([-1 if d == ch else 1 for d in range(y.dim())])
 
     def _reest_scale(self, var_y: torch.Tensor) -> torch.Tensor:
         """|γ| / sqrt(var_z + eps) expressed with the folded output's variance var_y (var_z = var_y·σ²/γ²)."""

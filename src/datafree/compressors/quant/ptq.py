@@ -48,6 +48,9 @@ class QuantConfig(Config):
                           choices=("mse", "percentile", "minmax"))
     percentile: float = opt(99.99, "percentile of the activation range (--act-range percentile)", lo=0, lo_open=True,
                             hi=100)
+    bias_correct: bool = opt(False, "empirical bias correction after calibration: each quantized layer's bias absorbs the mean "
+                                    "output shift its quantized weights cause on the calibration samples (layers in "
+                                    "order, each seeing the corrected ones before it; Nagel et al. 2019)", cli=True)
     bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
     fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
     num_calib: int = opt(512, "calibration samples used", cli=True, lo=1)
@@ -110,6 +113,26 @@ def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig)
             q.observer = None
             if not q.act_quant:
                 q.act_quant = w
+
+
+MAX_CORRECT_VALUES = 64 * 3 * 224 * 224  # input values of one bias-correction pass (64 ImageNet images)
+
+
+@torch.no_grad()
+def correct_bias_(model: nn.Module, data: TensorData) -> int:
+    """Empirical bias correction in one pass over (a bounded subset of) `data` as a single batch: each quantized layer,
+    in execution order, adds to its bias the mean per-channel shift between its float and quantized weights' outputs on
+    its (quantized) input, and passes on the corrected output. In place; returns the number of samples used."""
+    n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
+    layers = quant_layers(model)
+    for q in layers:
+        q.correcting = True
+    try:
+        model(data.x[:n].to(model_device(model)))
+    finally:
+        for q in layers:
+            del q.correcting  # back to the class default
+    return n
 
 
 def reestimate_bn_(model: nn.Module, data: TensorData, batch_size: int = 128) -> None:
@@ -191,6 +214,12 @@ def stage_calibrate(st: QuantRun) -> None:
     calibrate_activations_(_q(st), st.calib_subset(), st.config)
 
 
+def stage_bias_correct(st: QuantRun) -> None:
+    """With `bias_correct`: each quantized layer's bias absorbs the mean output shift of its quantized weights."""
+    if st.config.bias_correct:
+        st.info["bias_correct"] = {"samples": correct_bias_(_q(st), st.calib_subset())}
+
+
 def stage_bn_reestimate(st: QuantRun) -> None:
     """With `bn_reestimate`: BN statistics of the quantized model re-estimated on data, then scales and ranges redone."""
     cfg = st.config
@@ -234,7 +263,8 @@ def _q(st: QuantRun) -> nn.Module:
 
 
 STAGES: list[tuple[str, Stage]] = [("fold", stage_fold), ("weight_scales", stage_weight_scales),
-                                   ("calibrate", stage_calibrate), ("bn_reestimate", stage_bn_reestimate),
+                                   ("calibrate", stage_calibrate), ("bias_correct", stage_bias_correct),
+                                   ("bn_reestimate", stage_bn_reestimate),
                                    ("reconstruct", stage_reconstruct), ("finetune", stage_finetune)]
 
 

@@ -183,13 +183,19 @@ def _subgraph(gm, region: list, inputs: list, output: Any):
     return fx.GraphModule(gm, g)
 
 
+class _Enough(Exception):
+    """Every value a capture needs is in: the rest of the model need not run."""
+
+
 class _Capture:
-    """Runs a GraphModule and keeps the values of some nodes (inputs and output of a region) on every batch."""
+    """Runs a GraphModule and keeps the values of some nodes (inputs and output of a region) on every batch, stopping
+    each pass at the last of them."""
 
     def __init__(self, gm, names: list[str]) -> None:
         import torch.fx as fx
 
         keep = set(names)
+        last = max((i for i, n in enumerate(gm.graph.nodes) if n.name in keep), default=-1)
         store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
         class I(fx.Interpreter):
@@ -197,15 +203,22 @@ class _Capture:
                 v = super().run_node(n)
                 if n.name in keep:
                     store[n.name].append(v.detach())
+                if self.index[n] >= last:
+                    raise _Enough
                 return v
 
-        self.interp, self.store = I(gm), store
+        interp = I(gm)
+        interp.index = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.interp, self.store = interp, store
 
     @torch.no_grad()
     def run(self, data: TensorData, batch_size: int) -> dict[str, torch.Tensor]:
         dev = next(self.interp.module.parameters()).device
         for xb in data.batches(batch_size):
-            self.interp.run(xb.to(dev))
+            try:
+                self.interp.run(xb.to(dev))
+            except _Enough:
+                pass
         return {k: torch.cat(v) for k, v in self.store.items()}
 
 
