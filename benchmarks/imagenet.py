@@ -40,7 +40,10 @@ def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, fl
     return data, float(man.get("seconds") or 0.0)
 
 
-STAGES = {"calibrate": {}, "adaround": {"reconstruct": "adaround"}, "brecq": {"reconstruct": "brecq"}}
+# stage: QuantConfig fields; every stage after calibrate starts with bias correction (without it W4 collapses to ~8 %)
+STAGES = {"calibrate": {}, "bias-correct": {"bias_correct": True},
+          "adaround": {"bias_correct": True, "reconstruct": "adaround"},
+          "brecq": {"bias_correct": True, "reconstruct": "brecq"}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
                    help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16")
     p.add_argument("--stages", nargs="+", default=["calibrate"], choices=list(STAGES),
-                   help="calibrate = ranges only; adaround / brecq = learned rounding after calibration (--recon-iters)")
+                   help="calibrate = ranges only; bias-correct = + empirical bias correction; adaround / brecq = "
+                        "bias correction + learned rounding (--recon-iters)")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")

@@ -99,3 +99,18 @@ def test_the_allocator_threshold_is_raised_on_glibc_and_can_be_turned_off():
     assert off == ["False", "False"]
     if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
         assert on == ["True", "True"]  # set once, and the second call reports the first
+
+
+def test_on_the_fly_synthesis_of_large_images_uses_a_cpu_budget_and_says_so(capsys):
+    from datafree.kd.sources import on_the_fly_config
+
+    big = InputSpec((3, 224, 224), (0.0,) * 3, (1.0,) * 3, 1000)
+    c = on_the_fly_config("bn-stats", big, None, 0)
+    assert (c.num, c.iterations, c.low_res) == (64, 100, 0.75)
+    assert "64 samples x 100 iterations" in capsys.readouterr().err
+    assert on_the_fly_config("bn-stats", big, 16, 0).num == 16  # a smaller request is kept
+    assert on_the_fly_config("gaussian", big, None, 0).num == 512  # no iterations: nothing to budget
+    capsys.readouterr()
+    small = on_the_fly_config("bn-stats", InputSpec((3, 32, 32), (0.0,) * 3, (1.0,) * 3, 10), None, 0)
+    assert (small.num, small.iterations, small.low_res) == (512, df.make_config("bn-stats").iterations, 0.0)
+    assert capsys.readouterr().err == ""

@@ -24,6 +24,28 @@ from ..synth.base import SYNTHESIZERS, StepCallback, SynthConfig, make_config, s
 from ..synth.generative import GenerativeSynthesizer, TrainedGenerator
 
 
+LARGE_IMAGE = 112 * 112  # pixels from which on-the-fly synthesis uses the large-image budget
+LARGE_BUDGET = {"num": 64, "iterations": 100, "low_res": 0.75}  # EfficientNet-Lite0 W8A8: BENCHMARKS.md "Real scale"
+
+
+def on_the_fly_config(method: str, spec: Any, num: Optional[int], seed: int) -> Any:
+    """The synthesis settings of a method named as a data source: its defaults for `num` samples (512 when not
+    given); for images of 112x112 px and more a budget that fits minutes on a CPU (at most 64 samples, 100 iterations,
+    three quarters of them at half resolution; said on stderr), which `datafree synthesize` lifts."""
+    cfg = make_config(method, num=num or 512, seed=seed)
+    h, w = spec.shape[1:]
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if h * w < LARGE_IMAGE or "iterations" not in names:  # small images, or a method without iterations (gaussian)
+        return cfg
+    over: dict[str, Any] = {k: v for k, v in LARGE_BUDGET.items() if k in names}
+    over["num"] = min(cfg.num, LARGE_BUDGET["num"])
+    over["iterations"] = min(cfg.iterations, LARGE_BUDGET["iterations"])
+    print(f"note: {h}x{w} px inputs: {method} on the fly synthesizes {over['num']} samples x {over['iterations']} "
+          "iterations" + (" (the first 75 % at half resolution)" if "low_res" in over else "")
+          + "; for more, run `datafree synthesize` and pass its directory", file=sys.stderr)
+    return cfg.replace(**over)
+
+
 def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: int = 0,
                 data_root: Optional[str] = None, progress: bool = True) -> TensorData:
     """Data for `model` from a SyntheticSet dir, an on-the-fly synthesis method, or a real dataset spec."""
@@ -31,8 +53,7 @@ def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: 
     if is_dataset_spec(source):
         return load_dataset(source, spec, data_root).subset(num, seed)
     if source in SYNTHESIZERS:
-        cfg = make_config(source, num=num or 512, seed=seed)
-        return synthesize(model, source, cfg, progress=progress)
+        return synthesize(model, source, on_the_fly_config(source, spec, num, seed), progress=progress)
     p = Path(source)
     if p.is_dir():
         s = SyntheticSet(p)
