@@ -23,7 +23,6 @@ from ..models.loading import fingerprint, input_spec_of
 from ..synth.base import SYNTHESIZERS, StepCallback, SynthConfig, make_config, synthesize
 from ..synth.generative import GenerativeSynthesizer, TrainedGenerator
 
-
 LARGE_IMAGE = 112 * 112  # pixels from which on-the-fly synthesis uses the large-image budget
 LARGE_BUDGET = {"num": 64, "iterations": 100, "low_res": 0.75}  # EfficientNet-Lite0 W8A8: BENCHMARKS.md "Real scale"
 
