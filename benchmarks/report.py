@@ -1228,6 +1228,25 @@ def section_continual() -> str:
         "continual.json", render)
 
 
+def _imagenet_reading(rows: list[dict], fp: dict) -> str:
+    """The data-free best stage at each bit width beside real data through the same stage (rendered from the rows)."""
+    parts = []
+    for wb, ab in sorted({(r["w_bits"], r["a_bits"]) for r in rows if r["stage"] != "fp32"}, reverse=True):
+        cell = [r for r in rows if (r["w_bits"], r["a_bits"]) == (wb, ab)]
+        free = [r for r in cell if r["source"] not in ("real", "gaussian")]
+        if not free:
+            continue
+        best = max(free, key=lambda r: r["top1"])
+        real = _row(cell, source="real", stage=best["stage"]) if any(
+            r["source"] == "real" and r["stage"] == best["stage"] for r in cell) else None
+        txt = (f"W{wb}A{ab}: best data-free row {best['source']} / {best['stage']} {best['top1']:.2f} "
+               f"(drop {fp['top1'] - best['top1']:.2f} pt")
+        if real is not None:
+            txt += f"; real data through the same stage {real['top1']:.2f}, {real['top1'] - best['top1']:+.2f} pt"
+        parts.append(txt + ")")
+    return ("\n" + "; ".join(parts) + ".") if parts else ""
+
+
 def section_imagenet() -> str:
     """EfficientNet-Lite0 on real ImageNet validation images, beside the published anchors as drops."""
     d = json.loads((RESULTS / "imagenet_lite0.json").read_text())
@@ -1244,17 +1263,30 @@ def section_imagenet() -> str:
            f"{100 * d['meta']['config']['low_res']:.0f} % of the iterations at 112 px: `--low-res`), `bn-stats-fast` (that, "
            "plus a channels-last teacher and bfloat16 autocast: `--channels-last --bf16`). top-1 and "
            "agreement (same prediction as FP32) on `imagenet:val1300` (real ILSVRC2012 validation images, squashed "
-           "227 px full frames: compare drops, never absolute top-1 with published numbers). *seconds* = synthesis + "
-           "quantization on 2 cores.\n",
+           "227 px full frames: compare drops, never absolute top-1 with published numbers). Stages: `calibrate` = "
+           "ranges only; `bias-correct` = + empirical bias correction (`--bias-correct`); `brecq` / `adaround` = bias "
+           "correction + learned rounding per block / layer with learned activation steps (`--reconstruct`, "
+           "iterations in the row). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
+           "once per source and shared by its rows (its seconds are repeated in each).\n",
            "| bits | source | stage | top-1 | drop | agreement | synthesis s | quantization s |",
            "|---|---|---|---:|---:|---:|---:|---:|",
            f"| FP32 | - | - | {fp['top1']:.2f} | | 100 | | |"]
     for r in rows:
         if r["stage"] == "fp32":
             continue
-        out.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['source']} | {r['stage']} | {r['top1']:.2f} | "
+        stage = r["stage"] + (f" ({r['recon_iters']} it)" if "recon_iters" in r else "")
+        out.append(f"| W{r['w_bits']}A{r['a_bits']} | {r['source']} | {stage} | {r['top1']:.2f} | "
                    f"{fp['top1'] - r['top1']:+.2f} | {r['agreement']:.2f} | {r.get('synth_seconds', 0):.0f} | "
                    f"{r.get('quant_seconds', 0):.0f} |")
+    out.append(_imagenet_reading(rows, fp))
+    sp = RESULTS / "imagenet_synth_speed.json"
+    if sp.is_file():
+        d2 = json.loads(sp.read_text())
+        out += [f"\n**Synthesis throughput at 224 px** (`{sp.name}`, side by side in one run, each configuration in a "
+                f"fresh process; commit {d2['meta']['commit'][:7]}): `{d2['meta']['command']}`, bn-stats, batch "
+                f"{d2['meta']['config']['batch']}, {d2['meta']['config']['iterations']} iterations.\n",
+                "| configuration | image-iterations/s | vs baseline |", "|---|---:|---:|"]
+        out += [f"| {r['config']} | {r['img_it_per_s']:.1f} | {r['ratio']:.2f}x |" for r in d2["rows"]]
     ex = RESULTS / "imagenet_lite0_export.json"
     if ex.is_file():
         e = json.loads(ex.read_text())

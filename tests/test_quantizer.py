@@ -208,6 +208,14 @@ def test_bias_correction_makes_each_layers_mean_output_the_float_one():
         assert torch.allclose(F.conv2d(x, conv.quant_weight(), conv.bias).mean((0, 2, 3)),
                               F.conv2d(x, conv.weight, b_conv).mean((0, 2, 3)), atol=1e-5)
     assert not any("correcting" in vars(layer) for layer in (conv, lin))  # the flag is gone after the pass
+    from datafree.compressors.quant.graph import float_twin
+
+    assert torch.allclose(quant_layers(float_twin(q))[0].bias, b_conv)  # the float model keeps its own bias
+    assert correct_bias_(q, data) == 40 and torch.allclose(conv.bias, b_conv + shift, atol=1e-6)  # replaced, not added
+    old = {k: v for k, v in q.state_dict().items() if not k.endswith("bias_corr")}  # a file from before the buffer
+    q3 = copy.deepcopy(q)
+    q3.load_state_dict(old)
+    assert all(not layer.bias_corr.any() for layer in quant_layers(q3))
     # as a stage: recorded, the same biases
     q2 = quantize(m, data, QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40, bias_correct=True))
     assert torch.allclose(quant_layers(q2)[0].bias, conv.bias) and record_of(q2).reports["quantize"]["bias_correct"] == {"samples": 40}

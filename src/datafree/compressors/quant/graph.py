@@ -154,6 +154,7 @@ def float_twin(model: nn.Module) -> nn.Module:
     for q in quant_layers(m):
         q.w_bits = q.a_bits = FLOAT_BITS
         q.act_quant = q.int_bias = False
+        q.undo_bias_correction()
     for t in tensor_quants(m):
         t.act_quant = False
         if t.owner is None:

@@ -96,6 +96,8 @@ class QuantLayer(nn.Module):
         self.register_buffer("bn_std", bn_std)  # sqrt(var + eps) of the folded BN, in pre-BN units
         self.bn_eps = eps
         self.w_bits, self.a_bits = int(w_bits), int(a_bits)
+        # the part of the bias that bias correction added (the float model's bias is bias - bias_corr)
+        self.register_buffer("bias_corr", torch.zeros_like(b))
         self.register_buffer("w_scale", torch.ones(w.shape[0], dtype=w.dtype, device=w.device))
         self.register_buffer("a_scale", torch.ones((), device=w.device))
         self.register_buffer("a_zero", torch.zeros((), device=w.device))
@@ -206,12 +208,25 @@ class QuantLayer(nn.Module):
     @torch.no_grad()
     def _correct_bias(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Empirical bias correction: add to the bias the mean per-channel output shift that the quantized weights cause
-        on this input; returns that shift shaped to broadcast over y."""
+        on this input (recorded in bias_corr); returns that shift shaped to broadcast over y."""
         ch = 1 if self.kind == "conv2d" else y.dim() - 1
         dims = [d for d in range(y.dim()) if d != ch]
         shift = (self.op(x, self.weight, self.bias) - y).mean(dims)
         self.bias.add_(shift)
+        self.bias_corr.add_(shift)
         return shift.view([-1 if d == ch else 1 for d in range(y.dim())])
+
+    @torch.no_grad()
+    def undo_bias_correction(self) -> None:
+        """Back to the float model's bias (bias correction's shift removed)."""
+        self.bias.sub_(self.bias_corr)
+        self.bias_corr.zero_()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # files written before bias correction have no bias_corr: nothing was added
+        if prefix + "bias" in state_dict and prefix + "bias_corr" not in state_dict:
+            state_dict[prefix + "bias_corr"] = torch.zeros_like(state_dict[prefix + "bias"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _reest_scale(self, var_y: torch.Tensor) -> torch.Tensor:
         """|γ| / sqrt(var_z + eps) expressed with the folded output's variance var_y (var_z = var_y·σ²/γ²)."""
@@ -238,6 +253,7 @@ class QuantLayer(nn.Module):
             self.bn_std.copy_(torch.sqrt(v * self.bn_std.pow(2) / self.bn_gamma.pow(2).clamp_min(1e-24) + self.bn_eps))
             self.weight.mul_(a.view(-1, *[1] * (self.weight.dim() - 1)))
             self.bias.copy_((self.bias - m) * a + self.bn_beta)
+            self.bias_corr.zero_()  # the bias is rebuilt from the statistics
         self.set_weight_scales()
 
     def extra_repr(self) -> str:

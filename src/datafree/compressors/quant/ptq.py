@@ -48,9 +48,10 @@ class QuantConfig(Config):
                           choices=("mse", "percentile", "minmax"))
     percentile: float = opt(99.99, "percentile of the activation range (--act-range percentile)", lo=0, lo_open=True,
                             hi=100)
-    bias_correct: bool = opt(False, "empirical bias correction after calibration: each quantized layer's bias absorbs the mean "
-                                    "output shift its quantized weights cause on the calibration samples (layers in "
-                                    "order, each seeing the corrected ones before it; Nagel et al. 2019)", cli=True)
+    bias_correct: bool = opt(False, "empirical bias correction after calibration (and again after reconstruction): each "
+                                    "quantized layer's bias absorbs the mean output shift its quantized weights cause on "
+                                    "the calibration samples (layers in order, each seeing the corrected ones before it; "
+                                    "Nagel et al. 2019)", cli=True)
     bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
     fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
     num_calib: int = opt(512, "calibration samples used", cli=True, lo=1)
@@ -121,11 +122,13 @@ MAX_CORRECT_VALUES = 64 * 3 * 224 * 224  # input values of one bias-correction p
 @torch.no_grad()
 def correct_bias_(model: nn.Module, data: TensorData) -> int:
     """Empirical bias correction in one pass over (a bounded subset of) `data` as a single batch: each quantized layer,
-    in execution order, adds to its bias the mean per-channel shift between its float and quantized weights' outputs on
-    its (quantized) input, and passes on the corrected output. In place; returns the number of samples used."""
+    in execution order, adds to its float bias the mean per-channel shift between its float and quantized weights'
+    outputs on its (quantized) input, and passes on the corrected output. In place (a previous correction is
+    replaced); returns the number of samples used."""
     n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
     layers = quant_layers(model)
-    for q in layers:
+    for q in layers:  # from the float biases: a second pass (after reconstruction) replaces the first one's shift
+        q.undo_bias_correction()
         q.correcting = True
     try:
         model(data.x[:n].to(model_device(model)))
@@ -243,6 +246,8 @@ def stage_reconstruct(st: QuantRun) -> None:
     st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), r.method, iters=r.iters, round_weight=r.round_weight,
                                           block_size=r.block_size, seed=cfg.seed, lr=r.lr, learn_act=r.act,
                                           act_lr=r.act_lr, round_norm=r.round_norm, drop=r.drop)
+    if cfg.bias_correct:  # the learned rounding changed the weights: correct again from the float biases
+        correct_bias_(_q(st), st.calib_subset())
 
 
 def stage_finetune(st: QuantRun) -> None:
