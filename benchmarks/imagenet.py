@@ -43,7 +43,16 @@ def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, fl
 # stage: QuantConfig fields; every stage after calibrate starts with bias correction (without it W4 collapses to ~8 %)
 STAGES = {"calibrate": {}, "bias-correct": {"bias_correct": True},
           "adaround": {"bias_correct": True, "reconstruct": "adaround"},
-          "brecq": {"bias_correct": True, "reconstruct": "brecq"}}
+          "brecq": {"bias_correct": True, "reconstruct": "brecq"},
+          "mixed": {"bias_correct": True}}  # + per-layer weight bits at the uniform row's size (target_size)
+
+
+def _uniform_bytes(model, w_bits: int) -> int:
+    """Weight bytes of the uniform plan: every conv/linear at w_bits, first and last at 8 bits."""
+    import torch.nn as nn
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(m.weight.numel() * (8 if i in (0, len(layers) - 1) else w_bits) for i, m in enumerate(layers)) // 8
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16")
     p.add_argument("--stages", nargs="+", default=["calibrate"], choices=list(STAGES),
                    help="calibrate = ranges only; bias-correct = + empirical bias correction; adaround / brecq = "
-                        "bias correction + learned rounding (--recon-iters)")
+                        "bias correction + learned rounding (--recon-iters); mixed = per-layer weight bits (ZeroQ "
+                        "sensitivity on the source) at the uniform row's weight bytes, + bias correction")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")
@@ -86,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
                     calib, synth_s = _calib(model, src, a)
                     iters = a.recon_iters or 200
                     cfg = QuantConfig.from_flat(w_bits=w, a_bits=act, num_calib=a.num, batch_size=16,
-                                                recon_iters=iters, **STAGES[stage])
+                                                recon_iters=iters, **STAGES[stage],
+                                                **({"target_size": _uniform_bytes(model, w)} if stage == "mixed" else {}))
                     t0 = time.time()
                     q = df.quantize(model, calib, cfg)
                     quant_s = time.time() - t0
@@ -95,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
                             "agreement": round(100 * (pred == fp_pred).float().mean().item(), 2),
                             "synth_seconds": round(synth_s, 1), "quant_seconds": round(quant_s, 1),
                             "seconds": round(synth_s + quant_s, 1), "samples": len(calib),
-                            **({"recon_iters": iters} if stage != "calibrate" else {})}
+                            **({"recon_iters": iters} if STAGES[stage].get("reconstruct") else {}),
+                            **({"avg_bits": round(df.record_of(q).reports["quantize"]["mixed"]["avg_bits"], 3),
+                                "weight_bytes": _uniform_bytes(model, w)} if stage == "mixed" else {})}
 
                 r = store.run({"model": "efficientnet_lite0", "w_bits": w, "a_bits": act, "source": src,
                                "stage": stage}, row)
