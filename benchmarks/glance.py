@@ -57,3 +57,25 @@ def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     i, j = text.index(start) + len(start), text.index(end)
     return text[:i] + "\n" + body.strip() + "\n" + text[j:]
+
+
+def imagenet_glance() -> str:
+    """Markdown: EfficientNet-Lite0 per bit width and source -> the best stage's top-1 on val1300 (drop), seconds."""
+    f = RESULTS / "imagenet_lite0.json"
+    d = json.loads(f.read_text())
+    fp = next(r for r in d["rows"] if r["stage"] == "fp32")
+    best: dict[tuple, dict] = {}
+    for r in d["rows"]:
+        k = (r["w_bits"], r["a_bits"], r["source"])
+        if r["stage"] != "fp32" and (k not in best or r["top1"] > best[k]["top1"]):
+            best[k] = r
+    out = ["| model | bits | samples | top-1 (drop from FP32) | best stage | seconds (synthesis + quantization) |",
+           "|---|---|---|---|---|---|"]
+    for k in sorted(best, key=lambda k: (-k[0], -k[1], k[2])):
+        r = best[k]
+        out.append(f"| efficientnet_lite0 ({fp['top1']:.1f}) | W{k[0]}A{k[1]} | {k[2]} ({r['samples']}) | "
+                   f"{r['top1']:.1f} ({r['top1'] - fp['top1']:+.1f}) | {r['stage']} | "
+                   f"{r.get('synth_seconds', 0):.0f} + {r.get('quant_seconds', 0):.0f} |")
+    out.append(f"\nImageNet, the 1300 real validation images of `imagenet:val1300`; first and last layer at 8 bits; "
+               f"`{f.name}`, `python -m benchmarks.imagenet` (rows: BENCHMARKS.md \"Real scale\").")
+    return "\n".join(out)

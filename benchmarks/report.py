@@ -1370,7 +1370,7 @@ def _contents(parts: list[str]) -> str:
 
 
 def main() -> None:
-    from .glance import glance_table, replace_block
+    from .glance import glance_table, imagenet_glance, replace_block
 
     parts, archive = [], []
     for f, fn in SECTIONS:
@@ -1385,7 +1385,8 @@ def main() -> None:
     Path("docs").mkdir(exist_ok=True)
     Path("docs/benchmarks-archive.md").write_text(fix("\n".join([ARCHIVE_HEADER, *archive])))
     readme = Path("README.md")
-    readme.write_text(replace_block(readme.read_text(), "glance", glance))
+    readme.write_text(replace_block(replace_block(readme.read_text(), "glance", glance), "glance-imagenet",
+                                    imagenet_glance()))
     print("wrote BENCHMARKS.md, docs/benchmarks-archive.md and README.md's results table")
 
 

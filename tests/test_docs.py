@@ -15,7 +15,7 @@ def test_the_cli_reference_is_generated_from_the_parser():
 def test_readme_is_short_and_its_results_table_is_rendered_from_the_results():
     import os
 
-    from benchmarks.glance import glance_table
+    from benchmarks.glance import glance_table, imagenet_glance
 
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 150
@@ -24,6 +24,8 @@ def test_readme_is_short_and_its_results_table_is_rendered_from_the_results():
     try:
         os.chdir(ROOT)
         assert block == glance_table().strip(), "README's table is stale: python -m benchmarks.report"
+        block = text.split("<!-- glance-imagenet:start -->")[1].split("<!-- glance-imagenet:end -->")[0].strip()
+        assert block == imagenet_glance().strip(), "README's ImageNet table is stale: python -m benchmarks.report"
     finally:
         os.chdir(cwd)
 
