@@ -43,7 +43,7 @@ def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, fl
 # stage: QuantConfig fields; every stage after calibrate starts with bias correction (without it W4 collapses to ~8 %)
 STAGES = {"calibrate": {}, "bias-correct": {"bias_correct": True},
           "adaround": {"bias_correct": True, "reconstruct": "adaround"},
-          "brecq": {"bias_correct": True, "reconstruct": "brecq"},
+          "brecq": {"bias_correct": True, "reconstruct": "brecq"}, "brecq-alone": {"reconstruct": "brecq"},
           "mixed": {"bias_correct": True}}  # + per-layer weight bits at the uniform row's size (target_size)
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16")
     p.add_argument("--stages", nargs="+", default=["calibrate"], choices=list(STAGES),
                    help="calibrate = ranges only; bias-correct = + empirical bias correction; adaround / brecq = "
-                        "bias correction + learned rounding (--recon-iters); mixed = per-layer weight bits (ZeroQ "
+                        "bias correction + learned rounding (--recon-iters); brecq-alone = without bias correction; mixed = per-layer weight bits (ZeroQ "
                         "sensitivity on the source) at the uniform row's weight bytes, + bias correction")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")

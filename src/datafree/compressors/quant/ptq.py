@@ -48,10 +48,10 @@ class QuantConfig(Config):
                           choices=("mse", "percentile", "minmax"))
     percentile: float = opt(99.99, "percentile of the activation range (--act-range percentile)", lo=0, lo_open=True,
                             hi=100)
-    bias_correct: bool = opt(False, "empirical bias correction after calibration (and again after reconstruction): each "
-                                    "quantized layer's bias absorbs the mean output shift its quantized weights cause on "
-                                    "the calibration samples (layers in order, each seeing the corrected ones before it; "
-                                    "Nagel et al. 2019)", cli=True)
+    bias_correct: bool = opt(False, "empirical bias correction after calibration: each quantized layer's bias absorbs the "
+                                    "mean output shift its quantized weights cause on the calibration samples (layers in "
+                                    "order, each seeing the corrected ones before it; Nagel et al. 2019); reconstruction "
+                                    "then learns the rounding with the corrected biases in place", cli=True)
     bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
     fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
     num_calib: int = opt(512, "calibration samples used", cli=True, lo=1)
@@ -246,8 +246,7 @@ def stage_reconstruct(st: QuantRun) -> None:
     st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), r.method, iters=r.iters, round_weight=r.round_weight,
                                           block_size=r.block_size, seed=cfg.seed, lr=r.lr, learn_act=r.act,
                                           act_lr=r.act_lr, round_norm=r.round_norm, drop=r.drop)
-    if cfg.bias_correct:  # the learned rounding changed the weights: correct again from the float biases
-        correct_bias_(_q(st), st.calib_subset())
+
 
 
 def stage_finetune(st: QuantRun) -> None:
