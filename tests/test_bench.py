@@ -65,3 +65,19 @@ def test_rowstore_keeps_rows_when_only_selection_keys_change(tmp_path):
     assert len(c.rows) == 2 and c.old_meta["config"] == {"steps": 4000, "lr": 1e-3}
     with pytest.raises(SystemExit, match="differs in: new"):  # ... but set, it is another protocol
         RowStore(f, {"config": {"steps": 4000, "lr": 1e-3, "new": 1}}, selection=("steps",))
+
+
+def test_imagenet_benchmarks_parse_and_count_weight_bytes(capsys):
+    import pytest
+    import torch.nn as nn
+
+    from benchmarks import imagenet, imagenet_cli, imagenet_speed
+
+    for mod in (imagenet, imagenet_cli, imagenet_speed):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--help"])
+        assert e.value.code == 0
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 8, 1), nn.Flatten(), nn.Linear(8, 10))
+    # first (108 weights) and last (80) at 8 bits, the middle (32) at 4: (108 + 80) + 32 / 2 bytes
+    assert imagenet._uniform_bytes(m, 4) == 108 + 80 + 16
+    assert set(imagenet.STAGES) >= {"calibrate", "bias-correct", "brecq", "brecq-alone", "mixed"}
