@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .common import RowStore, command_line, git_commit, machine
+from .common import RowStore, command_line, data_root, git_commit, machine
 
 
 def _cli(args: list[str]) -> tuple[dict, float]:
     t0 = time.time()
+    env = {**os.environ, "DATAFREE_DATA": data_root()}
     out = subprocess.run([sys.executable, "-m", "datafree", *args, "--json", "--no-progress"], capture_output=True,
-                         text=True)
+                         text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"datafree {' '.join(args)} failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1]), time.time() - t0
