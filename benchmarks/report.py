@@ -1279,6 +1279,16 @@ def section_imagenet() -> str:
                    f"{fp['top1'] - r['top1']:+.2f} | {r['agreement']:.2f} | {r.get('synth_seconds', 0):.0f} | "
                    f"{r.get('quant_seconds', 0):.0f} |")
     out.append(_imagenet_reading(rows, fp))
+    cl = RESULTS / "imagenet_cli.json"
+    if cl.is_file():
+        d3 = json.loads(cl.read_text())
+        fp3 = _row(d3["rows"], source="none")
+        parts = [f"`{r['command']}` {r['quantize_seconds']:.0f} s, top-1 {r['top1']:.2f} (drop {r['drop']:+.2f})"
+                 + (f", {r['behind_real']:+.2f} pt behind real calibration" if "behind_real" in r else "")
+                 for r in d3["rows"] if r["source"] != "none"]
+        out.append(f"\n**The command as a user runs it** (`{cl.name}`, commit {d3['meta']['commit'][:7]}, "
+                   f"`{d3['meta']['command']}`; synthesis on the fly included, then `datafree evaluate` on val1300, "
+                   f"FP32 {fp3['top1']:.2f}): " + "; ".join(parts) + ".")
     sp = RESULTS / "imagenet_synth_speed.json"
     if sp.is_file():
         d2 = json.loads(sp.read_text())
