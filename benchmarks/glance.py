@@ -76,6 +76,7 @@ def imagenet_glance() -> str:
         out.append(f"| efficientnet_lite0 ({fp['top1']:.1f}) | W{k[0]}A{k[1]} | {k[2]} ({r['samples']}) | "
                    f"{r['top1']:.1f} ({r['top1'] - fp['top1']:+.1f}) | {r['stage']} | "
                    f"{r.get('synth_seconds', 0):.0f} + {r.get('quant_seconds', 0):.0f} |")
-    out.append(f"\nImageNet, the 1300 real validation images of `imagenet:val1300`; first and last layer at 8 bits; "
+    out.append(f"\nImageNet, the 1300 real validation images of `imagenet:val1300`; uniform rows keep first and last layer at 8 bits; stage "
+               f"`mixed` = per-layer weight bits (ZeroQ sensitivity on the samples) in the uniform row's weight bytes; "
                f"`{f.name}`, `python -m benchmarks.imagenet` (rows: BENCHMARKS.md \"Real scale\").")
     return "\n".join(out)
