@@ -1237,8 +1237,7 @@ def _imagenet_reading(rows: list[dict], fp: dict) -> str:
         if not free:
             continue
         best = max(free, key=lambda r: r["top1"])
-        real = _row(cell, source="real", stage=best["stage"]) if any(
-            r["source"] == "real" and r["stage"] == best["stage"] for r in cell) else None
+        real = next((r for r in cell if r["source"] == "real" and r["stage"] == best["stage"]), None)
         txt = (f"W{wb}A{ab}: best data-free row {best['source']} / {best['stage']} {best['top1']:.2f} "
                f"(drop {fp['top1'] - best['top1']:.2f} pt")
         if real is not None:

@@ -40,7 +40,7 @@ def on_the_fly_config(method: str, spec: Any, num: Optional[int], seed: int) -> 
     over["num"] = min(cfg.num, LARGE_BUDGET["num"])
     over["iterations"] = min(cfg.iterations, LARGE_BUDGET["iterations"])
     print(f"note: {h}x{w} px inputs: {method} on the fly synthesizes {over['num']} samples x {over['iterations']} "
-          "iterations" + (" (the first 75 % at half resolution)" if "low_res" in over else "")
+          "iterations" + (f" (the first {over['low_res']:.0%} at half resolution)" if "low_res" in over else "")
           + "; for more, run `datafree synthesize` and pass its directory", file=sys.stderr)
     return cfg.replace(**over)
 

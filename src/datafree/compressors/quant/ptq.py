@@ -127,7 +127,7 @@ def correct_bias_(model: nn.Module, data: TensorData) -> int:
     replaced); returns the number of samples used."""
     n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
     layers = quant_layers(model)
-    for q in layers:  # from the float biases: a second pass (after reconstruction) replaces the first one's shift
+    for q in layers:  # from the float biases: calling it again replaces the shift rather than adding to it
         q.undo_bias_correction()
         q.correcting = True
     try:
@@ -246,7 +246,6 @@ def stage_reconstruct(st: QuantRun) -> None:
     st.info["reconstruct"] = reconstruct_(_q(st), st.calib_subset(), r.method, iters=r.iters, round_weight=r.round_weight,
                                           block_size=r.block_size, seed=cfg.seed, lr=r.lr, learn_act=r.act,
                                           act_lr=r.act_lr, round_norm=r.round_norm, drop=r.drop)
-
 
 
 def stage_finetune(st: QuantRun) -> None:

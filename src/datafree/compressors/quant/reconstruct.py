@@ -195,7 +195,7 @@ class _Capture:
         import torch.fx as fx
 
         keep = set(names)
-        last = max((i for i, n in enumerate(gm.graph.nodes) if n.name in keep), default=-1)
+        last = next((n for n in reversed(gm.graph.nodes) if n.name in keep), None)
         store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
         class I(fx.Interpreter):
@@ -203,13 +203,11 @@ class _Capture:
                 v = super().run_node(n)
                 if n.name in keep:
                     store[n.name].append(v.detach())
-                if self.index[n] >= last:
+                if n is last:
                     raise _Enough
                 return v
 
-        interp = I(gm)
-        interp.index = {n: i for i, n in enumerate(gm.graph.nodes)}
-        self.interp, self.store = interp, store
+        self.interp, self.store = I(gm), store
 
     @torch.no_grad()
     def run(self, data: TensorData, batch_size: int) -> dict[str, torch.Tensor]:
