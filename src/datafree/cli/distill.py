@@ -12,6 +12,8 @@ from .common import (
     check_out,
     command,
     emit,
+    estimate_args,
+    estimate_into,
     evaluate_into,
     kd_steps,
     load_model,
@@ -80,12 +82,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
              "normalization and usually fails; use it with --student-weights (a pretrained student)")
     res = run_compressor(teacher, "distill", data, kd, student=student, data_name=src, **run_options(a, teacher, every))
     r = res.report
-    save(res.model, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None}})
     info: dict[str, Any] = {"out": a.out, "student": a.student, "method": src, **r}
+    est_line = estimate_into(a, res.model, teacher, info)
+    save(res.model, a.out, teacher=teacher, extra={"summary": {k: v for k, v in r.items() if v is not None},
+                                                   "estimate": info.get("estimate")})
     curve_into(a, res, info, f"{a.student} from {src}, validated on {a.val}")
     human = (f"saved student {a.student} distilled from {src} ({r['samples']} samples, {r['steps']} steps, "
              f"{r['seconds']:.0f} s) to {a.out}; evaluate it with `datafree evaluate {a.out} --data ...`")
-    human += evaluate_into(a, res.model, teacher, info, "student")
+    human += evaluate_into(a, res.model, teacher, info, "student") + est_line
     emit(a, info, human)
     return 0
 
@@ -103,11 +107,12 @@ def cmd_hash(a: argparse.Namespace) -> int:
     data, steps, every, src = kd_data(a, teacher)
     res = run_compressor(teacher, "hash", data, cfg, kd=_kd_config(a, steps), **run_options(a, teacher, every))
     hi = res.report
-    path = save(res.model, a.out, teacher=teacher, extra={"data": src, "hash": hi})
     info: dict[str, Any] = {"out": a.out, "data": src, "steps": steps, "seconds": hi["seconds"],
                             "variables": hi["variables"], "teacher_variables": hi["teacher_variables"],
-                            "fraction": round(hi["variables"] / hi["teacher_variables"], 4), "n": hi["n"], "M": hi["M"],
-                            "bytes": Path(path).stat().st_size}
+                            "fraction": round(hi["variables"] / hi["teacher_variables"], 4), "n": hi["n"], "M": hi["M"]}
+    est_line = estimate_into(a, res.model, teacher, info)
+    path = save(res.model, a.out, teacher=teacher, extra={"data": src, "hash": hi, "estimate": info.get("estimate")})
+    info["bytes"] = Path(path).stat().st_size
     human = (f"hashed {hi['teacher_variables']} variables into {hi['variables']} ({info['fraction']:.1%}: X {hi['n']}x{hi['M']}, "
              f"Y {hi['M']}x{hi['n']}, per-tensor scales, BN), trained {steps} KD steps on {src}; saved to {a.out} "
              f"({info['bytes'] / 1024:.0f} KiB)")
@@ -118,7 +123,7 @@ def cmd_hash(a: argparse.Namespace) -> int:
         info["materialized"] = a.materialize
         human += f"; plain state dict in {a.materialize}"
     curve_into(a, res, info, f"hashed {a.model} ({info['fraction']:.0%}) from {src}, validated on {a.val}")
-    human += evaluate_into(a, res.model, teacher, info, "hashed")
+    human += evaluate_into(a, res.model, teacher, info, "hashed") + est_line
     emit(a, info, human)
     return 0
 
@@ -166,6 +171,7 @@ def add(sub: Any, ctx: Context) -> None:
     s.add_argument("--student", required=True, help="student: zoo model name or path/to/file.py:factory")
     s.add_argument("--student-weights", help="start the student from these weights (default: from scratch)")
     kd_data_options(s, ctx, "student")
+    estimate_args(s)
     output_args(s, out="output file (.pt), read by `datafree evaluate/export`", val=VAL_HELP,
                 eval="evaluate the student (and teacher) on this real dataset")
 
@@ -181,5 +187,6 @@ def add(sub: Any, ctx: Context) -> None:
     kd_data_options(s, ctx, "hash")
     s.add_argument("--materialize", metavar="FILE", help="also write a plain state dict of the model's architecture "
                    "(every weight materialized) for deployment: `datafree evaluate MODEL --weights FILE` loads it")
+    estimate_args(s)
     output_args(s, out="output file (.pt) with X, Y, scales and BN", val=VAL_HELP,
                 eval="evaluate the hashed model (and MODEL) on this real dataset")

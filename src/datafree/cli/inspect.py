@@ -49,22 +49,51 @@ def cmd_list(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..evaluation.metrics import evaluate
 
+    if not (a.data or a.estimate):
+        raise DatafreeError("give --data DATASET_SPEC (top-1 on real data) or --estimate (the drop estimated without data)")
     teacher = None
     model = load_model(a)
-    if a.teacher_weights:  # the FP32 model to report agreement with: the file's base model (or MODEL) at these weights
-        from ..models import load_model as load_plain
+    if a.teacher_weights or a.estimate:  # the FP32 model: the file's base model (or MODEL) at its / these weights
+        teacher = _base_model(a, model)
+    r: dict = {"model": a.model}
+    lines = []
+    if a.data:
+        r.update(evaluate(model, dataset(a, a.data, model), teacher=teacher))
+        line = f"{a.model} on {a.data}: top-1 {r['top1']:.2f}% (n={r['n']}), size {r['size_bits'] / 8 / 1024:.1f} KiB"
+        if "agreement" in r:
+            line += f", agreement with FP32 {r['agreement']:.2f}%"
+        lines.append(line)
+    if a.estimate:
+        from ..evaluation.estimate import estimate_drop, estimate_line
 
-        src = record_of(model).source
-        ref = src.get("model_file") or src["model"]
-        teacher = load_plain(ref, a.teacher_weights, num_classes=src.get("num_classes"),
-                             input_spec=input_spec_of(model) if ".py:" in ref else None)
-    r = evaluate(model, dataset(a, a.data, model), teacher=teacher)
-    r["model"] = a.model
-    human = f"{a.model} on {a.data}: top-1 {r['top1']:.2f}% (n={r['n']}), size {r['size_bits'] / 8 / 1024:.1f} KiB"
-    if "agreement" in r:
-        human += f", agreement with FP32 {r['agreement']:.2f}%"
-    emit(a, r, human)
+        r["estimate"] = estimate_drop(teacher, model, seed=a.seed, progress=not a.no_progress)
+        lines.append(f"{a.model}: " + estimate_line(r["estimate"]))
+    emit(a, r, "\n".join(lines))
     return 0
+
+
+def _base_model(a: argparse.Namespace, model: Any) -> Any:
+    """The FP32 model a compressed file came from: its base reference at --teacher-weights or the stored weights."""
+    from ..core.utils import model_device
+    from ..models import load_model as load_plain
+
+    src = record_of(model).source
+    if a.estimate and not record_of(model).transforms:
+        raise DatafreeError(f"{a.model} is not a compressed file; --estimate compares a file written by datafree "
+                            "quantize/prune/distill/hash with the model it came from")
+    distilled = [t for t in record_of(model).transforms if t.get("compressor") == "distill"]
+    if distilled and not a.teacher:
+        raise DatafreeError(f"{a.model} is a distilled student; give the model it learned from with --teacher "
+                            "(zoo name or file.py:factory) and --teacher-weights")
+    from ..compressors.artifact import read_artifact
+
+    stored = (read_artifact(a.model) or {}).get("base", {}) if os.path.isfile(a.model) else {}
+    ref = a.teacher or src.get("model_file") or src["model"]
+    weights = a.teacher_weights or (None if a.teacher else stored.get("weights") or src.get("weights"))
+    if weights and not os.path.isfile(weights):
+        raise DatafreeError(f"the original weights {weights} of {a.model} are not there; give them with --teacher-weights")
+    return load_plain(ref, weights, num_classes=src.get("num_classes"),
+                      input_spec=input_spec_of(model) if ".py:" in ref else None).to(model_device(model))
 
 
 def cmd_similarity(a: argparse.Namespace) -> int:
@@ -144,9 +173,16 @@ def add(sub: Any, ctx: Context) -> None:
                 "Top-1 accuracy on a real dataset, model size in bits and, with --teacher-weights, agreement of a "
                 "quantized model with its FP32 teacher.")
     model_args(s, "model", help_extra=FILE_HELP)
-    s.add_argument("--data", required=True, metavar="DATASET_SPEC", help=f"one of: {ctx.specs}")
-    s.add_argument("--teacher-weights", help="for a quantized file: FP32 weights, to report agreement")
-    output_args(s, seed=None, json_help="print one JSON object (keys: top1 in percent, n, size_bits, ...)")
+    s.add_argument("--data", metavar="DATASET_SPEC", help=f"real labelled data, one of: {ctx.specs}")
+    s.add_argument("--teacher-weights", help="for a compressed file: FP32 weights of the model it came from (default: "
+                                             "the weights stored in the file's reference), to report agreement")
+    s.add_argument("--teacher", help="for a distilled student: the teacher it learned from (zoo name or file.py:factory; "
+                                     "its weights with --teacher-weights)")
+    s.add_argument("--estimate", action="store_true",
+                   help="for a compressed file, no data needed: estimate its top-1 drop against the model it came from "
+                        "on held-out synthetic samples (bn-stats, their own seed), with an interval")
+    output_args(s, seed="seed of the held-out samples of --estimate",
+                json_help="print one JSON object (keys: top1 in percent, n, size_bits, estimate, ...)")
 
     s = command(sub, "similarity", cmd_similarity, "BN-statistics divergence of a data source through a model",
                 "How far a data source's per-channel statistics at every BN layer's input are from the model's stored "

@@ -12,6 +12,8 @@ from .common import (
     command,
     dataset,
     emit,
+    estimate_args,
+    estimate_into,
     evaluate_into,
     kd_steps,
     load_model,
@@ -40,9 +42,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
         run = dict(checkpoint_dir=a.checkpoint_dir or a.out + ".ckpt", val=val_data(a, teacher), overwrite=a.overwrite)
     res = run_compressor(teacher, "prune", data, pcfg, kd=kd, progress=not a.no_progress, **run)
     r = res.report
-    save(res.model, a.out, teacher=teacher, extra={"data": a.data, "steps": r["steps"]})
     info: dict[str, Any] = {"out": a.out, "mode": "structured" if a.structured else "unstructured",
                             "sparsity": a.sparsity, "data": a.data, **{k: v for k, v in r.items() if k != "cut"}}
+    est_line = estimate_into(a, res.model, teacher, info)
+    save(res.model, a.out, teacher=teacher, extra={"data": a.data, "steps": r["steps"], "estimate": info.get("estimate")})
     if a.structured:
         what = f"structured: {len(r['cut'])} convs lose {a.sparsity:.0%} of their output channels"
     else:
@@ -53,7 +56,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
              f"saved to {a.out} (evaluate it with `datafree evaluate {a.out} --data ...`)")
     if not a.structured:
         human += "\nnote: unstructured zeros shrink the model only in sparse storage; FLOPs are counted dense"
-    human += evaluate_into(a, res.model, teacher, info, "pruned")
+    human += evaluate_into(a, res.model, teacher, info, "pruned") + est_line
     emit(a, info, human)
     return 0
 
@@ -130,6 +133,7 @@ def add(sub: Any, ctx: Context) -> None:
     _kd_options(s, "prune", ["lr", "temperature", "batch_size", "freeze_bn", "augment", "val_every"])
     s.add_argument("--checkpoint-dir", help="fine-tuning checkpoints (default: OUT.ckpt); re-running resumes")
     s.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint instead of resuming")
+    estimate_args(s)
     output_args(s, out="output file (.pt), read by `datafree evaluate/export`",
                 val="real data for validation accuracy in the progress bar",
                 eval="evaluate pruned and unpruned model on this real dataset")

@@ -13,6 +13,8 @@ from .common import (
     command,
     dataset,
     emit,
+    estimate_args,
+    estimate_into,
     kd_steps,
     load_model,
     model_args,
@@ -29,6 +31,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     from ..compressors.base import run_compressor
 
     cfg = _quant_config(a, seed=a.seed)
+    if a.max_drop is not None:
+        return _autopilot(a, cfg)
     model = load_model(a)
     calib = source(a, a.calib, model, cfg.num_calib)
     bn_data = source(a, a.bn_data, model, cfg.num_calib) if a.bn_data else None
@@ -40,8 +44,9 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     res = run_compressor(model, "quantize", calib, cfg, bn_data=bn_data, kd=kd, val=val_data(a, model) if kd else None,
                          progress=not a.no_progress)
     seconds = round(time.time() - t0, 2)
-    save(res.model, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds})
     info: dict[str, Any] = {"out": a.out, "calib": a.calib, "w_bits": cfg.w_bits, "a_bits": cfg.a_bits, "seconds": seconds}
+    est_line = estimate_into(a, res.model, model, info)
+    save(res.model, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds, "estimate": info.get("estimate")})
     human = f"saved W{cfg.w_bits}A{cfg.a_bits} model calibrated on {a.calib} ({len(calib)} samples) to {a.out}"
     plan = record_of(res.model).quant_plan or []
     if "mixed" in res.report:
@@ -62,6 +67,57 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         r = evaluate(res.model, dataset(a, a.eval, model), teacher=model)
         info.update(r)
         human += f"\n{a.eval}: top-1 {r['top1']:.2f}% (FP32 {r['teacher_top1']:.2f}%), agreement {r['agreement']:.2f}%"
+    emit(a, info, human + est_line)
+    return 0
+
+
+def _autopilot(a: argparse.Namespace, cfg: Any) -> int:
+    """`quantize --max-drop D`: the smallest configuration whose estimated drop is within D, and what was tried."""
+    import sys
+
+    from ..core.errors import DatafreeError
+    from ..evaluation.autopilot import autopilot, trials_table
+    from ..evaluation.estimate import LARGE_IMAGE, estimate_line, held_out_set
+    from ..models import input_spec_of
+
+    if not a.max_drop >= 0:
+        raise DatafreeError(f"--max-drop must be a drop in points >= 0, got {a.max_drop}")
+    if cfg.mixed.on:
+        raise DatafreeError("--max-drop and --target-size/--avg-bits both choose the model's size; give one of them")
+    if a.finetune_epochs or a.finetune_steps:
+        raise DatafreeError("--max-drop searches calibrated configurations; drop --finetune-epochs/--finetune-steps")
+    if a.no_estimate:
+        raise DatafreeError("--max-drop works from the estimate; drop --no-estimate")
+    if a.bn_data:
+        raise DatafreeError("--max-drop does not take --bn-data; drop it")
+    model = load_model(a)
+    calib = source(a, a.calib, model, cfg.num_calib)
+    t0 = time.time()
+    held = held_out_set(model, a.seed, progress=not a.no_progress)
+    spec = input_spec_of(model)
+    recon = spec.shape[1] * spec.shape[2] < LARGE_IMAGE
+    quiet = a.json or a.no_progress
+    log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log(f"autopilot: smallest model estimated within {a.max_drop:g} pt on {held.name}"
+        + ("" if recon else " (224 px class inputs: reconstruction is not tried, it takes many minutes on a CPU)"))
+    best, trials = autopilot(model, calib, a.max_drop, cfg, held, recon=recon, log=log, seed=a.seed)
+    seconds = round(time.time() - t0, 2)
+    info: dict[str, Any] = {"out": a.out, "calib": a.calib, "max_drop": a.max_drop, "chosen": best.label,
+                            "size_bytes": best.size_bytes, "estimate": best.estimate, "seconds": seconds,
+                            "trials": [t.row() for t in trials]}
+    save(best.model, a.out, teacher=model, extra={"calib": a.calib, "seconds": seconds, "estimate": best.estimate,
+                                                   "autopilot": {"max_drop": a.max_drop, "trials": info["trials"]}})
+    human = (f"autopilot (--max-drop {a.max_drop:g} pt): tried {len(trials)} configurations in {seconds:.0f} s\n"
+             + trials_table(trials, best, a.max_drop)
+             + f"\nsaved {best.label} ({best.size_bytes / 1024:.1f} KiB) calibrated on {a.calib} ({len(calib)} samples) "
+               f"to {a.out}\n" + estimate_line(best.estimate))
+    if a.eval:
+        from ..evaluation.metrics import evaluate
+
+        r = evaluate(best.model, dataset(a, a.eval, model), teacher=model)
+        info.update(r)
+        human += (f"\n{a.eval}: top-1 {r['top1']:.2f}% (FP32 {r['teacher_top1']:.2f}%, measured drop "
+                  f"{r['teacher_top1'] - r['top1']:.2f} pt), agreement {r['agreement']:.2f}%")
     emit(a, info, human)
     return 0
 
@@ -94,10 +150,16 @@ def add(sub: Any, ctx: Context) -> None:
                 "per tensor, calibrated on SOURCE; save one file that `datafree evaluate` loads. First and last layer "
                 "stay at 8 bits unless --quantize-first-last.")
     model_args(s)
-    s.add_argument("--calib", required=True, metavar="SOURCE",
+    s.add_argument("--calib", default="bn-stats", metavar="SOURCE",
                    help=f"SyntheticSet directory, a method ({', '.join(ctx.methods)}) run on the fly, or a dataset spec "
-                        f"({ctx.specs})")
+                        f"({ctx.specs}) (default: bn-stats)")
     _quant_options(s)
+    s.add_argument("--max-drop", type=float, metavar="D",
+                   help="autopilot: search bit widths (uniform W4A4 ... W8A8, then per-layer mixed precision between "
+                        "the two uniform widths around the budget, then BRECQ on the failing width for small inputs) "
+                        "and save the smallest model whose estimated top-1 drop is <= D points, with a table of what "
+                        "was tried; --w-bits/--a-bits are chosen, --target-size/--avg-bits are refused")
+    estimate_args(s)
     s.add_argument("--bn-data", metavar="SOURCE", help="data for BN re-estimation (default: --calib)")
     s.add_argument("--finetune-epochs", type=int, default=0,
                    help="quantization-aware KD fine-tuning: passes over the calibration data (0 = calibration only)")

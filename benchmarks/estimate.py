@@ -1,0 +1,248 @@
+"""Know the damage without data: how well the held-out-synthetic estimate predicts the measured top-1 drop.
+
+Run: python -m benchmarks.estimate [--fit-models resnet20 resnet32] [--held-models resnet56] [--imagenet]
+Writes benchmarks/results/estimate.json (rows: model, config, source, kind, features, measured drop on real test data,
+split fit | held-out, estimated drop and interval from the mapping fitted here; the mapping; the held-out metrics) and
+benchmarks/results/estimate.png (estimated vs measured, the diagonal, intervals). Rows resume.
+
+Each row compresses a pretrained model one way (quantize at W8A8 ... W3A8 calibrated on real / bn-stats / gaussian
+samples, + bias correction, + BRECQ; prune by weight magnitude or by channels, no fine-tuning), measures its top-1 drop
+on the real test set (CIFAR-10: the exact 1000 test images; ImageNet: val1300) and the estimate's features on held-out
+synthetic samples (the library's `held_out_set`: bn-stats, its own seed, never used for calibration). The mapping is
+fitted on the --fit-models rows only (the feature chosen by leave-one-model-out error among them), then judged on the
+--held-models rows and the EfficientNet-Lite0 rows, which it never saw.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import datafree as df
+from datafree.compressors.prune import PruneConfig, finish_pruning_, prune_
+from datafree.compressors.quant import QuantConfig
+from datafree.core.utils import predict
+from datafree.evaluation.estimate import DropMapping, drop_features, held_out_set
+
+from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
+
+FEATURES = ("rel", "kl", "disagreement")
+QUANT = [(8, 8), (6, 6), (5, 5), (4, 8), (4, 4), (3, 8)]
+PRUNE = [("weights", 0.2), ("weights", 0.4), ("weights", 0.5), ("weights", 0.6), ("weights", 0.7),
+         ("channels", 0.05), ("channels", 0.1), ("channels", 0.2)]
+
+
+def cifar_configs() -> list[dict]:
+    """Every compression of one CIFAR model: (kind, source, config) keys."""
+    out = []
+    for src in ("real", "bn-stats", "gaussian"):
+        out += [{"kind": "quantize", "source": src, "config": f"W{w}A{a}"} for w, a in QUANT]
+        out += [{"kind": "quantize", "source": src, "config": f"W{w}A{a}+bc"} for w, a in ((4, 8), (4, 4))]
+    out.append({"kind": "quantize", "source": "bn-stats", "config": "W4A4+bc+brecq"})
+    out += [{"kind": "prune", "source": "none", "config": f"{how}{s:g}"} for how, s in PRUNE]
+    return out
+
+
+IMAGENET = [{"kind": "quantize", "source": s, "config": c} for s in ("real", "bn-stats-lowres")
+            for c in ("W8A8", "W6A6+bc", "W4A8+bc", "W4A4+bc")] + [
+    {"kind": "quantize", "source": "bn-stats-lowres", "config": "W4A8"}]
+
+
+def _quant_config(config: str, num: int, recon_iters: int) -> QuantConfig:
+    bits, *extra = config.split("+")
+    w, a = bits[1:].split("A")
+    kw = {"bias_correct": "bc" in extra, "num_calib": num}
+    if "brecq" in extra:
+        kw.update(reconstruct="brecq", recon_iters=recon_iters)
+    return QuantConfig.from_flat(w_bits=int(w), a_bits=int(a), **kw)
+
+
+def compress(teacher, key: dict, calib: dict, args) -> torch.nn.Module:
+    """The compressed model of one row."""
+    if key["kind"] == "prune":
+        how, s = ("weights", key["config"][7:]) if key["config"].startswith("weights") else ("channels", key["config"][8:])
+        cfg = PruneConfig(sparsity=float(s), structured=how == "channels")
+        m = copy.deepcopy(teacher)
+        cut = prune_(m, cfg)
+        return finish_pruning_(m, cfg, cut).eval()
+    return df.quantize(teacher, calib[key["source"]], _quant_config(key["config"], args.num, args.recon_iters)).eval()
+
+
+def measure_rows(store: RowStore, name: str, teacher, keys: list[dict], calib: dict, test, split: str, args) -> None:
+    """Compress, measure on real test data, compute the features on the held-out set; one stored row per key."""
+    tpred = predict(teacher, test)
+    tacc = 100.0 * (tpred == test.y).float().mean().item()
+    held = None
+    for key in keys:
+        k = dict(model=name, **key)
+        if store.get(k):
+            continue
+        if held is None:
+            t0 = time.time()
+            held = held_out_set(teacher, args.seed)
+            held_seconds = time.time() - t0
+
+        def row() -> dict:
+            t0 = time.time()
+            m = compress(teacher, key, calib, args)
+            comp = time.time() - t0
+            pred = predict(m, test)
+            acc = 100.0 * (pred == test.y).float().mean().item()
+            t1 = time.time()
+            feats = drop_features(teacher, m, held, args.seed)
+            return {"split": split, "teacher_top1": round(tacc, 2), "top1": round(acc, 2), "drop": round(tacc - acc, 2),
+                    "agreement": round(100.0 * (pred == tpred).float().mean().item(), 2), "n_test": len(test),
+                    "test": test.name, "features": feats, "held_out": held.name,
+                    "estimate_seconds": round(time.time() - t1 + held_seconds, 2), "compress_seconds": round(comp, 2)}
+
+        r = store.run(k, row)
+        print(f"{name:18s} {key['kind']:8s} {key['source']:15s} {key['config']:14s} drop {r['drop']:6.2f} "
+              f"rel {r['features']['rel']:.4f} kl {r['features']['kl']:.4f}", flush=True)
+
+
+def fit(rows: list[dict], feature: str, deg: int = 2) -> np.ndarray:
+    """Polynomial of log(drop + 1) (drops below 0 count as 0) in log(feature)."""
+    x = np.log(np.maximum([r["features"][feature] for r in rows], 1e-6))
+    y = np.log(np.maximum([r["drop"] for r in rows], 0.0) + 1)
+    return np.polyfit(x, y, deg)
+
+
+def mapping_of(rows: list[dict], feature: str, resid: tuple[float, float], label: str) -> DropMapping:
+    x = np.log(np.maximum([r["features"][feature] for r in rows], 1e-6))
+    c = fit(rows, feature)
+    return DropMapping(feature=feature, coef=tuple(round(float(v), 4) for v in c),
+                       x_range=(round(float(x.min()), 3), round(float(x.max()), 3)),
+                       resid=(round(resid[0], 3), round(resid[1], 3)), fitted_on=label)
+
+
+def cross_validate(rows: list[dict], feature: str) -> tuple[float, list[float]]:
+    """Leave-one-model-out over the fit rows: MAE (points, measured drop <= 10) and the log-space residuals."""
+    models = sorted({r["model"] for r in rows})
+    errs, res = [], []
+    for m in models:
+        train = [r for r in rows if r["model"] != m]
+        mp = mapping_of(train, feature, (0.0, 0.0), "cv")
+        for r in (r for r in rows if r["model"] == m):
+            est = mp(r["features"][feature])["drop"]
+            y = math.log(max(r["drop"], 0.0) + 1)
+            res.append(y - math.log(est + 1))
+            if r["drop"] <= 10:
+                errs.append(abs(est - r["drop"]))
+    return float(np.mean(errs)), res
+
+
+def judge(rows: list[dict]) -> dict:
+    """Spearman rank correlation, MAE where the measured drop is <= 10 pt, share inside the interval."""
+    from scipy.stats import spearmanr
+
+    est = [r["estimate"]["drop"] for r in rows]
+    meas = [r["drop"] for r in rows]
+    small = [abs(e - m) for e, m in zip(est, meas) if m <= 10]
+    inside = [r["estimate"]["lo"] <= max(r["drop"], 0.0) <= r["estimate"]["hi"] for r in rows]
+    return {"rows": len(rows), "spearman": round(float(spearmanr(est, meas)[0]), 3),
+            "mae_drop_le_10": round(float(np.mean(small)), 3) if small else None, "rows_drop_le_10": len(small),
+            "inside_interval": round(100.0 * float(np.mean(inside)), 1)}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    colors = {"fit": "tab:gray", "held-out": "tab:blue"}
+    for r in rows:
+        e = r["estimate"]
+        color = "tab:red" if r["model"] == "efficientnet_lite0" else colors[r["split"]]
+        ax.errorbar(max(r["drop"], 0.0) + 0.1, e["drop"] + 0.1, yerr=[[e["drop"] - e["lo"]], [e["hi"] - e["drop"]]],
+                    fmt="o", ms=4, color=color, alpha=0.7, elinewidth=0.8)
+    lim = [0.1, 100]
+    ax.plot(lim, lim, "k--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured top-1 drop on real test data + 0.1 (pt)")
+    ax.set_ylabel("estimated drop + 0.1 (pt), interval")
+    for lab, col in (("fit rows (CIFAR-10)", "tab:gray"), ("held-out CIFAR-10 model", "tab:blue"),
+                     ("held-out EfficientNet-Lite0 (ImageNet)", "tab:red")):
+        ax.plot([], [], "o", color=col, label=lab)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Estimated vs measured accuracy drop (no real data used)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fit-models", nargs="+", default=["resnet20", "resnet32"])
+    p.add_argument("--held-models", nargs="+", default=["resnet56"])
+    p.add_argument("--imagenet", action=argparse.BooleanOptionalAction, default=True,
+                   help="also judge on EfficientNet-Lite0 rows (needs the extra imagenet)")
+    p.add_argument("--num", type=int, default=256, help="calibration samples (CIFAR)")
+    p.add_argument("--iterations", type=int, default=100, help="bn-stats iterations of the calibration sets")
+    p.add_argument("--recon-iters", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/estimate.json")
+    p.add_argument("--cache", default="benchmarks/cache")
+    a = p.parse_args(argv)
+    df.tune_allocator()
+    torch.manual_seed(a.seed)
+    config = {k: v for k, v in vars(a).items() if k not in ("out", "cache")}
+    store = RowStore(a.out, {"benchmark": "estimate", "config": config, "seed": a.seed, "commit": git_commit(),
+                             "machine": machine(), "command": command_line("benchmarks.estimate", a)},
+                     selection=("imagenet", "held_models"))
+    t_start = time.time()
+    for name in a.fit_models + a.held_models:
+        teacher = pretrained(name).eval()
+        spec = df.record_of(teacher).input_spec
+        test = df.load_dataset("cifar10:test-exact", spec, data_root())
+        calib = {"real": df.load_dataset("cifar10:train-exact", spec, data_root()).subset(a.num, a.seed),
+                 "bn-stats": cached_set(teacher, name, "bn-stats", a.num, a.iterations, a.seed, a.cache)[0],
+                 "gaussian": df.synthesize(teacher, "gaussian", df.make_config("gaussian", num=a.num, seed=a.seed))}
+        measure_rows(store, name, teacher, cifar_configs(), calib, test, "fit" if name in a.fit_models else "held-out", a)
+    if a.imagenet:
+        from datafree.models import create_model
+
+        teacher = create_model("efficientnet_lite0").eval()
+        spec = df.record_of(teacher).input_spec
+        test = df.load_dataset("imagenet:val1300", spec, data_root())
+        calib = {"real": df.load_dataset("imagenet:sample1000", spec, data_root()).subset(64, a.seed),
+                 "bn-stats-lowres": cached_set(teacher, "efficientnet_lite0", "bn-stats", 64, 100, a.seed, a.cache,
+                                               batch_size=32, low_res=0.75)[0]}
+        measure_rows(store, "efficientnet_lite0", teacher, IMAGENET, calib, test, "held-out",
+                     argparse.Namespace(**{**vars(a), "num": 64}))
+
+    fit_rows = [r for r in store.rows if r["split"] == "fit"]
+    cv = {f: cross_validate(fit_rows, f) for f in FEATURES}
+    feature = min(cv, key=lambda f: cv[f][0])
+    res = cv[feature][1]
+    mapping = mapping_of(fit_rows, feature, (float(np.quantile(res, 0.05)), float(np.quantile(res, 0.95))),
+                         f"{len(fit_rows)} CIFAR-10 rows of {', '.join(a.fit_models)}")
+    for r in store.rows:
+        r["estimate"] = mapping(r["features"][feature])
+    held = [r for r in store.rows if r["split"] == "held-out"]
+    store.meta.update(
+        mapping=dict(feature=mapping.feature, coef=list(mapping.coef), x_range=list(mapping.x_range),
+                     resid=list(mapping.resid), fitted_on=mapping.fitted_on),
+        feature_cv_mae={f: round(v[0], 3) for f, v in cv.items()},
+        judged={"held-out (all)": judge(held),
+                "held-out CIFAR-10": judge([r for r in held if r["model"] != "efficientnet_lite0"]),
+                "held-out EfficientNet-Lite0": judge([r for r in held if r["model"] == "efficientnet_lite0"])
+                if any(r["model"] == "efficientnet_lite0" for r in held) else None,
+                "fit (in-sample)": judge(fit_rows)},
+        estimate_cost={"cifar_median_ratio": None}, wall_seconds_this_run=round(time.time() - t_start, 1), complete=True)
+    store._write()
+    plot(store.rows, Path(a.out).with_suffix(".png"))
+    for k, v in store.meta["judged"].items():
+        print(k, v)
+    print("mapping", store.meta["mapping"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Bit-width autopilot: the smallest quantized model whose estimated top-1 drop (held-out synthetic samples) is within a
+budget — uniform widths first, then per-layer mixed precision between the two uniform widths around the budget, then
+reconstruction of the failing uniform width."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional
+
+import torch.nn as nn
+
+from ..core.errors import DatafreeError
+from ..data.base import TensorData
+from ..models.measure import model_size_bits
+from .estimate import drop_features, estimate_drop
+
+UNIFORM = ((4, 4), (4, 8), (5, 8), (6, 8), (8, 8))  # tried smallest first (weight bits, then activation bits)
+MIXED_FRACTIONS = (1 / 3, 2 / 3)  # mixed-precision sizes tried between the failing and the passing uniform width
+
+
+@dataclasses.dataclass
+class Trial:
+    """One configuration the autopilot tried."""
+
+    label: str
+    size_bytes: int
+    estimate: dict[str, Any]
+    seconds: float
+    model: Optional[nn.Module] = dataclasses.field(default=None, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        """The trial as a table row / JSON object."""
+        return {"config": self.label, "size_bytes": self.size_bytes, "estimated_drop": self.estimate["drop"],
+                "interval": [self.estimate["lo"], self.estimate["hi"]], "seconds": round(self.seconds, 2)}
+
+
+def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any, held: TensorData,
+              recon: bool = True, progress: bool = False, log: Callable[[str], None] = lambda s: None,
+              seed: int = 0) -> tuple[Trial, list[Trial]]:
+    """Search quantization configurations of `model` (calibrated on `calib`, `config` giving everything but the widths)
+    and return the smallest whose estimated drop on `held` is <= `max_drop`, with every trial."""
+    from ..compressors.quant import quantize
+
+    if max_drop < 0:
+        raise DatafreeError(f"--max-drop must be >= 0 points, got {max_drop}")
+    trials: list[Trial] = []
+
+    def attempt(label: str, **over: Any) -> Trial:
+        t0 = time.time()
+        cfg = config.replace(**over)
+        qm = quantize(model, calib, cfg, progress=progress).eval()
+        est = estimate_drop(model, qm, held=held, seed=seed)
+        t = Trial(label, model_size_bits(qm) // 8, est, time.time() - t0, qm)
+        trials.append(t)
+        log(f"  {label:26s} {t.size_bytes / 1024:9.1f} KiB  estimated drop {est['drop']:5.2f} pt "
+            f"({est['lo']:.2f}-{est['hi']:.2f})  {t.seconds:6.1f} s")
+        return t
+
+    def ok(t: Trial) -> bool:
+        return t.estimate["drop"] <= max_drop
+
+    passing: Optional[Trial] = None
+    failing: Optional[Trial] = None
+    for w, a in UNIFORM:
+        t = attempt(f"W{w}A{a}" + ("+bias-correct" if w < 8 else ""), w_bits=w, a_bits=a, bias_correct=w < 8,
+                    avg_bits=0.0, target_size=0)
+        if ok(t):
+            passing = t
+            break
+        failing = t
+    if passing is None:
+        raise DatafreeError(f"no configuration up to W8A8 is estimated within --max-drop {max_drop:g} pt (W8A8: "
+                            f"{trials[-1].estimate['drop']:.2f} pt); raise --max-drop or use better calibration data")
+    if failing is not None:
+        lo_b, hi_b = failing.size_bytes, passing.size_bytes
+        a_bits = max(int(failing.label[1:].split("A")[1].split("+")[0]), int(passing.label.split("A")[1].split("+")[0]))
+        for frac in MIXED_FRACTIONS:
+            target = int(lo_b + frac * (hi_b - lo_b))
+            t = attempt(f"mixed {target / 1024:.0f} KiB A{a_bits}", a_bits=a_bits, w_bits=8, bias_correct=True,
+                        target_size=target, avg_bits=0.0)
+            if ok(t):
+                break
+        if recon:
+            w, a = (int(v) for v in failing.label[1:].split("+")[0].split("A"))
+            attempt(f"W{w}A{a}+bias-correct+brecq", w_bits=w, a_bits=a, bias_correct=True, reconstruct="brecq",
+                    avg_bits=0.0, target_size=0)
+    best = min((t for t in trials if ok(t)), key=lambda t: (t.size_bytes, t.estimate["drop"]))
+    for t in trials:  # only the chosen model is kept
+        if t is not best:
+            t.model = None
+    return best, trials
+
+
+def trials_table(trials: list[Trial], best: Trial, max_drop: float) -> str:
+    """The autopilot's trials as a text table, the chosen one marked."""
+    lines = [f"{'':2s}{'configuration':28s}{'size':>11s}{'estimated drop':>16s}{'interval':>14s}{'seconds':>9s}"]
+    for t in trials:
+        e = t.estimate
+        mark = "*" if t is best else ("" if e["drop"] <= max_drop else "x")
+        lines.append(f"{mark:2s}{t.label:28s}{t.size_bytes / 1024:8.1f} KiB{e['drop']:13.2f} pt"
+                     f"{e['lo']:7.2f}-{e['hi']:<6.2f}{t.seconds:9.1f}")
+    return "\n".join(lines)
+
+
+__all__ = ["autopilot", "trials_table", "Trial", "drop_features"]
