@@ -1316,6 +1316,59 @@ def section_imagenet() -> str:
     return "\n".join(out) + "\n"
 
 
+def section_estimate() -> str:
+    """The accuracy-drop estimate against the measured drop, on rows the mapping never saw; the autopilot."""
+    d = json.loads((RESULTS / "estimate.json").read_text())
+    meta, rows = d["meta"], d["rows"]
+    mp = meta["mapping"]
+    out = ["## Knowing the damage without data: the accuracy-drop estimate\n", _meta_line(meta), _incomplete(meta),
+           "Every compressor prints an estimated top-1 drop (`datafree evaluate FILE --estimate` recomputes it): "
+           "teacher vs compressed model on held-out synthetic samples (bn-stats with their own seed, 64 samples at "
+           "32 px, 6 at 224 px, plus mixtures of random pairs of them) give the feature "
+           f"`{mp['feature']}`, mapped to points by log(drop + 1) = a quadratic in log({mp['feature']}) (made "
+           f"non-decreasing), fitted on {mp['fitted_on']} only; the interval is the 5-95 % range of that fit's "
+           "leave-one-model-out residuals. Feature chosen by leave-one-model-out error on the fit rows "
+           "(MAE, drops <= 10 pt): " + ", ".join(f"`{k}` {v:.2f}" for k, v in meta["feature_cv_mae"].items())
+           + ". Rows: quantization W8A8 ... W3A8 from real / bn-stats / gaussian calibration (+ bias correction, "
+           "+ BRECQ), pruning by weight magnitude or channels without fine-tuning; measured drop on the exact 1000 "
+           "CIFAR-10 test images (val1300 for EfficientNet-Lite0).\n",
+           "| rows | n | Spearman | MAE where drop <= 10 (n) | inside interval |", "|---|---:|---:|---:|---:|"]
+    for k, j in meta["judged"].items():
+        if j:
+            mae = "–" if j["mae_drop_le_10"] is None else f"{j['mae_drop_le_10']:.2f} ({j['rows_drop_le_10']})"
+            out.append(f"| {k} | {j['rows']} | {j['spearman']:.3f} | {mae} | {j['inside_interval']:.0f} % |")
+    out += ["\nTargets (held-out rows): Spearman >= 0.9, MAE <= 1.0 pt where the drop is <= 10, >= 80 % inside.\n",
+            "![estimated vs measured](benchmarks/results/estimate.png)\n",
+            "Held-out rows (never in the fit):\n",
+            "| model | compression | source | measured drop | estimated | interval | estimate s | compressor s |",
+            "|---|---|---|---:|---:|---|---:|---:|"]
+    for r in rows:
+        if r["split"] != "held-out":
+            continue
+        e = r["estimate"]
+        out.append(f"| {r['model']} | {r['kind']} {r['config']} | {r['source']} | {r['drop']:.2f} | {e['drop']:.2f} | "
+                   f"{e['lo']:.2f}-{e['hi']:.2f} | {r['estimate_seconds']:.0f} | {r['compress_seconds']:.0f} |")
+    ap = RESULTS / "autopilot.json"
+    a = json.loads(ap.read_text()) if ap.is_file() else {"rows": []}
+    cost = [r for r in a["rows"] if r["kind"] == "cost"]
+    if cost:
+        out.append("\n**Cost on the default settings** (the CLI as a user runs it, estimate included): "
+                   + "; ".join(f"`{c['command']}` {c['seconds']:.0f} s, of which the estimate {c['estimate_seconds']:.0f} s "
+                               f"({100 * c['estimate_seconds'] / max(c['seconds'] - c['estimate_seconds'], 1e-9):.1f} % "
+                               "of the compressor's own time)" for c in cost) + ".")
+    if any(r["kind"] == "autopilot" for r in a["rows"]):
+        out += [f"\n**Autopilot** (`{ap.name}`, commit {a['meta']['commit'][:7]}): `datafree quantize MODEL --max-drop D` "
+                "returns the smallest model whose estimated drop is within D; measured on real test data afterwards "
+                "(paired noise: one binomial standard error of the paired difference).\n",
+                "| model | D | chosen | size KiB | estimated | measured drop | paired noise | tried | seconds | "
+                "smallest uniform table row within D |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in (r for r in a["rows"] if r["kind"] == "autopilot"):
+            out.append(f"| {r['model']} | {r['max_drop']:g} | {r['chosen']} | {r['size_bytes'] / 1024:.1f} | "
+                       f"{r['estimated_drop']:.2f} | {r['measured_drop']:.2f} | {r['paired_se']:.2f} | {r['trials']} | "
+                       f"{r['seconds']:.0f} | {r.get('reference', '–')} |")
+    return "\n".join(out) + "\n"
+
+
 SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table_inputs.json", section_kw), ("kw_r20_w4a4_1000steps.json", section_kw_long), ("similarity.json", section_similarity),
             ("onnx_export.json", section_onnx), ("perf_synthesis.json", section_perf), ("perf_kd.json", section_perf_kd),
             ("rdskd_mnist_paper.json", section_rdskd_mnist), ("perf_generator.json", section_perf_generator),
@@ -1328,7 +1381,7 @@ SECTIONS = [("ptq_cifar.json", section_ptq), ("kw_table_inputs.json", section_kw
             ("audit.json", section_audit), ("audit_resnet56.json", lambda: section_audit("audit_resnet56.json")),
             ("similarity_auroc.json", section_similarity_auroc),
             ("torchrun.json", section_torchrun), ("demo.json", section_demo),
-            ("imagenet_lite0.json", section_imagenet)]
+            ("imagenet_lite0.json", section_imagenet), ("estimate.json", section_estimate)]
 
 
 ARCHIVE = {"lowbit_meannorm.json"}  # superseded tables: docs/benchmarks-archive.md
