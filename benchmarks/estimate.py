@@ -1,6 +1,6 @@
 """Know the damage without data: how well the held-out-synthetic estimate predicts the measured top-1 drop.
 
-Run: python -m benchmarks.estimate [--fit-models resnet20 resnet32] [--held-models resnet56] [--imagenet]
+Run: python -m benchmarks.estimate [--fit-models resnet20 resnet32 resnet44] [--held-models resnet56] [--imagenet]
 Writes benchmarks/results/estimate.json (rows: model, config, source, kind, features, measured drop on real test data,
 split fit | held-out, estimated drop and interval from the mapping fitted here; the mapping; the held-out metrics) and
 benchmarks/results/estimate.png (estimated vs measured, the diagonal, intervals). Rows resume.
@@ -112,21 +112,21 @@ def fit(rows: list[dict], feature: str, deg: int = 2) -> np.ndarray:
     return np.polyfit(x, y, deg)
 
 
-def mapping_of(rows: list[dict], feature: str, resid: tuple[float, float], label: str) -> DropMapping:
+def mapping_of(rows: list[dict], feature: str, resid: tuple[float, float], label: str, deg: int = 2) -> DropMapping:
     x = np.log(np.maximum([r["features"][feature] for r in rows], 1e-6))
-    c = fit(rows, feature)
+    c = fit(rows, feature, deg)
     return DropMapping(feature=feature, coef=tuple(round(float(v), 4) for v in c),
                        x_range=(round(float(x.min()), 3), round(float(x.max()), 3)),
                        resid=(round(resid[0], 3), round(resid[1], 3)), fitted_on=label)
 
 
-def cross_validate(rows: list[dict], feature: str) -> tuple[float, list[float]]:
+def cross_validate(rows: list[dict], feature: str, deg: int = 2) -> tuple[float, list[float]]:
     """Leave-one-model-out over the fit rows: MAE (points, measured drop <= 10) and the log-space residuals."""
     models = sorted({r["model"] for r in rows})
     errs, res = [], []
     for m in models:
         train = [r for r in rows if r["model"] != m]
-        mp = mapping_of(train, feature, (0.0, 0.0), "cv")
+        mp = mapping_of(train, feature, (0.0, 0.0), "cv", deg)
         for r in (r for r in rows if r["model"] == m):
             est = mp(r["features"][feature])["drop"]
             y = math.log(max(r["drop"], 0.0) + 1)
@@ -180,7 +180,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fit-models", nargs="+", default=["resnet20", "resnet32"])
+    p.add_argument("--fit-models", nargs="+", default=["resnet20", "resnet32", "resnet44"])
     p.add_argument("--held-models", nargs="+", default=["resnet56"])
     p.add_argument("--imagenet", action=argparse.BooleanOptionalAction, default=True,
                    help="also judge on EfficientNet-Lite0 rows (needs the extra imagenet)")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     config = {k: v for k, v in vars(a).items() if k not in ("out", "cache")}
     store = RowStore(a.out, {"benchmark": "estimate", "config": config, "seed": a.seed, "commit": git_commit(),
                              "machine": machine(), "command": command_line("benchmarks.estimate", a)},
-                     selection=("imagenet", "held_models"))
+                     selection=("imagenet", "held_models", "fit_models"))
     t_start = time.time()
     for name in a.fit_models + a.held_models:
         teacher = pretrained(name).eval()
@@ -219,18 +219,19 @@ def main(argv: list[str] | None = None) -> None:
                      argparse.Namespace(**{**vars(a), "num": 64}))
 
     fit_rows = [r for r in store.rows if r["split"] == "fit"]
-    cv = {f: cross_validate(fit_rows, f) for f in FEATURES}
-    feature = min(cv, key=lambda f: cv[f][0])
-    res = cv[feature][1]
+    cv = {(f, deg): cross_validate(fit_rows, f, deg) for f in FEATURES for deg in (1, 2)}
+    feature, deg = min(cv, key=lambda k: cv[k][0])
+    res = cv[feature, deg][1]
+    fit_models = sorted({r["model"] for r in fit_rows})
     mapping = mapping_of(fit_rows, feature, (float(np.quantile(res, 0.05)), float(np.quantile(res, 0.95))),
-                         f"{len(fit_rows)} CIFAR-10 rows of {', '.join(a.fit_models)}")
+                         f"{len(fit_rows)} CIFAR-10 rows of {', '.join(fit_models)}", deg)
     for r in store.rows:
         r["estimate"] = mapping(r["features"][feature])
     held = [r for r in store.rows if r["split"] == "held-out"]
     store.meta.update(
         mapping=dict(feature=mapping.feature, coef=list(mapping.coef), x_range=list(mapping.x_range),
                      resid=list(mapping.resid), fitted_on=mapping.fitted_on),
-        feature_cv_mae={f: round(v[0], 3) for f, v in cv.items()},
+        feature_cv_mae={f"{f} (degree {d})": round(v[0], 3) for (f, d), v in cv.items()},
         judged={"held-out (all)": judge(held),
                 "held-out CIFAR-10": judge([r for r in held if r["model"] != "efficientnet_lite0"]),
                 "held-out EfficientNet-Lite0": judge([r for r in held if r["model"] == "efficientnet_lite0"])

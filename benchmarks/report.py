@@ -1325,9 +1325,10 @@ def section_estimate() -> str:
            "Every compressor prints an estimated top-1 drop (`datafree evaluate FILE --estimate` recomputes it): "
            "teacher vs compressed model on held-out synthetic samples (bn-stats with their own seed, 64 samples at "
            "32 px, 6 at 224 px, plus mixtures of random pairs of them) give the feature "
-           f"`{mp['feature']}`, mapped to points by log(drop + 1) = a quadratic in log({mp['feature']}) (made "
+           f"`{mp['feature']}`, mapped to points by log(drop + 1) = a polynomial of degree {len(mp['coef']) - 1} in "
+           f"log({mp['feature']}) (made "
            f"non-decreasing), fitted on {mp['fitted_on']} only; the interval is the 5-95 % range of that fit's "
-           "leave-one-model-out residuals. Feature chosen by leave-one-model-out error on the fit rows "
+           "leave-one-model-out residuals. Feature and degree chosen by leave-one-model-out error on the fit rows "
            "(MAE, drops <= 10 pt): " + ", ".join(f"`{k}` {v:.2f}" for k, v in meta["feature_cv_mae"].items())
            + ". Rows: quantization W8A8 ... W3A8 from real / bn-stats / gaussian calibration (+ bias correction, "
            "+ BRECQ), pruning by weight magnitude or channels without fine-tuning; measured drop on the exact 1000 "

@@ -81,3 +81,29 @@ def test_imagenet_benchmarks_parse_and_count_weight_bytes(capsys):
     # first (108 weights) and last (80) at 8 bits, the middle (32) at 4: (108 + 80) + 32 / 2 bytes
     assert imagenet._uniform_bytes(m, 4) == 108 + 80 + 16
     assert set(imagenet.STAGES) >= {"calibrate", "bias-correct", "brecq", "brecq-alone", "mixed"}
+
+
+def test_estimate_benchmarks_parse_fit_and_judge():
+    import math
+
+    import pytest
+
+    from benchmarks import autopilot, estimate
+
+    for mod in (estimate, autopilot):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--help"])
+        assert e.value.code == 0
+    # rows on the curve log(drop + 1) = 0.5 log(rel) + 2 (two models): the fit finds it, cross-validation errs ~0
+    rows = [{"model": m, "features": {"rel": r}, "drop": math.exp(0.5 * math.log(r) + 2) - 1}
+            for m in ("a", "b") for r in (0.2, 0.4, 0.8, 1.5, 3.0)]
+    c = estimate.fit(rows, "rel", 1)
+    assert c[0] == pytest.approx(0.5, abs=1e-6) and c[1] == pytest.approx(2.0, abs=1e-6)
+    mae, res = estimate.cross_validate(rows, "rel", 1)
+    assert mae < 0.02 and max(abs(v) for v in res) < 1e-2
+    for r, (lo, hi) in zip(rows, [(0, 99)] * 5 + [(0, 0.1)] * 5):
+        r["estimate"] = {"drop": r["drop"], "lo": lo, "hi": hi}
+    j = estimate.judge(rows)
+    assert j["spearman"] == pytest.approx(1.0) and j["mae_drop_le_10"] == pytest.approx(0, abs=1e-9)
+    assert j["inside_interval"] == 50.0 and j["rows"] == 10
+    assert len(estimate.cifar_configs()) == 3 * 8 + 1 + len(estimate.PRUNE)

@@ -11,7 +11,7 @@ import datafree as df
 from datafree.cli import main
 from datafree.compressors.artifact import read_artifact
 from datafree.data.base import TensorData
-from datafree.evaluation.estimate import (MAPPING, SEED_OFFSET, DropMapping, drop_features, held_out_config, mixtures)
+from datafree.evaluation.estimate import MAPPING, SEED_OFFSET, DropMapping, drop_features, held_out_config, mixtures
 from datafree.models.record import record_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -60,35 +60,40 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
         return t.estimate["drop"] <= max_drop
 
     passing: Optional[Trial] = None
-    failing: Optional[Trial] = None
     for w, a in UNIFORM:
         t = attempt(f"W{w}A{a}" + ("+bias-correct" if w < 8 else ""), w_bits=w, a_bits=a, bias_correct=w < 8,
                     avg_bits=0.0, target_size=0)
         if ok(t):
             passing = t
             break
-        failing = t
     if passing is None:
         raise DatafreeError(f"no configuration up to W8A8 is estimated within --max-drop {max_drop:g} pt (W8A8: "
                             f"{trials[-1].estimate['drop']:.2f} pt); raise --max-drop or use better calibration data")
-    if failing is not None:
-        lo_b, hi_b = failing.size_bytes, passing.size_bytes
-        a_bits = max(int(failing.label[1:].split("A")[1].split("+")[0]), int(passing.label.split("A")[1].split("+")[0]))
+    smaller = [t for t in trials if t.size_bytes < passing.size_bytes]
+    if smaller:  # the largest failing width below the passing one: mixed precision in between, then reconstruction
+        failing = max(smaller, key=lambda t: t.size_bytes)
+        fw, fa = _bits(failing.label)
+        a_bits = max(fa, _bits(passing.label)[1])
         for frac in MIXED_FRACTIONS:
-            target = int(lo_b + frac * (hi_b - lo_b))
-            t = attempt(f"mixed {target / 1024:.0f} KiB A{a_bits}", a_bits=a_bits, w_bits=8, bias_correct=True,
+            target = int(failing.size_bytes + frac * (passing.size_bytes - failing.size_bytes))
+            t = attempt(f"mixed {target / 1024:.1f} KiB A{a_bits}", a_bits=a_bits, w_bits=8, bias_correct=True,
                         target_size=target, avg_bits=0.0)
             if ok(t):
                 break
         if recon:
-            w, a = (int(v) for v in failing.label[1:].split("+")[0].split("A"))
-            attempt(f"W{w}A{a}+bias-correct+brecq", w_bits=w, a_bits=a, bias_correct=True, reconstruct="brecq",
+            attempt(f"W{fw}A{fa}+bias-correct+brecq", w_bits=fw, a_bits=fa, bias_correct=True, reconstruct="brecq",
                     avg_bits=0.0, target_size=0)
     best = min((t for t in trials if ok(t)), key=lambda t: (t.size_bytes, t.estimate["drop"]))
     for t in trials:  # only the chosen model is kept
         if t is not best:
             t.model = None
     return best, trials
+
+
+def _bits(label: str) -> tuple[int, int]:
+    """(weight bits, activation bits) of a uniform trial's label, e.g. 'W4A8+bias-correct' -> (4, 8)."""
+    w, a = label.split("+")[0][1:].split("A")
+    return int(w), int(a)
 
 
 def trials_table(trials: list[Trial], best: Trial, max_drop: float) -> str:
