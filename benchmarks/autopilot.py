@@ -24,7 +24,8 @@ RESULTS = Path("benchmarks/results")
 
 
 def _cli(args: list[str]) -> dict:
-    r = subprocess.run([sys.executable, "-m", "datafree", *args, "--json", "--no-progress"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "datafree", *args, "--json", "--no-progress", "--data-root", data_root()],
+                       capture_output=True,
                        text=True)
     if r.returncode != 0:
         raise SystemExit(f"datafree {' '.join(args)} failed: {r.stderr.strip()[-400:]}")
