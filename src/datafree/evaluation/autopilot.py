@@ -1,6 +1,6 @@
 """Bit-width autopilot: the smallest quantized model whose estimated top-1 drop (held-out synthetic samples) is within a
-budget — uniform widths first, then per-layer mixed precision between the two uniform widths around the budget, then
-reconstruction of the failing uniform width."""
+budget — uniform widths first (then the passing width on the first and last layer too), then per-layer mixed precision
+between the two uniform widths around the budget, then reconstruction of the failing uniform width."""
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +52,7 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
         est = estimate_drop(model, qm, held=held, seed=seed)
         t = Trial(label, model_size_bits(qm) // 8, est, time.time() - t0, qm)
         trials.append(t)
-        log(f"  {label:26s} {t.size_bytes / 1024:9.1f} KiB  estimated drop {est['drop']:5.2f} pt "
+        log(f"  {label:32s} {t.size_bytes / 1024:9.1f} KiB  estimated drop {est['drop']:5.2f} pt "
             f"({est['lo']:.2f}-{est['hi']:.2f})  {t.seconds:6.1f} s")
         return t
 
@@ -69,14 +69,18 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
     if passing is None:
         raise DatafreeError(f"no configuration up to W8A8 is estimated within --max-drop {max_drop:g} pt (W8A8: "
                             f"{trials[-1].estimate['drop']:.2f} pt); raise --max-drop or use better calibration data")
-    smaller = [t for t in trials if t.size_bytes < passing.size_bytes]
+    if _bits(passing.label)[0] < 8 and not getattr(config, "quantize_first_last", True):
+        w, a = _bits(passing.label)  # the first and last layer at the same width too: a little smaller
+        attempt(f"W{w}A{a}+bias-correct, every layer", w_bits=w, a_bits=a, bias_correct=True, quantize_first_last=True,
+                avg_bits=0.0, target_size=0)
+    smaller = [t for t in trials if t.size_bytes < passing.size_bytes and "every layer" not in t.label]
     if smaller:  # the largest failing width below the passing one: mixed precision in between, then reconstruction
         failing = max(smaller, key=lambda t: t.size_bytes)
         fw, fa = _bits(failing.label)
         a_bits = max(fa, _bits(passing.label)[1])
         for frac in MIXED_FRACTIONS:
             target = int(failing.size_bytes + frac * (passing.size_bytes - failing.size_bytes))
-            t = attempt(f"mixed {target / 1024:.1f} KiB A{a_bits}", a_bits=a_bits, w_bits=8, bias_correct=True,
+            t = attempt(f"mixed (weights {target / 1024:.0f} KiB) A{a_bits}", a_bits=a_bits, w_bits=8, bias_correct=True,
                         target_size=target, avg_bits=0.0)
             if ok(t):
                 break
@@ -92,17 +96,17 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
 
 def _bits(label: str) -> tuple[int, int]:
     """(weight bits, activation bits) of a uniform trial's label, e.g. 'W4A8+bias-correct' -> (4, 8)."""
-    w, a = label.split("+")[0][1:].split("A")
+    w, a = label.split("+")[0].split(",")[0][1:].split("A")
     return int(w), int(a)
 
 
 def trials_table(trials: list[Trial], best: Trial, max_drop: float) -> str:
     """The autopilot's trials as a text table, the chosen one marked."""
-    lines = [f"{'':2s}{'configuration':28s}{'size':>11s}{'estimated drop':>16s}{'interval':>14s}{'seconds':>9s}"]
+    lines = [f"{'':2s}{'configuration':32s}{'size':>11s}{'estimated drop':>16s}{'interval':>14s}{'seconds':>9s}"]
     for t in trials:
         e = t.estimate
         mark = "*" if t is best else ("" if e["drop"] <= max_drop else "x")
-        lines.append(f"{mark:2s}{t.label:28s}{t.size_bytes / 1024:8.1f} KiB{e['drop']:13.2f} pt"
+        lines.append(f"{mark:2s}{t.label:32s}{t.size_bytes / 1024:8.1f} KiB{e['drop']:13.2f} pt"
                      f"{e['lo']:7.2f}-{e['hi']:<6.2f}{t.seconds:9.1f}")
     return "\n".join(lines)
 
