@@ -69,23 +69,27 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
     if passing is None:
         raise DatafreeError(f"no configuration up to W8A8 is estimated within --max-drop {max_drop:g} pt (W8A8: "
                             f"{trials[-1].estimate['drop']:.2f} pt); raise --max-drop or use better calibration data")
-    if _bits(passing.label)[0] < 8 and not getattr(config, "quantize_first_last", True):
+    if _bits(passing.label)[0] < 8 and not config.quantize_first_last:
         w, a = _bits(passing.label)  # the first and last layer at the same width too: a little smaller
         attempt(f"W{w}A{a}+bias-correct, every layer", w_bits=w, a_bits=a, bias_correct=True, quantize_first_last=True,
                 avg_bits=0.0, target_size=0)
-    smaller = [t for t in trials if t.size_bytes < passing.size_bytes and "every layer" not in t.label]
-    if smaller:  # the largest failing width below the passing one: mixed precision in between, then reconstruction
+    passing = min((t for t in trials if ok(t)), key=lambda t: t.size_bytes)
+    smaller = [t for t in trials if t.size_bytes < passing.size_bytes and not ok(t)]
+    if smaller:  # the largest failing configuration below the passing one: mixed precision in between, reconstruction
         failing = max(smaller, key=lambda t: t.size_bytes)
         fw, fa = _bits(failing.label)
-        a_bits = max(fa, _bits(passing.label)[1])
-        for frac in MIXED_FRACTIONS:
-            target = int(failing.size_bytes + frac * (passing.size_bytes - failing.size_bytes))
-            t = attempt(f"mixed (weights {target / 1024:.0f} KiB) A{a_bits}", a_bits=a_bits, w_bits=8, bias_correct=True,
-                        target_size=target, avg_bits=0.0)
-            if ok(t):
-                break
+        if fw < _bits(passing.label)[0]:  # sizes between two weight widths
+            a_bits = max(fa, _bits(passing.label)[1])
+            for frac in MIXED_FRACTIONS:
+                target = int(failing.size_bytes + frac * (passing.size_bytes - failing.size_bytes))
+                t = attempt(f"mixed (weights {target / 1024:.0f} KiB) A{a_bits}", a_bits=a_bits, w_bits=8,
+                            bias_correct=True, target_size=target, avg_bits=0.0)
+                if ok(t):
+                    break
         if recon:
-            attempt(f"W{fw}A{fa}+bias-correct+brecq", w_bits=fw, a_bits=fa, bias_correct=True, reconstruct="brecq",
+            every = "every layer" in failing.label
+            attempt(f"W{fw}A{fa}+bias-correct+brecq" + (", every layer" if every else ""), w_bits=fw, a_bits=fa,
+                    bias_correct=True, reconstruct="brecq", quantize_first_last=every or config.quantize_first_last,
                     avg_bits=0.0, target_size=0)
     best = min((t for t in trials if ok(t)), key=lambda t: (t.size_bytes, t.estimate["drop"]))
     for t in trials:  # only the chosen model is kept
