@@ -26,6 +26,7 @@ class Trial:
     size_bytes: int
     estimate: dict[str, Any]
     seconds: float
+    weight_bytes: int = 0  # conv/linear weights at their widths (what a mixed-precision target counts)
     model: Optional[nn.Module] = dataclasses.field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
@@ -40,6 +41,7 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
     """Search quantization configurations of `model` (calibrated on `calib`, `config` giving everything but the widths)
     and return the smallest whose estimated drop on `held` is <= `max_drop`, with every trial."""
     from ..compressors.quant import quantize
+    from ..compressors.quant.layers import quant_layers
 
     if max_drop < 0:
         raise DatafreeError(f"--max-drop must be >= 0 points, got {max_drop}")
@@ -50,7 +52,8 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
         cfg = config.replace(**over)
         qm = quantize(model, calib, cfg, progress=progress).eval()
         est = estimate_drop(model, qm, held=held, seed=seed)
-        t = Trial(label, model_size_bits(qm) // 8, est, time.time() - t0, qm)
+        wbytes = sum(q.weight.numel() * q.w_bits for q in quant_layers(qm)) // 8
+        t = Trial(label, model_size_bits(qm) // 8, est, time.time() - t0, wbytes, qm)
         trials.append(t)
         log(f"  {label:32s} {t.size_bytes / 1024:9.1f} KiB  estimated drop {est['drop']:5.2f} pt "
             f"({est['lo']:.2f}-{est['hi']:.2f})  {t.seconds:6.1f} s")
@@ -81,7 +84,7 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
         if fw < _bits(passing.label)[0]:  # sizes between two weight widths
             a_bits = max(fa, _bits(passing.label)[1])
             for frac in MIXED_FRACTIONS:
-                target = int(failing.size_bytes + frac * (passing.size_bytes - failing.size_bytes))
+                target = int(failing.weight_bytes + frac * (passing.weight_bytes - failing.weight_bytes))
                 t = attempt(f"mixed (weights {target / 1024:.0f} KiB) A{a_bits}", a_bits=a_bits, w_bits=8,
                             bias_correct=True, target_size=target, avg_bits=0.0)
                 if ok(t):
