@@ -12,8 +12,6 @@ from .common import (
     check_out,
     command,
     emit,
-    estimate_args,
-    estimate_into,
     evaluate_into,
     kd_steps,
     load_model,
@@ -24,7 +22,17 @@ from .common import (
     source,
     val_data,
 )
-from .options import _configured, _hash_config, _hash_options, _kd_config, _kd_options, _synth_config, _synth_options
+from .options import (
+    _configured,
+    _hash_config,
+    _hash_options,
+    _kd_config,
+    _kd_options,
+    _synth_config,
+    _synth_options,
+    estimate_args,
+    estimate_into,
+)
 
 
 def kd_data(a: argparse.Namespace, teacher: Any) -> tuple[Any, int, int, str]:

@@ -138,3 +138,30 @@ def _quant_config(a: argparse.Namespace, **fixed: Any):
     from ..compressors.quant import QuantConfig
 
     return _config_from(a, QuantConfig, "q__", **fixed)
+
+
+def estimate_args(p: argparse.ArgumentParser) -> None:
+    """--no-estimate: the estimate of the top-1 drop is on by default."""
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the estimate of the top-1 drop (printed, stored in the file and in --json as 'estimate'): "
+                        "teacher vs compressed model on held-out synthetic samples that calibration and fine-tuning "
+                        "never used (bn-stats, their own seed), mapped to points by a curve fitted on CIFAR-10 rows "
+                        "(BENCHMARKS.md); about a tenth of a default run's time")
+
+
+def estimate_into(a: argparse.Namespace, model: Any, teacher: Any, info: dict, held: Any = None) -> str:
+    """Unless --no-estimate: the estimated top-1 drop of `model` against `teacher`, put in `info` and returned as a
+    human line (under torchrun: skipped, said in a note)."""
+    if getattr(a, "no_estimate", False):
+        return ""
+    from ..core import parallel
+    from .common import note
+
+    if parallel.world_size() > 1:
+        note("the accuracy-drop estimate is skipped under torchrun; run `datafree evaluate FILE --estimate`")
+        return ""
+    from ..evaluation.estimate import estimate_drop, estimate_line
+
+    est = estimate_drop(teacher, model, held=held, seed=a.seed, progress=not a.no_progress)
+    info["estimate"] = est
+    return "\n" + estimate_line(est)

@@ -12,8 +12,6 @@ from .common import (
     command,
     dataset,
     emit,
-    estimate_args,
-    estimate_into,
     evaluate_into,
     kd_steps,
     load_model,
@@ -23,7 +21,7 @@ from .common import (
     source,
     val_data,
 )
-from .options import _configured, _kd_config, _kd_options
+from .options import _configured, _kd_config, _kd_options, estimate_args, estimate_into
 
 
 def cmd_prune(a: argparse.Namespace) -> int:

@@ -13,8 +13,6 @@ from .common import (
     command,
     dataset,
     emit,
-    estimate_args,
-    estimate_into,
     kd_steps,
     load_model,
     model_args,
@@ -23,7 +21,7 @@ from .common import (
     source,
     val_data,
 )
-from .options import _kd_config, _kd_options, _quant_config, _quant_options
+from .options import _kd_config, _kd_options, _quant_config, _quant_options, estimate_args, estimate_into
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
