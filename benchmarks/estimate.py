@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                 "held-out EfficientNet-Lite0": judge([r for r in held if r["model"] == "efficientnet_lite0"])
                 if any(r["model"] == "efficientnet_lite0" for r in held) else None,
                 "fit (in-sample)": judge(fit_rows)},
-        estimate_cost={"cifar_median_ratio": None}, wall_seconds_this_run=round(time.time() - t_start, 1), complete=True)
+        wall_seconds_this_run=round(time.time() - t_start, 1), complete=True)
     store._write()
     plot(store.rows, Path(a.out).with_suffix(".png"))
     for k, v in store.meta["judged"].items():

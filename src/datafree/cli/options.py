@@ -149,7 +149,7 @@ def estimate_args(p: argparse.ArgumentParser) -> None:
                         "(BENCHMARKS.md); about a tenth of a default run's time")
 
 
-def estimate_into(a: argparse.Namespace, model: Any, teacher: Any, info: dict, held: Any = None) -> str:
+def estimate_into(a: argparse.Namespace, model: Any, teacher: Any, info: dict) -> str:
     """Unless --no-estimate: the estimated top-1 drop of `model` against `teacher`, put in `info` and returned as a
     human line (under torchrun: skipped, said in a note)."""
     if getattr(a, "no_estimate", False):
@@ -162,6 +162,6 @@ def estimate_into(a: argparse.Namespace, model: Any, teacher: Any, info: dict, h
         return ""
     from ..evaluation.estimate import estimate_drop, estimate_line
 
-    est = estimate_drop(teacher, model, held=held, seed=a.seed, progress=not a.no_progress)
+    est = estimate_drop(teacher, model, seed=a.seed, progress=not a.no_progress)
     info["estimate"] = est
     return "\n" + estimate_line(est)

@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..core.errors import DatafreeError
 from ..data.base import TensorData
 from ..models.measure import model_size_bits
-from .estimate import drop_features, estimate_drop
+from .estimate import estimate_drop
 
 UNIFORM = ((4, 4), (4, 8), (5, 8), (6, 8), (8, 8))  # tried smallest first (weight bits, then activation bits)
 MIXED_FRACTIONS = (1 / 3, 2 / 3)  # mixed-precision sizes tried between the failing and the passing uniform width
@@ -27,6 +27,8 @@ class Trial:
     estimate: dict[str, Any]
     seconds: float
     weight_bytes: int = 0  # conv/linear weights at their widths (what a mixed-precision target counts)
+    bits: Optional[tuple[int, int]] = None  # (weight, activation) bits of a uniform trial; None for mixed precision
+    every_layer: bool = False  # a uniform trial with the first and last layer at its width too
     model: Optional[nn.Module] = dataclasses.field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
@@ -43,57 +45,50 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
     from ..compressors.quant import quantize
     from ..compressors.quant.layers import quant_layers
 
-    if max_drop < 0:
+    if not max_drop >= 0:
         raise DatafreeError(f"--max-drop must be >= 0 points, got {max_drop}")
     trials: list[Trial] = []
 
-    def attempt(label: str, **over: Any) -> Trial:
+    def attempt(label: str, bits: Optional[tuple[int, int]] = None, every: bool = False, **over: Any) -> Trial:
         t0 = time.time()
-        cfg = config.replace(**over)
-        qm = quantize(model, calib, cfg, progress=progress).eval()
+        qm = quantize(model, calib, config.replace(**over), progress=progress).eval()
         est = estimate_drop(model, qm, held=held, seed=seed)
         wbytes = sum(q.weight.numel() * q.w_bits for q in quant_layers(qm)) // 8
-        t = Trial(label, model_size_bits(qm) // 8, est, time.time() - t0, wbytes, qm)
+        t = Trial(label, model_size_bits(qm) // 8, est, time.time() - t0, wbytes, bits, every, qm)
         trials.append(t)
-        log(f"  {label:32s} {t.size_bytes / 1024:9.1f} KiB  estimated drop {est['drop']:5.2f} pt "
+        log(f"  {label:38s} {t.size_bytes / 1024:9.1f} KiB  estimated drop {est['drop']:5.2f} pt "
             f"({est['lo']:.2f}-{est['hi']:.2f})  {t.seconds:6.1f} s")
         return t
+
+    def uniform(w: int, a: int, every: bool = False, **extra: Any) -> Trial:
+        label = (f"W{w}A{a}" + ("+bias-correct" if w < 8 else "") + ("+" + extra["reconstruct"] if extra else "")
+                 + (", every layer" if every else ""))
+        return attempt(label, (w, a), every, w_bits=w, a_bits=a, bias_correct=w < 8,
+                       quantize_first_last=every or config.quantize_first_last, avg_bits=0.0, target_size=0, **extra)
 
     def ok(t: Trial) -> bool:
         return t.estimate["drop"] <= max_drop
 
-    passing: Optional[Trial] = None
-    for w, a in UNIFORM:
-        t = attempt(f"W{w}A{a}" + ("+bias-correct" if w < 8 else ""), w_bits=w, a_bits=a, bias_correct=w < 8,
-                    avg_bits=0.0, target_size=0)
-        if ok(t):
-            passing = t
-            break
+    passing = next((t for t in (uniform(w, a) for w, a in UNIFORM) if ok(t)), None)  # stops at the first passing
     if passing is None:
         raise DatafreeError(f"no configuration up to W8A8 is estimated within --max-drop {max_drop:g} pt (W8A8: "
                             f"{trials[-1].estimate['drop']:.2f} pt); raise --max-drop or use better calibration data")
-    if _bits(passing.label)[0] < 8 and not config.quantize_first_last:
-        w, a = _bits(passing.label)  # the first and last layer at the same width too: a little smaller
-        attempt(f"W{w}A{a}+bias-correct, every layer", w_bits=w, a_bits=a, bias_correct=True, quantize_first_last=True,
-                avg_bits=0.0, target_size=0)
+    if passing.bits[0] < 8 and not config.quantize_first_last:  # uniform trials so far: bits are set
+        uniform(*passing.bits, every=True)  # first and last layer too: a little smaller
     passing = min((t for t in trials if ok(t)), key=lambda t: t.size_bytes)
     smaller = [t for t in trials if t.size_bytes < passing.size_bytes and not ok(t)]
     if smaller:  # the largest failing configuration below the passing one: mixed precision in between, reconstruction
         failing = max(smaller, key=lambda t: t.size_bytes)
-        fw, fa = _bits(failing.label)
-        if fw < _bits(passing.label)[0]:  # sizes between two weight widths
-            a_bits = max(fa, _bits(passing.label)[1])
+        (fw, fa), (pw, pa) = failing.bits, passing.bits
+        if fw < pw:  # sizes between two weight widths
             for frac in MIXED_FRACTIONS:
                 target = int(failing.weight_bytes + frac * (passing.weight_bytes - failing.weight_bytes))
-                t = attempt(f"mixed (weights {target / 1024:.0f} KiB) A{a_bits}", a_bits=a_bits, w_bits=8,
+                t = attempt(f"mixed (weights {target / 1024:.0f} KiB) A{max(fa, pa)}", a_bits=max(fa, pa), w_bits=8,
                             bias_correct=True, target_size=target, avg_bits=0.0)
                 if ok(t):
                     break
         if recon:
-            every = "every layer" in failing.label
-            attempt(f"W{fw}A{fa}+bias-correct+brecq" + (", every layer" if every else ""), w_bits=fw, a_bits=fa,
-                    bias_correct=True, reconstruct="brecq", quantize_first_last=every or config.quantize_first_last,
-                    avg_bits=0.0, target_size=0)
+            uniform(fw, fa, every=failing.every_layer, reconstruct="brecq")
     best = min((t for t in trials if ok(t)), key=lambda t: (t.size_bytes, t.estimate["drop"]))
     for t in trials:  # only the chosen model is kept
         if t is not best:
@@ -101,21 +96,15 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
     return best, trials
 
 
-def _bits(label: str) -> tuple[int, int]:
-    """(weight bits, activation bits) of a uniform trial's label, e.g. 'W4A8+bias-correct' -> (4, 8)."""
-    w, a = label.split("+")[0].split(",")[0][1:].split("A")
-    return int(w), int(a)
-
-
 def trials_table(trials: list[Trial], best: Trial, max_drop: float) -> str:
     """The autopilot's trials as a text table, the chosen one marked."""
-    lines = [f"{'':2s}{'configuration':32s}{'size':>11s}{'estimated drop':>16s}{'interval':>14s}{'seconds':>9s}"]
+    lines = [f"{'':2s}{'configuration':38s}{'size':>11s}{'estimated drop':>16s}{'interval':>14s}{'seconds':>9s}"]
     for t in trials:
         e = t.estimate
         mark = "*" if t is best else ("" if e["drop"] <= max_drop else "x")
-        lines.append(f"{mark:2s}{t.label:32s}{t.size_bytes / 1024:8.1f} KiB{e['drop']:13.2f} pt"
+        lines.append(f"{mark:2s}{t.label:38s}{t.size_bytes / 1024:8.1f} KiB{e['drop']:13.2f} pt"
                      f"{e['lo']:7.2f}-{e['hi']:<6.2f}{t.seconds:9.1f}")
     return "\n".join(lines)
 
 
-__all__ = ["autopilot", "trials_table", "Trial", "drop_features"]
+__all__ = ["autopilot", "trials_table", "Trial"]

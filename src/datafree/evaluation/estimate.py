@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from ..core.errors import DatafreeError
 from ..core.utils import frozen_eval, model_device
 from ..data.base import TensorData
+from ..kd.sources import LARGE_IMAGE  # the held-out set takes its large-image budget where on-the-fly synthesis does
 from ..models.bn_hooks import bn_layers
 from ..models.loading import input_spec_of
 
-LARGE_IMAGE = 112 * 112  # pixels from which the held-out set takes the large-image budget
 HELD_OUT = {"method": "bn-stats", "num": 64, "iterations": 100}  # 32x32 ResNet-20: ~13 s on 2 cores
 HELD_OUT_LARGE = {"num": 6, "iterations": 100, "low_res": 0.75}  # 224 px EfficientNet-Lite0: ~16 s on 2 cores
 NUM_MIX = {False: 256, True: 64}  # mixtures of held-out pairs (large images: fewer)
