@@ -56,7 +56,7 @@ IMAGENET = [{"kind": "quantize", "source": s, "config": c} for s in ("real", "bn
 def _quant_config(config: str, num: int, recon_iters: int) -> QuantConfig:
     bits, *extra = config.split("+")
     w, a = bits[1:].split("A")
-    kw = {"bias_correct": "bc" in extra, "num_calib": num}
+    kw = {"bias_correct": "bc" in extra, "bias_from": "samples", "num_calib": num}  # the rows' moments (before --bias-from)
     if "brecq" in extra:
         kw.update(reconstruct="brecq", recon_iters=recon_iters)
     return QuantConfig.from_flat(w_bits=int(w), a_bits=int(a), **kw)

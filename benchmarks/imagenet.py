@@ -40,11 +40,15 @@ def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, fl
     return data, float(man.get("seconds") or 0.0)
 
 
-# stage: QuantConfig fields; every stage after calibrate starts with bias correction (without it W4 collapses to ~8 %)
-STAGES = {"calibrate": {}, "bias-correct": {"bias_correct": True},
-          "adaround": {"bias_correct": True, "reconstruct": "adaround"},
-          "brecq": {"bias_correct": True, "reconstruct": "brecq"}, "brecq-alone": {"reconstruct": "brecq"},
-          "mixed": {"bias_correct": True}}  # + per-layer weight bits at the uniform row's size (target_size)
+# stage: QuantConfig fields; every stage after calibrate starts with bias correction (without it W4 collapses to ~8 %):
+# on the samples' own moments (the first rows), or with `-bn`, on the model's BN statistics (`--bias-from bn`)
+_SAMPLES = {"bias_correct": True, "bias_from": "samples"}
+_BN = {"bias_correct": True, "bias_from": "bn"}
+STAGES = {"calibrate": {}, "bias-correct": _SAMPLES,
+          "adaround": {**_SAMPLES, "reconstruct": "adaround"},
+          "brecq": {**_SAMPLES, "reconstruct": "brecq"}, "brecq-alone": {"reconstruct": "brecq"},
+          "mixed": _SAMPLES,  # + per-layer weight bits at the uniform row's size (target_size)
+          "bias-correct-bn": _BN, "brecq-bn": {**_BN, "reconstruct": "brecq"}, "mixed-bn": _BN}
 
 
 def _uniform_bytes(model, w_bits: int) -> int:
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stages", nargs="+", default=["calibrate"], choices=list(STAGES),
                    help="calibrate = ranges only; bias-correct = + empirical bias correction; adaround / brecq = "
                         "bias correction + learned rounding (--recon-iters); brecq-alone = without bias correction; mixed = per-layer weight bits (ZeroQ "
-                        "sensitivity on the source) at the uniform row's weight bytes, + bias correction")
+                        "sensitivity on the source) at the uniform row's weight bytes, + bias correction; these on the samples' own "
+                        "moments; *-bn = the same with bias correction on the model's BN statistics (--bias-from bn)")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                     iters = a.recon_iters or 200
                     cfg = QuantConfig.from_flat(w_bits=w, a_bits=act, num_calib=a.num, batch_size=16,
                                                 recon_iters=iters, **STAGES[stage],
-                                                **({"target_size": _uniform_bytes(model, w)} if stage == "mixed" else {}))
+                                                **({"target_size": _uniform_bytes(model, w)} if stage.startswith("mixed") else {}))
                     t0 = time.time()
                     q = df.quantize(model, calib, cfg)
                     quant_s = time.time() - t0
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                             "seconds": round(synth_s + quant_s, 1), "samples": len(calib),
                             **({"recon_iters": iters} if STAGES[stage].get("reconstruct") else {}),
                             **({"avg_bits": round(df.record_of(q).reports["quantize"]["mixed"]["avg_bits"], 3),
-                                "weight_bytes": _uniform_bytes(model, w)} if stage == "mixed" else {})}
+                                "weight_bytes": _uniform_bytes(model, w)} if stage.startswith("mixed") else {})}
 
                 r = store.run({"model": "efficientnet_lite0", "w_bits": w, "a_bits": act, "source": src,
                                "stage": stage}, row)

@@ -179,6 +179,55 @@ def test_quantize_draws_its_calibration_samples_from_any_source(digits_teacher):
         assert torch.equal(q(real.x[:32]), ref(real.x[:32]))
 
 
+def test_bias_correction_with_bn_moments_moves_the_passed_output_to_the_bn_statistics():
+    """moments="bn": the first layer is corrected as with the samples; the output it passes on has the folded BN's mean
+    β per channel (and std |γ| for the float output), and the second layer's shift is computed on that (direct computation). So the second
+    layer's correction is the same for samples a·x + c (scale and offset come from the model), unlike moments="samples"."""
+    import torch.nn.functional as F
+
+    import datafree as df
+    from datafree.compressors.quant import QuantConfig, correct_bias_, quantize
+    from datafree.models import InputSpec
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3)).eval()
+    with torch.no_grad():
+        for bn in (m[1], m[4]):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.3, 0.6)
+    record_of(m).input_spec = InputSpec((2, 6, 6), (0.0, 0.0), (1.0, 1.0), 3)
+    x = torch.rand(40, 2, 6, 6) + 0.5
+    cfg = QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40)
+    q = quantize(m, df.TensorData(x, torch.zeros(40, dtype=torch.long)), cfg)
+    first, second = quant_layers(q)
+    b1, b2 = first.bias.detach().clone(), second.bias.detach().clone()
+    correct_bias_(q, df.TensorData(x, torch.zeros(40, dtype=torch.long)), "bn")
+    with torch.no_grad():
+        y_float = F.conv2d(x, first.weight, b1)
+        y = F.conv2d(x, first.quant_weight(), b1)
+        shift = (y_float - y).mean((0, 2, 3))
+        assert torch.allclose(first.bias, b1 + shift, atol=1e-6)
+        sd = y_float.std((0, 2, 3)).view(1, -1, 1, 1)
+        passed = (y + shift.view(1, -1, 1, 1) - y_float.mean((0, 2, 3)).view(1, -1, 1, 1)) * (m[1].weight.abs().view(1, -1, 1, 1) / sd) \
+            + m[1].bias.view(1, -1, 1, 1)
+        assert torch.allclose(passed.mean((0, 2, 3)), m[1].bias, atol=1e-5)
+        # the float output is moved to std |γ| exactly; the quantized output passed on follows with the same factor
+        assert torch.allclose(passed.std((0, 2, 3)), m[1].weight.abs(), rtol=0.05)
+        h = torch.relu(passed)
+        shift2 = (F.conv2d(h, second.weight, b2) - F.conv2d(h, second.quant_weight(), b2)).mean((0, 2, 3))
+        assert shift2.abs().max() > 1e-3
+        assert torch.allclose(second.bias, b2 + shift2, atol=1e-5)
+    corr = {}
+    for moments in ("bn", "samples"):
+        for k, xs in (("x", x), ("ax+c", 3.0 * x - 0.7)):
+            correct_bias_(q, df.TensorData(xs, torch.zeros(40, dtype=torch.long)), moments)
+            corr[moments, k] = second.bias_corr.clone()
+    assert torch.allclose(corr["bn", "x"], corr["bn", "ax+c"], atol=1e-5)
+    assert not torch.allclose(corr["samples", "x"], corr["samples", "ax+c"], atol=1e-3)
+    with pytest.raises(ValueError, match="moments"):
+        correct_bias_(q, df.TensorData(x, torch.zeros(40, dtype=torch.long)), "real")
+
+
 def test_bias_correction_makes_each_layers_mean_output_the_float_one():
     """Two layers at 3-bit weights, float inputs: after correction the first layer's mean output over the data equals
     the float layer's (per channel), and the second's equals its float weights' on the corrected first output."""
@@ -218,4 +267,5 @@ def test_bias_correction_makes_each_layers_mean_output_the_float_one():
     assert all(not layer.bias_corr.any() for layer in quant_layers(q3))
     # as a stage: recorded, the same biases
     q2 = quantize(m, data, QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40, bias_correct=True))
-    assert torch.allclose(quant_layers(q2)[0].bias, conv.bias) and record_of(q2).reports["quantize"]["bias_correct"] == {"samples": 40}
+    assert torch.allclose(quant_layers(q2)[0].bias, conv.bias) and record_of(q2).reports["quantize"]["bias_correct"] == {"samples": 40,
+                                                                                                                   "moments": "bn"}

@@ -62,7 +62,7 @@ class QuantLayer(nn.Module):
     """Conv/linear with per-channel symmetric weight and per-tensor asymmetric input fake-quant."""
 
     qdrop: Optional[tuple[float, torch.Generator]] = None  # set only while reconstruction drops quantization (QDrop)
-    correcting: bool = False  # set only during bias correction (`correct_bias_`)
+    correcting: Optional[str] = None  # "samples" / "bn" only during bias correction (`correct_bias_`)
 
     def __init__(self, layer: nn.Module, bn: Optional[nn.Module] = None, w_bits: int = 8, a_bits: int = 8) -> None:
         super().__init__()
@@ -182,8 +182,8 @@ class QuantLayer(nn.Module):
         x = self.quantize_input(x)
         w, b = self.quant_weight(), self.quant_bias()
         y = self.op(x, w, b)
-        if self.correcting and self.w_bits < FLOAT_BITS:
-            y = y + self._correct_bias(x, y)
+        if self.correcting:
+            y = self._correct_bias(x, y)
         if self._reest is not None and self.folded_bn:
             m, v = batch_moments(y)
             n = y.shape[0]
@@ -208,13 +208,22 @@ class QuantLayer(nn.Module):
     @torch.no_grad()
     def _correct_bias(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Empirical bias correction: add to the bias the mean per-channel output shift that the quantized weights cause
-        on this input (recorded in bias_corr); returns that shift shaped to broadcast over y."""
+        on this input (recorded in bias_corr); returns the corrected output. With `correcting == "bn"` and a folded BN,
+        the output passed on is moved to the BN's own moments (mean β, std |γ| per channel, as the float layer's output
+        on the data the model was trained on), so later layers see inputs whose moments come from the model itself."""
         ch = 1 if self.kind == "conv2d" else y.dim() - 1
         dims = [d for d in range(y.dim()) if d != ch]
-        shift = (self.op(x, self.weight, self.bias) - y).mean(dims)
-        self.bias.add_(shift)
-        self.bias_corr.add_(shift)
-        return shift.view([-1 if d == ch else 1 for d in range(y.dim())])
+        shape = [-1 if d == ch else 1 for d in range(y.dim())]
+        y_float = self.op(x, self.weight, self.bias)
+        if self.w_bits < FLOAT_BITS:
+            shift = (y_float - y).mean(dims)
+            self.bias.add_(shift)
+            self.bias_corr.add_(shift)
+            y = y + shift.view(shape)
+        if self.correcting == "bn" and self.folded_bn:
+            m, sd = y_float.mean(dims).view(shape), y_float.std(dims).view(shape).clamp_min(1e-8)
+            y = (y - m) * (self.bn_gamma.abs().view(shape) / sd) + self.bn_beta.view(shape)
+        return y
 
     @torch.no_grad()
     def undo_bias_correction(self) -> None:

@@ -35,8 +35,9 @@ def _bits_ok(b: int) -> bool:
 class QuantConfig(Config):
     """Simulated PTQ settings: the grid and calibration, with reconstruction, mixed precision and fine-tuning nested."""
 
-    # 2: round_norm (files before it reconstructed with the per-weight mean scale); 3: recon/mixed/finetune nested
-    version: ClassVar[int] = 3
+    # 2: round_norm (files before it reconstructed with the per-weight mean scale); 3: recon/mixed/finetune nested;
+    # 4: bias_from (files before it corrected biases on the samples as they were)
+    version: ClassVar[int] = 4
 
     w_bits: int = opt(8, "weight bits (2-8, 32 = float)", cli=True)
     a_bits: int = opt(8, "activation bits (2-8, 32 = float)", cli=True)
@@ -52,6 +53,10 @@ class QuantConfig(Config):
                                     "mean output shift its quantized weights cause on the calibration samples (layers in "
                                     "order, each seeing the corrected ones before it; Nagel et al. 2019); reconstruction "
                                     "then learns the rounding with the corrected biases in place", cli=True)
+    bias_from: str = opt("bn", "moments of each BN-folded layer's output during bias correction: bn = the model's own "
+                               "BatchNorm statistics (mean beta, std |gamma|; the samples give only the shape: best for "
+                               "synthetic samples), samples = the calibration samples as they are (best for real data)",
+                         cli=True, choices=("bn", "samples"))
     bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
     fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
     num_calib: int = opt(512, "calibration samples used", cli=True, lo=1)
@@ -66,9 +71,12 @@ class QuantConfig(Config):
 
     @classmethod
     def migrate(cls, d: dict[str, Any], from_version: int) -> dict[str, Any]:
-        """Version 1 files reconstructed with the per-weight mean loss scale; versions 1-2 were flat."""
+        """Version 1 files reconstructed with the per-weight mean loss scale; versions 1-2 were flat; before 4 bias
+        correction used the samples' own moments."""
         if from_version < 2:
             d = {"round_norm": "mean", **d}
+        if from_version < 4:
+            d = {"bias_from": "samples", **d}
         return cls.group_flat(d) if from_version < 3 else d
 
     def validate(self) -> None:
@@ -120,16 +128,19 @@ MAX_CORRECT_VALUES = 64 * 3 * 224 * 224  # input values of one bias-correction p
 
 
 @torch.no_grad()
-def correct_bias_(model: nn.Module, data: TensorData) -> int:
-    """Empirical bias correction in one pass over (a bounded subset of) `data` as a single batch: each quantized layer,
-    in execution order, adds to its float bias the mean per-channel shift between its float and quantized weights'
-    outputs on its (quantized) input, and passes on the corrected output. In place (a previous correction is
-    replaced); returns the number of samples used."""
+def correct_bias_(model: nn.Module, data: TensorData, moments: str = "bn") -> int:
+    """Bias correction in one pass over (a bounded subset of) `data` as a single batch: each quantized layer, in
+    execution order, adds to its float bias the mean per-channel shift between its float and quantized weights'
+    outputs on its (quantized) input, and passes on the corrected output — with `moments="bn"` moved to the folded BN's
+    mean and std, so the means it corrects with follow from the model's statistics rather than from the samples. In
+    place (a previous correction is replaced); returns the number of samples used."""
+    if moments not in ("bn", "samples"):
+        raise ValueError(f"moments must be 'bn' or 'samples', got {moments!r}")
     n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
     layers = quant_layers(model)
     for q in layers:  # from the float biases: calling it again replaces the shift rather than adding to it
         q.undo_bias_correction()
-        q.correcting = True
+        q.correcting = moments
     try:
         model(data.x[:n].to(model_device(model)))
     finally:
@@ -220,7 +231,8 @@ def stage_calibrate(st: QuantRun) -> None:
 def stage_bias_correct(st: QuantRun) -> None:
     """With `bias_correct`: each quantized layer's bias absorbs the mean output shift of its quantized weights."""
     if st.config.bias_correct:
-        st.info["bias_correct"] = {"samples": correct_bias_(_q(st), st.calib_subset())}
+        st.info["bias_correct"] = {"samples": correct_bias_(_q(st), st.calib_subset(), st.config.bias_from),
+                                   "moments": st.config.bias_from}
 
 
 def stage_bn_reestimate(st: QuantRun) -> None:
