@@ -1263,9 +1263,12 @@ def section_imagenet() -> str:
            "plus a channels-last teacher and bfloat16 autocast: `--channels-last --bf16`). top-1 and "
            "agreement (same prediction as FP32) on `imagenet:val1300` (real ILSVRC2012 validation images, squashed "
            "227 px full frames: compare drops, never absolute top-1 with published numbers). Stages: `calibrate` = "
-           "ranges only; `bias-correct` = + empirical bias correction (`--bias-correct`); `brecq` / `adaround` = bias "
+           "ranges only; `bias-correct` = + empirical bias correction (`--bias-correct`) on the samples' own moments "
+           "(`--bias-from samples`); `brecq` / `adaround` = bias "
            "correction + learned rounding per block / layer with learned activation steps (`--reconstruct`, "
-           "iterations in the row). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
+           "iterations in the row); `mixed` = per-layer weight bits in the uniform row's weight bytes + bias correction; "
+           "`*-bn` = the same with bias correction on the model's BN statistics (`--bias-from bn`, the default: every "
+           "BN-folded layer's output moved to its BN's mean and std during the correction pass). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
            "once per source and shared by its rows (its seconds are repeated in each).\n",
            "| bits | source | stage | top-1 | drop | agreement | synthesis s | quantization s |",
            "|---|---|---|---:|---:|---:|---:|---:|",

@@ -182,3 +182,23 @@ def test_a_file_with_the_flat_quant_config_of_version_2_still_loads(digits_teach
     assert record_of(back).quant_config == cfg
     with torch.no_grad():
         assert torch.equal(back(digits_test.x), q(digits_test.x))
+
+
+def test_a_file_from_before_bias_correction_loads_through_the_artifact_path(digits_teacher, digits_test, tmp_path):
+    """Files written before QuantLayer.bias_corr and QuantConfig.bias_from (config version 3) load to the same model:
+    the buffer is zero, the config says the samples' moments (the only bias correction there was)."""
+    m, _ = digits_teacher
+    q = df.quantize(m, df.load_dataset("digits:train", record_of(m).input_spec).subset(64),
+                    QuantConfig.from_flat(w_bits=4, a_bits=8, num_calib=64))
+    save_artifact(q, tmp_path / "new.pt", teacher=m)
+    obj = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert any(k.endswith("bias_corr") for k in obj["state_dict"])
+    obj["state_dict"] = {k: v for k, v in obj["state_dict"].items() if not k.endswith("bias_corr")}
+    t = obj["transforms"][0]["config"]
+    del t["bias_from"]
+    t["config_version"] = 3
+    torch.save(obj, tmp_path / "old.pt")
+    back = load_artifact(tmp_path / "old.pt")
+    assert record_of(back).quant_config.bias_from == "samples"
+    with torch.no_grad():
+        assert torch.equal(back(digits_test.x), q(digits_test.x))

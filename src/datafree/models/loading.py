@@ -123,9 +123,16 @@ def load_state_dict_(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
         resize_to_state_dict_(model, {k: v for k, v in sd.items() if k != PRUNED_MARKER})
         mark_pruned_(model)
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    missing: list[str] = []
+    if not unexpected and not shapes:
+        # missing keys as torch sees them after each module's own load hook (a file written before a buffer
+        # existed gets that buffer's default from the hook, e.g. QuantLayer.bias_corr)
+        res = model.load_state_dict(sd, strict=False)
+        missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
+    else:
+        missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -136,7 +143,6 @@ def load_state_dict_(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
             k = shapes[0]
             parts.append(f"{len(shapes)} with wrong shape (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
         raise DatafreeError(f"{what} do not fit this model: {'; '.join(parts)}; check MODEL matches the checkpoint")
-    model.load_state_dict(sd, strict=False)
     return model
 
 
