@@ -110,3 +110,38 @@ def test_cli_export_calibrate_with_onnxruntime(digits_teacher, tmp_path, capsys)
     assert main(["export", "small_cnn", "--weights", w, "--calibrate-with", "onnxruntime",
                  "--out", str(tmp_path / "y.onnx")]) == 2
     assert "--calib" in capsys.readouterr().err
+
+
+def test_a_dead_channel_whose_bias_would_overflow_int32_matches_the_simulation(tmp_path):
+    """A channel with weights ~1e-9 and a bias of -6 (dead after ReLU: BN-folded channels of real models look like
+    this) has an int32 bias step of ~1e-11: its bias would not fit int32, and onnxruntime's integer kernel wrapped it
+    (EfficientNet-Lite0's stem gave 14 instead of 0). The file coarsens that channel's weight scale instead."""
+    from datafree.models import InputSpec
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(4, 4, 1),
+                            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        m[0].weight[1].uniform_(-1e-9, 1e-9)
+        m[0].bias[1] = -6.0
+        m[2].weight[:, 1] = 1.0  # the dead channel would matter downstream if it came alive
+    record_of(m).input_spec = InputSpec((3, 8, 8), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 3)
+    data = df.TensorData(torch.randn(64, 3, 8, 8), torch.zeros(64, dtype=torch.long))
+    q = df.quantize(m, data, df.QuantConfig(w_bits=8, a_bits=8, quantize_first_last=True, num_calib=64))
+    path = export_onnx(q, tmp_path / "q.onnx")
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    so = onnxruntime.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "fused.onnx")  # the graph onnxruntime runs, integer kernels fused
+    sess = onnxruntime.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    g = onnx.load(str(tmp_path / "fused.onnx")).graph
+    init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    biases = [init[n.input[8]] for n in g.node if n.op_type == "QLinearConv" and len(n.input) > 8]
+    assert biases and all(b.dtype == np.int32 for b in biases)
+    assert all(np.abs(b.astype(np.int64)).max() < 2 ** 31 - 1 for b in biases)  # none saturated (-2^31 before)
+    x = data.x[:16]
+    with torch.no_grad():
+        sim = q(x).numpy()
+    assert np.abs(sess.run(None, {"input": x.numpy()})[0] - sim).max() < 1e-2 * max(1.0, np.abs(sim).max())

@@ -42,6 +42,31 @@ def _export_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.op(x, w, b)
 
 
+INT32_BIAS_LIMIT = 2 ** 30  # |bias| / (input scale · weight scale) stays below this (int32, with a margin)
+
+
+@torch.no_grad()
+def _int32_safe(q) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The quantized weight, per-channel weight scale and bias the file stores. A channel whose bias would not fit the
+    int32 grid of input scale x weight scale (a dead channel: weights ~1e-8, bias of a few units) gets a coarser weight
+    scale, so that it fits; its weights, already negligible, round to ~0. Integer kernels would otherwise overflow there
+    (onnxruntime quantizes such a bias itself when fusing and wraps it)."""
+    wq, scale, b = q.quant_weight().detach().clone(), q.w_scale.detach().float().clone(), q.quant_bias().detach().clone()
+    if q.w_bits >= FLOAT_BITS or not q.act_quant or q.a_bits >= FLOAT_BITS:
+        return wq, scale, b
+    floor = b.abs().float() / (float(q.a_scale) * INT32_BIAS_LIMIT)
+    grow = scale < floor
+    if grow.any():
+        scale = torch.where(grow, floor, scale)
+        shape = (-1,) + (1,) * (wq.dim() - 1)
+        s = scale.view(shape).to(wq.dtype)
+        wq = torch.where(grow.view(shape), torch.clamp(torch.round(wq / s), -128, 127) * s, wq)
+        if q.bias_scale() is not None:
+            step = (q.a_scale * scale).to(b.dtype)
+            b = torch.where(grow, torch.round(b / step) * step, b)
+    return wq, scale, b
+
+
 def _export_tensor_quant(self, x: torch.Tensor) -> torch.Tensor:
     """TensorQuant forward as one QuantizeLinear/DequantizeLinear pair on the uint8 grid."""
     p = self.params()
@@ -170,10 +195,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 13) -> P
     m = copy.deepcopy(model).eval().cpu()
     layers = quant_layers(m)
     for q in layers:
-        with torch.no_grad():
-            q._export_wq = q.quant_weight().detach().clone()
-            q._export_scale = q.w_scale.detach().float().clone()
-            q._export_bias = q.quant_bias().detach().clone()
+        q._export_wq, q._export_scale, q._export_bias = _int32_safe(q)
         q.forward = _export_forward.__get__(q)  # export-only copy; the caller's model is untouched
     for t in tensor_quants(m):
         t.forward = _export_tensor_quant.__get__(t)

