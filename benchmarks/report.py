@@ -1242,6 +1242,15 @@ def _imagenet_reading(rows: list[dict], fp: dict) -> str:
                f"(drop {fp['top1'] - best['top1']:.2f} pt")
         if real is not None:
             txt += f"; real data through the same stage {real['top1']:.2f}, {real['top1'] - best['top1']:+.2f} pt"
+        uni = [r for r in free if not r["stage"].startswith("mixed")]
+        if best["stage"].startswith("mixed") and uni:  # the uniform grid too, beside real data's best uniform row
+            ub = max(uni, key=lambda r: r["top1"])
+            txt += f"; uniform: {ub['source']} / {ub['stage']} {ub['top1']:.2f} (drop {fp['top1'] - ub['top1']:.2f} pt"
+            ureal = [r for r in cell if r["source"] == "real" and not r["stage"].startswith("mixed")]
+            if ureal:
+                ur = max(ureal, key=lambda r: r["top1"])
+                txt += f"; real data's best uniform row {ur['stage']} {ur['top1']:.2f}, {ur['top1'] - ub['top1']:+.2f} pt"
+            txt += ")"
         parts.append(txt + ")")
     return ("\n" + "; ".join(parts) + ".") if parts else ""
 
