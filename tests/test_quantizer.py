@@ -269,3 +269,36 @@ def test_bias_correction_makes_each_layers_mean_output_the_float_one():
     q2 = quantize(m, data, QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40, bias_correct=True))
     assert torch.allclose(quant_layers(q2)[0].bias, conv.bias) and record_of(q2).reports["quantize"]["bias_correct"] == {"samples": 40,
                                                                                                                    "moments": "bn"}
+
+
+def test_bias_correction_with_bn_moments_only_moves_a_channel_that_does_not_vary():
+    """A channel whose float output is constant on the samples (weights [1, 0.5, -1] on inputs with x2 = x0 + 0.5·x1)
+    while its 3-bit weights' output is not, is moved to the BN mean, not scaled by |γ| / ~0: what it passes on stays
+    within its own small fluctuation of β."""
+    import torch.nn.functional as F
+
+    import datafree as df
+    from datafree.compressors.quant import QuantConfig, correct_bias_, quantize
+    from datafree.models import InputSpec
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3)).eval()
+    with torch.no_grad():
+        m[0].weight[2] = torch.tensor([1.0, 0.5, -1.0]).view(3, 1, 1)
+        m[1].weight.fill_(2.0)
+        m[1].bias.fill_(1.0)
+    record_of(m).input_spec = InputSpec((3, 6, 6), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 3)
+    x = torch.rand(40, 3, 6, 6)
+    x[:, 2] = x[:, 0] + 0.5 * x[:, 1]
+    data = df.TensorData(x, torch.zeros(40, dtype=torch.long))
+    q = quantize(m, data, QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40))
+    first, second = quant_layers(q)
+    with torch.no_grad():
+        assert F.conv2d(x, first.weight, first.bias)[:, 2].std() < 1e-5  # constant in float
+        assert F.conv2d(x, first.quant_weight(), first.bias)[:, 2].std() > 1e-2  # not with 3-bit weights
+    seen = {}
+    second.register_forward_pre_hook(lambda mod, inp: seen.__setitem__("x", inp[0].detach().clone()))
+    correct_bias_(q, data, "bn")
+    passed = seen["x"][:, 2]  # ReLU of the first layer's passed-on output, channel 2
+    assert torch.isfinite(passed).all() and torch.isfinite(second.bias).all()
+    assert (passed - 1.0).abs().max() < 0.5 and abs(passed.mean().item() - 1.0) < 1e-4

@@ -221,8 +221,10 @@ class QuantLayer(nn.Module):
             self.bias_corr.add_(shift)
             y = y + shift.view(shape)
         if self.correcting == "bn" and self.folded_bn:
-            m, sd = y_float.mean(dims).view(shape), y_float.std(dims).view(shape).clamp_min(1e-8)
-            y = (y - m) * (self.bn_gamma.abs().view(shape) / sd) + self.bn_beta.view(shape)
+            m, sd, g = y_float.mean(dims), y_float.std(dims), self.bn_gamma.abs()
+            # a channel that does not vary here (sd far below |γ|: a constant input) is only moved, never blown up
+            scale = torch.where(sd > 1e-3 * g, g / sd.clamp_min(1e-12), torch.ones_like(sd))
+            y = (y - m.view(shape)) * scale.view(shape) + self.bn_beta.view(shape)
         return y
 
     @torch.no_grad()
