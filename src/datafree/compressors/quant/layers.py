@@ -214,13 +214,16 @@ class QuantLayer(nn.Module):
         ch = 1 if self.kind == "conv2d" else y.dim() - 1
         dims = [d for d in range(y.dim()) if d != ch]
         shape = [-1 if d == ch else 1 for d in range(y.dim())]
+        moved = self.correcting == "bn" and self.folded_bn
+        if self.w_bits >= FLOAT_BITS and not moved:
+            return y
         y_float = self.op(x, self.weight, self.bias)
         if self.w_bits < FLOAT_BITS:
             shift = (y_float - y).mean(dims)
             self.bias.add_(shift)
             self.bias_corr.add_(shift)
             y = y + shift.view(shape)
-        if self.correcting == "bn" and self.folded_bn:
+        if moved:
             m, sd, g = y_float.mean(dims), y_float.std(dims), self.bn_gamma.abs()
             # a channel that does not vary here (sd far below |γ|: a constant input) is only moved, never blown up
             scale = torch.where(sd > 1e-3 * g, g / sd.clamp_min(1e-12), torch.ones_like(sd))
