@@ -12,24 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .common import CHECKPOINTS, RowStore, cached_set_dir, command_line, data_root, git_commit, machine
+from .common import CHECKPOINTS, RowStore, cached_set_dir, cli_json, command_line, data_root, git_commit, machine
 
 RESULTS = Path("benchmarks/results")
-
-
-def _cli(args: list[str]) -> dict:
-    r = subprocess.run([sys.executable, "-m", "datafree", *args, "--json", "--no-progress", "--data-root", data_root()],
-                       capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"datafree {' '.join(args)} failed: {r.stderr.strip()[-400:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _model_args(name: str) -> list[str]:
@@ -82,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
             def row() -> dict:
                 t0 = time.time()
-                info = _cli(["quantize", *_model_args(name), "--calib", str(calib), "--max-drop", str(a.max_drop),
+                info = cli_json(["quantize", *_model_args(name), "--calib", str(calib), "--max-drop", str(a.max_drop),
                              "--eval", test, "--out", f"{tmp}/{name}.pt", "--seed", str(a.seed)])
                 n, dis = info["n"], (100 - info["agreement"]) / 100
                 return {"chosen": info["chosen"], "size_bytes": info["size_bytes"],
@@ -97,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in a.cost:
             def cost() -> dict:
                 t0 = time.time()
-                info = _cli(["quantize", *_model_args(name), "--out", f"{tmp}/{name}_default.pt", "--seed", str(a.seed)])
+                info = cli_json(["quantize", *_model_args(name), "--out", f"{tmp}/{name}_default.pt", "--seed", str(a.seed)])
                 total = time.time() - t0
                 return {"command": f"datafree quantize {name}", "seconds": round(total, 1),
                         "estimate_seconds": info["estimate"]["seconds"], "quantize_seconds": info["seconds"],

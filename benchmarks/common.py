@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -161,3 +162,13 @@ def chunked_set(teacher, name: str, method: str, num: int, chunk: int, iteration
         parts.append(d)
         seconds += float(man["seconds"])
     return concat_data(parts, f"{method} x{num}"), seconds
+
+
+def cli_json(args: list[str]) -> dict:
+    """Run `datafree ARGS --json --no-progress` in a fresh process on the benchmark data root, as a user would; returns
+    its --json record (a failure stops the benchmark with the command's last stderr)."""
+    r = subprocess.run([sys.executable, "-m", "datafree", *args, "--json", "--no-progress", "--data-root", data_root()],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"datafree {' '.join(args)} failed: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])

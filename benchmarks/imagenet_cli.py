@@ -8,25 +8,16 @@ the drop from FP32 (same evaluate command) and the gap to the real-data row.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .common import RowStore, command_line, data_root, git_commit, machine
+from .common import RowStore, cli_json, command_line, git_commit, machine
 
 
 def _cli(args: list[str]) -> tuple[dict, float]:
     t0 = time.time()
-    env = {**os.environ, "DATAFREE_DATA": data_root()}
-    out = subprocess.run([sys.executable, "-m", "datafree", *args, "--json", "--no-progress"], capture_output=True,
-                         text=True, env=env)
-    if out.returncode != 0:
-        raise SystemExit(f"datafree {' '.join(args)} failed: {out.stderr.strip()[-500:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1]), time.time() - t0
+    return cli_json(args), time.time() - t0
 
 
 def main(argv: list[str] | None = None) -> None:

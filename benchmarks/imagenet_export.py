@@ -10,27 +10,14 @@ row kept under meta.previous. Needs the extras: pip install -e '.[imagenet,expor
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from datafree.cli import main as cli
-
-from .common import data_root, git_commit, machine
+from .common import cli_json, git_commit, machine
 
 OUT = Path("benchmarks/results/imagenet_lite0_export.json")
-
-
-def _run(argv: list[str]) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = cli(argv)
-    if rc != 0:
-        raise SystemExit(f"datafree {' '.join(argv)} failed ({rc})")
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,13 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="lite0_export_"))
     work.mkdir(parents=True, exist_ok=True)
     pt, onnx = work / "l0_w8a8.pt", work / "l0_w8a8.onnx"
-    root = ["--data-root", data_root(), "--no-progress"]
     t0 = time.time()
-    _run(["quantize", "efficientnet_lite0", "--calib", "imagenet:sample1000", "--num-calib", "64", "--no-estimate",
-          "--out", str(pt), "--json", *root])
+    cli_json(["quantize", "efficientnet_lite0", "--calib", "imagenet:sample1000", "--num-calib", "64", "--no-estimate",
+              "--out", str(pt)])
     t1 = time.time()
-    row = _run(["export", str(pt), "--out", str(onnx), "--check", "imagenet:val1300", "--latency-batch", "32",
-                "--reps", "5", "--json", *root])
+    row = cli_json(["export", str(pt), "--out", str(onnx), "--check", "imagenet:val1300", "--latency-batch", "32",
+                    "--reps", "5"])
     row.update(calibrate_with="datafree", quantize_seconds=round(t1 - t0, 1), export_check_seconds=round(time.time() - t1, 1))
     out = Path(a.out)
     previous = None

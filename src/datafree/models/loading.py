@@ -125,14 +125,10 @@ def load_state_dict_(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
     own = model.state_dict()
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    missing: list[str] = []
-    if not unexpected and not shapes:
-        # missing keys as torch sees them after each module's own load hook (a file written before a buffer
-        # existed gets that buffer's default from the hook, e.g. QuantLayer.bias_corr)
-        res = model.load_state_dict(sd, strict=False)
-        missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
-    else:
-        missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    # missing keys as torch sees them after each module's own load hook (a file written before a buffer existed gets
+    # that buffer's default from the hook, e.g. QuantLayer.bias_corr); torch cannot load a file that misfits otherwise
+    keys = model.load_state_dict(sd, strict=False).missing_keys if not unexpected and not shapes else [k for k in own if k not in sd]
+    missing = [k for k in keys if not k.endswith("num_batches_tracked")]
     if missing or unexpected or shapes:
         parts = []
         if missing:

@@ -159,7 +159,7 @@ def _int32_biases(path: Path) -> int:
             scale = np.full(b.shape, scale[0], dtype=np.float32)
         q = np.round(b.astype(np.float32) / scale).astype(np.int64)
         if np.abs(q).max(initial=0) >= 2 ** 31:
-            continue  # out of int32 range: keep the float bias
+            continue  # out of int32 range (export_onnx coarsens such channels first, so not from a QuantLayer): float bias
         base = node.input[2]
         base = base.replace("/", "_").strip("_") if base in consts else base
         g.initializer.extend([numpy_helper.from_array(q.astype(np.int32), base + "_int32"),
