@@ -49,14 +49,16 @@ def cifar_configs() -> list[dict]:
 
 
 IMAGENET = [{"kind": "quantize", "source": s, "config": c} for s in ("real", "bn-stats-lowres")
-            for c in ("W8A8", "W6A6+bc", "W4A8+bc", "W4A4+bc")] + [
+            for c in ("W8A8", "W6A6+bc", "W4A8+bc", "W4A4+bc", "W6A6+bcbn", "W4A8+bcbn", "W4A4+bcbn")] + [
     {"kind": "quantize", "source": "bn-stats-lowres", "config": "W4A8"}]
 
 
 def _quant_config(config: str, num: int, recon_iters: int) -> QuantConfig:
     bits, *extra = config.split("+")
     w, a = bits[1:].split("A")
-    kw = {"bias_correct": "bc" in extra, "bias_from": "samples", "num_calib": num}  # the rows' moments (before --bias-from)
+    # +bc: bias correction on the samples' own moments (the rows from before --bias-from); +bcbn: on the BN statistics
+    kw = {"bias_correct": "bc" in extra or "bcbn" in extra, "bias_from": "bn" if "bcbn" in extra else "samples",
+          "num_calib": num}
     if "brecq" in extra:
         kw.update(reconstruct="brecq", recon_iters=recon_iters)
     return QuantConfig.from_flat(w_bits=int(w), a_bits=int(a), **kw)
@@ -136,8 +138,31 @@ def cross_validate(rows: list[dict], feature: str, deg: int = 2) -> tuple[float,
     return float(np.mean(errs)), res
 
 
+def paired_se(r: dict) -> float:
+    """Standard error (points) of a row's measured drop: paired on n test images, the teacher and the compressed model
+    disagreeing on a share d of them, the per-image difference has variance ~ d / n."""
+    return 100.0 * math.sqrt((100.0 - r["agreement"]) / 100.0 / r["n_test"])
+
+
+def noise_ceiling(rows: list[dict], draws: int = 2000, seed: int = 0) -> dict:
+    """What a perfect estimator would score against these measurements: each row's true drop taken as its measured one,
+    measured again with its paired sampling noise; mean and 5-95 % range of the Spearman correlation, and the mean
+    absolute error where the drop is <= 10 pt."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    meas = np.array([r["drop"] for r in rows])
+    se = np.array([paired_se(r) for r in rows])
+    sp = [spearmanr(meas, meas + rng.normal(0.0, se))[0] for _ in range(draws)]
+    small = meas <= 10
+    return {"spearman": round(float(np.mean(sp)), 3),
+            "spearman_5_95": [round(float(v), 3) for v in np.quantile(sp, (0.05, 0.95))],
+            "mae_drop_le_10": round(float(np.mean(se[small]) * math.sqrt(2 / math.pi)), 3) if small.any() else None}
+
+
 def judge(rows: list[dict]) -> dict:
-    """Spearman rank correlation, MAE where the measured drop is <= 10 pt, share inside the interval."""
+    """Spearman rank correlation, MAE where the measured drop is <= 10 pt, share inside the interval; and what a
+    perfect estimator would score against the same noisy measurements."""
     from scipy.stats import spearmanr
 
     est = [r["estimate"]["drop"] for r in rows]
@@ -146,7 +171,7 @@ def judge(rows: list[dict]) -> dict:
     inside = [r["estimate"]["lo"] <= max(r["drop"], 0.0) <= r["estimate"]["hi"] for r in rows]
     return {"rows": len(rows), "spearman": round(float(spearmanr(est, meas)[0]), 3),
             "mae_drop_le_10": round(float(np.mean(small)), 3) if small else None, "rows_drop_le_10": len(small),
-            "inside_interval": round(100.0 * float(np.mean(inside)), 1)}
+            "inside_interval": round(100.0 * float(np.mean(inside)), 1), "noise_ceiling": noise_ceiling(rows)}
 
 
 def plot(rows: list[dict], path: Path) -> None:

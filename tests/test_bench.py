@@ -95,8 +95,8 @@ def test_estimate_benchmarks_parse_fit_and_judge():
             mod.main(["--help"])
         assert e.value.code == 0
     # rows on the curve log(drop + 1) = 0.5 log(rel) + 2 (two models): the fit finds it, cross-validation errs ~0
-    rows = [{"model": m, "features": {"rel": r}, "drop": math.exp(0.5 * math.log(r) + 2) - 1}
-            for m in ("a", "b") for r in (0.2, 0.4, 0.8, 1.5, 3.0)]
+    rows = [{"model": m, "features": {"rel": r}, "drop": math.exp(0.5 * math.log(r) + 2) - 1, "agreement": 96.0,
+             "n_test": 1000} for m in ("a", "b") for r in (0.2, 0.4, 0.8, 1.5, 3.0)]
     c = estimate.fit(rows, "rel", 1)
     assert c[0] == pytest.approx(0.5, abs=1e-6) and c[1] == pytest.approx(2.0, abs=1e-6)
     mae, res = estimate.cross_validate(rows, "rel", 1)
@@ -106,4 +106,13 @@ def test_estimate_benchmarks_parse_fit_and_judge():
     j = estimate.judge(rows)
     assert j["spearman"] == pytest.approx(1.0) and j["mae_drop_le_10"] == pytest.approx(0, abs=1e-9)
     assert j["inside_interval"] == 50.0 and j["rows"] == 10
+    # the perfect estimator's scores: paired standard error 100·sqrt(d/n) = 0.632 pt (d = 4 %, n = 1000) gives a mean
+    # absolute error of se·sqrt(2/π); drops 5-30 pt apart are ranked right, drops 0.2 pt apart are not
+    se = 100 * math.sqrt(0.04 / 1000)
+    assert estimate.paired_se(rows[0]) == pytest.approx(se)
+    assert j["noise_ceiling"]["mae_drop_le_10"] == pytest.approx(se * math.sqrt(2 / math.pi), abs=1e-3)
+    far = [{**r, "drop": 10.0 * k} for k, r in enumerate(rows)]
+    near = [{**r, "drop": 0.2 * k} for k, r in enumerate(rows)]
+    assert estimate.noise_ceiling(far, draws=200)["spearman"] > 0.999
+    assert estimate.noise_ceiling(near, draws=200)["spearman"] < 0.9
     assert len(estimate.cifar_configs()) == 3 * 8 + 1 + len(estimate.PRUNE)
