@@ -304,3 +304,21 @@ def test_a_batch_size_read_before_a_block_follows_the_reconstruction_batch(mode)
     before = q(x)
     report = reconstruct_(q, data, mode, iters=5, batch_size=16)  # captures run 40 at a time, learning 16 at a time
     assert len(report) == 3 and q(x).shape == before.shape  # every layer sits directly under the root
+
+
+def test_bias_correction_refuses_a_reconstructed_model(digits_teacher):
+    """After reconstruction the float weights are gone (the learned rounding is baked in): bias correction would see no
+    shift and silently undo the earlier one (EfficientNet-Lite0 W4A8: 74.8 -> 14.1 %); it refuses instead, the biases
+    untouched."""
+    from datafree.compressors.quant import correct_bias_
+    from datafree.core.errors import DatafreeError
+
+    m, _ = digits_teacher
+    data = df.load_dataset("digits:train", record_of(m).input_spec).subset(64)
+    q = df.quantize(m, data, df.QuantConfig(w_bits=4, a_bits=4, quantize_first_last=True, num_calib=64))
+    correct_bias_(q, data)  # float weights still there: fine
+    reconstruct_(q, data, "adaround", iters=5)
+    biases = [l.bias.detach().clone() for l in quant_layers(q)]
+    with pytest.raises(DatafreeError, match="already rounded"):
+        correct_bias_(q, data)
+    assert all(torch.equal(b, l.bias) for b, l in zip(biases, quant_layers(q)))

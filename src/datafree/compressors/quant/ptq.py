@@ -138,6 +138,11 @@ def correct_bias_(model: nn.Module, data: TensorData, moments: str = "bn") -> in
         raise ValueError(f"moments must be 'bn' or 'samples', got {moments!r}")
     n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
     layers = quant_layers(model)
+    low = [q for q in layers if q.w_bits < FLOAT_BITS and bool(q.weight.detach().abs().sum() > 0)]
+    if low and all(torch.allclose(q.weight, q.quant_weight(), rtol=0, atol=1e-6 * float(q.w_scale.max())) for q in low):
+        raise DatafreeError("bias correction compares float and quantized weights, but every quantized layer's weights "
+                            "are already rounded (a reconstructed model): correct before reconstruction "
+                            "(`quantize --bias-correct --reconstruct ...` does)")
     for q in layers:  # from the float biases: calling it again replaces the shift rather than adding to it
         q.undo_bias_correction()
         q.correcting = moments
