@@ -23,7 +23,9 @@ from .common import RowStore, cached_set, command_line, data_root, git_commit, m
 
 SOURCES = {"real": ("imagenet:sample1000", {}), "gaussian": ("gaussian", {}), "bn-stats": ("bn-stats", {}),
            "bn-stats-lowres": ("bn-stats", {"low_res": None}),  # None: --low-res
-           "bn-stats-fast": ("bn-stats", {"low_res": None, "channels_last": True, "bf16": True})}
+           "bn-stats-fast": ("bn-stats", {"low_res": None, "channels_last": True, "bf16": True}),
+           # 90 % of the iterations at a quarter of each side (56 px), the last 10 % at 224 px
+           "bn-stats-quarter": ("bn-stats", {"low_res": 0.9, "low_res_scale": 0.25})}
 
 
 def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, float]:
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", nargs="+", default=["w8a8"])
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
-                   help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16")
+                   help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16; "
+                        "bn-stats-quarter: 90 %% of the iterations at 56 px (--low-res 0.9 --low-res-scale 0.25)")
     p.add_argument("--stages", nargs="+", default=["calibrate"], choices=list(STAGES),
                    help="calibrate = ranges only; bias-correct = + empirical bias correction; adaround / brecq = "
                         "bias correction + learned rounding (--recon-iters); brecq-alone = without bias correction; mixed = per-layer weight bits (ZeroQ "

@@ -24,6 +24,8 @@ CONFIGS = {
     "allocator + channels-last": ({}, {"channels_last": True}),
     "allocator + low-res 0.75": ({}, {"low_res": 0.75}),
     "allocator + low-res 0.9": ({}, {"low_res": 0.9}),
+    "allocator + low-res 0.75 at quarter size": ({}, {"low_res": 0.75, "low_res_scale": 0.25}),
+    "allocator + low-res 0.9 at quarter size": ({}, {"low_res": 0.9, "low_res_scale": 0.25}),
 }
 
 

@@ -159,5 +159,8 @@ def test_low_res_synthesis_optimizes_at_half_size_first_and_is_off_by_default(mo
     sizes.clear()
     df.synthesize(m, "bn-stats", df.make_config("bn-stats", num=8, batch_size=8, iterations=4), progress=False)
     assert sizes[:4] == [(32, 32)] * 4  # off by default
+    sizes.clear()
+    df.synthesize(m, "bn-stats", cfg.replace(low_res_scale=0.25), progress=False)
+    assert sizes[:10] == [(8, 8)] * 6 + [(32, 32)] * 4  # a quarter of each side
     with pytest.raises(df.DatafreeError, match="low_res must be < 1"):
         df.make_config("bn-stats", low_res=1.0)

@@ -74,10 +74,14 @@ class PixelConfig(SynthConfig):
     channels_last: bool = opt(False, "optimize a channels-last working copy of the teacher (faster on CPU)", cli=True)
     bf16: bool = opt(False, "run the teacher under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX; losses and "
                             "statistics stay float32)", cli=True)
-    low_res: float = opt(0.0, "fraction of the iterations optimized at half resolution before the upsampled batch "
-                              "finishes at full size (DeepInversion's ImageNet schedule; each low-resolution step costs "
-                              "about a quarter); 0 = off, inputs under 32 px stay at full size", cli=True, lo=0.0,
+    low_res: float = opt(0.0, "fraction of the iterations optimized at a lower resolution (--low-res-scale, default "
+                              "half) before the upsampled batch finishes at full size (DeepInversion's ImageNet "
+                              "schedule; a half-size step costs about a quarter); 0 = off, inputs under 32 px stay at "
+                              "full size", cli=True, lo=0.0,
                          hi=1.0, hi_open=True)
+    low_res_scale: float = opt(0.5, "side of the --low-res phase's images relative to full size (0.5 = 112 px for a "
+                                    "224 px model; 0.25 = 56 px, each step ~3x cheaper again)", cli=True, lo=0.1,
+                               hi=1.0, hi_open=True)
 
 
 class Synthesizer:
@@ -145,14 +149,17 @@ class Synthesizer:
 
     def optimize_pixels(self, y: torch.Tensor, gen: torch.Generator, step: "StepCallback") -> torch.Tensor:
         """Adam on the pixels with jitter/flip, cosine learning rate and clamping to valid pixels; with `low_res`, the
-        first part of the iterations at half resolution, then the upsampled batch finishes at full resolution."""
+        first part of the iterations at a lower resolution (`low_res_scale` of each side), then the upsampled batch
+        finishes at full resolution."""
         cfg = cast(PixelConfig, self.cfg)
         c, h, w = self.spec.shape
         n_low = int(round(cfg.low_res * cfg.iterations)) if min(h, w) >= 32 else 0
         if n_low == 0:
             return self._adam(self.init_batch(len(y), gen, cfg.init_std), y, gen, step, cfg.iterations, cfg.jitter)
-        x = (torch.randn((len(y), c, h // 2, w // 2), generator=gen) * cfg.init_std).to(self.device)
-        x = self._adam(x, y, gen, step, n_low, max(0, cfg.jitter // 2), keep_best=False)
+        k = getattr(cfg, "low_res_scale", 0.5)
+        lh, lw = max(1, int(round(h * k))), max(1, int(round(w * k)))
+        x = (torch.randn((len(y), c, lh, lw), generator=gen) * cfg.init_std).to(self.device)
+        x = self._adam(x, y, gen, step, n_low, max(0, int(cfg.jitter * k)), keep_best=False)
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         return self._adam(x, y, gen, step, cfg.iterations - n_low, cfg.jitter)
 
