@@ -50,7 +50,9 @@ STAGES = {"calibrate": {}, "bias-correct": _SAMPLES,
           "adaround": {**_SAMPLES, "reconstruct": "adaround"},
           "brecq": {**_SAMPLES, "reconstruct": "brecq"}, "brecq-alone": {"reconstruct": "brecq"},
           "mixed": _SAMPLES,  # + per-layer weight bits at the uniform row's size (target_size)
-          "bias-correct-bn": _BN, "brecq-bn": {**_BN, "reconstruct": "brecq"}, "mixed-bn": _BN}
+          "bias-correct-bn": _BN, "brecq-bn": {**_BN, "reconstruct": "brecq"}, "mixed-bn": _BN,
+          # + activation ranges observed on the BN-moved activations (--ranges-from bn)
+          "bias-correct-bn-ranges": {**_BN, "ranges_from": "bn"}}
 
 
 def _uniform_bytes(model, w_bits: int) -> int:
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="calibrate = ranges only; bias-correct = + empirical bias correction; adaround / brecq = "
                         "bias correction + learned rounding (--recon-iters); brecq-alone = without bias correction; mixed = per-layer weight bits (ZeroQ "
                         "sensitivity on the source) at the uniform row's weight bytes, + bias correction; these on the samples' own "
-                        "moments; *-bn = the same with bias correction on the model's BN statistics (--bias-from bn)")
+                        "moments; *-bn = the same with bias correction on the model's BN statistics (--bias-from bn); "
+                        "bias-correct-bn-ranges = that, with activation ranges on the BN statistics too (--ranges-from bn)")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")

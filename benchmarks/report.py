@@ -1278,7 +1278,8 @@ def section_imagenet() -> str:
            "correction + learned rounding per block / layer with learned activation steps (`--reconstruct`, "
            "iterations in the row); `mixed` = per-layer weight bits in the uniform row's weight bytes + bias correction; "
            "`*-bn` = the same with bias correction on the model's BN statistics (`--bias-from bn`, the default: every "
-           "BN-folded layer's output moved to its BN's mean and std during the correction pass). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
+           "BN-folded layer's output moved to its BN's mean and std during the correction pass); `bias-correct-bn-ranges` = "
+           "that, with the activation ranges observed on the moved activations too (`--ranges-from bn`). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
            "once per source and shared by its rows (its seconds are repeated in each).\n",
            "| bits | source | stage | top-1 | drop | agreement | synthesis s | quantization s |",
            "|---|---|---|---:|---:|---:|---:|---:|",

@@ -302,3 +302,46 @@ def test_bias_correction_with_bn_moments_only_moves_a_channel_that_does_not_vary
     passed = seen["x"][:, 2]  # ReLU of the first layer's passed-on output, channel 2
     assert torch.isfinite(passed).all() and torch.isfinite(second.bias).all()
     assert (passed - 1.0).abs().max() < 0.5 and abs(passed.mean().item() - 1.0) < 1e-4
+
+
+def test_activation_ranges_on_bn_moments_observe_the_moved_activations():
+    """ranges_from="bn" (direct computation, min/max ranges, float weights): the second layer's input range is that of
+    ReLU(first output moved to its BN's mean β and std |γ|), not of the samples' own; the samples' scale and offset
+    (3x − 0.7) then change the shape of nothing but the range of the first layer's input."""
+    import torch.nn.functional as F
+
+    import datafree as df
+    from datafree.compressors.quant import QuantConfig, quantize
+    from datafree.models import InputSpec
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3)).eval()
+    with torch.no_grad():
+        for bn in (m[1], m[4]):
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.3, 0.6)
+    record_of(m).input_spec = InputSpec((2, 6, 6), (0.0, 0.0), (1.0, 1.0), 3)
+    x = torch.rand(40, 2, 6, 6)
+
+    def second_range(data: torch.Tensor, moments: str) -> float:
+        cfg = QuantConfig(w_bits=32, a_bits=8, quantize_first_last=True, num_calib=40, act_method="minmax",
+                          ranges_from=moments, layout="inputs")
+        q = quantize(m, df.TensorData(data, torch.zeros(40, dtype=torch.long)), cfg)
+        second = quant_layers(q)[1]
+        return float(second.a_scale) * (2 ** 8 - 1)
+
+    first = quant_layers(quantize(m, df.TensorData(x, torch.zeros(40, dtype=torch.long)),
+                                  QuantConfig(w_bits=32, a_bits=32, quantize_first_last=True, num_calib=40)))[0]
+    with torch.no_grad():
+        y1 = F.conv2d(x, first.weight, first.bias)
+        sd, mu = y1.std((0, 2, 3)), y1.mean((0, 2, 3))
+        moved = (y1 - mu.view(1, -1, 1, 1)) * (m[1].weight.abs() / sd).view(1, -1, 1, 1) + m[1].bias.view(1, -1, 1, 1)
+        assert second_range(x, "bn") == pytest.approx(float(torch.relu(moved).max()), rel=1e-4)
+        assert second_range(x, "samples") == pytest.approx(float(torch.relu(y1).max()), rel=1e-4)
+    # with bn moments the samples' own scale and offset do not reach the second layer's range
+    assert second_range(3 * x - 0.7, "bn") == pytest.approx(second_range(x, "bn"), rel=1e-3)
+    assert second_range(3 * x - 0.7, "samples") != pytest.approx(second_range(x, "samples"), rel=0.05)
+    with pytest.raises(ValueError, match="moments"):
+        from datafree.compressors.quant.ptq import calibrate_activations_
+
+        calibrate_activations_(m, df.TensorData(x, torch.zeros(40, dtype=torch.long)), QuantConfig(), "data")

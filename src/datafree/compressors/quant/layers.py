@@ -224,10 +224,8 @@ class QuantLayer(nn.Module):
             self.bias_corr.add_(shift)
             y = y + shift.view(shape)
         if moved:
-            m, sd, g = y_float.mean(dims), y_float.std(dims), self.bn_gamma.abs()
-            # a channel that does not vary here (sd far below |γ|: a constant input) is only moved, never blown up
-            scale = torch.where(sd > 1e-3 * g, g / sd.clamp_min(1e-12), torch.ones_like(sd))
-            y = (y - m.view(shape)) * scale.view(shape) + self.bn_beta.view(shape)
+            scale, shift = bn_move(y_float, self.bn_gamma, self.bn_beta, ch)
+            y = y * scale.view(shape) + shift.view(shape)
         return y
 
     @torch.no_grad()
@@ -281,6 +279,15 @@ class QuantLayer(nn.Module):
     def size_bits(self) -> int:
         """Storage: weights at w_bits, bias and scales at 32 bits."""
         return self.weight.numel() * min(self.w_bits, FLOAT_BITS) + (self.bias.numel() + self.w_scale.numel() + 2) * 32
+
+
+def bn_move(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, ch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) that move `y` (channel dim `ch`) to mean β and std |γ|; a channel that does not vary
+    (std below 1e-3 |γ|: a constant input) is only shifted, never blown up."""
+    dims = [d for d in range(y.dim()) if d != ch]
+    m, sd, g = y.mean(dims), y.std(dims), gamma.abs()
+    scale = torch.where(sd > 1e-3 * g, g / sd.clamp_min(1e-12), torch.ones_like(sd))
+    return scale, beta - m * scale
 
 
 def quant_layers(model: nn.Module) -> list[QuantLayer]:

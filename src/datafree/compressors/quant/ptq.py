@@ -19,7 +19,7 @@ from ...models.loading import input_spec_of
 from ...models.record import record_of
 from ..base import plain_copy, record_transform, register_compressor
 from .graph import LAYOUTS, act_quantizers, apply_layout, layout_of, tensor_quants
-from .layers import FLOAT_BITS, quant_layers
+from .layers import FLOAT_BITS, QuantLayer, bn_move, quant_layers
 from .mixed import MixedConfig
 from .prepare import trace_layers, wrap_layers_
 from .qat import FinetuneConfig
@@ -57,6 +57,10 @@ class QuantConfig(Config):
                                "BatchNorm statistics (mean beta, std |gamma|; the samples give only the shape: best for "
                                "synthetic samples), samples = the calibration samples as they are (best for real data)",
                          cli=True, choices=("bn", "samples"))
+    ranges_from: str = opt("samples", "moments of each BN-folded layer's output while activation ranges are observed: "
+                                      "samples = the calibration samples as they are; bn = moved to the BN's own mean "
+                                      "beta and std |gamma| (as --bias-from bn; for synthetic samples)", cli=True,
+                           choices=("samples", "bn"))
     bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
     fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
     num_calib: int = opt(512, "calibration samples used", cli=True, lo=1)
@@ -105,10 +109,54 @@ def _run(model: nn.Module, data: TensorData, batch_size: int) -> None:
         model(xb.to(dev))
 
 
-def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig) -> None:
-    """Observe every activation quantizer's input on `data` (all unquantized while observing) and set ranges."""
+@torch.no_grad()
+def bn_moves(model: nn.Module, data: TensorData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per BN-folded QuantLayer (name -> per-channel scale, shift): the affine map that moves its float output on
+    (a bounded subset of) `data`, with the layers before it moved, to its BN's own mean β and std |γ|."""
+    from .graph import float_twin
+
+    twin = float_twin(model).eval()
+    n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
+    moves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(name: str, q: Any) -> Callable:
+        def move(_m: nn.Module, _i: Any, y: torch.Tensor) -> torch.Tensor:
+            ch = 1 if q.kind == "conv2d" else y.dim() - 1
+            moves[name] = bn_move(y, q.bn_gamma, q.bn_beta, ch)
+            return _moved(y, moves[name], ch)
+        return move
+
+    handles = [q.register_forward_hook(hook(name, q)) for name, q in twin.named_modules()
+               if isinstance(q, QuantLayer) and q.folded_bn]
+    try:
+        twin(data.x[:n].to(model_device(twin)))
+    finally:
+        for h in handles:
+            h.remove()
+    return moves
+
+
+def _moved(y: torch.Tensor, move: tuple[torch.Tensor, torch.Tensor], ch: int) -> torch.Tensor:
+    shape = [-1 if d == ch else 1 for d in range(y.dim())]
+    return y * move[0].view(shape) + move[1].view(shape)
+
+
+def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig, moments: str = "samples") -> None:
+    """Observe every activation quantizer's input on `data` (all unquantized while observing) and set ranges; with
+    `moments="bn"` every BN-folded layer's output is moved to its BN's mean β and std |γ| while observing (`bn_moves`),
+    so the ranges follow the model's statistics and the samples give only the shape."""
+    if moments not in ("bn", "samples"):
+        raise ValueError(f"moments must be 'bn' or 'samples', got {moments!r}")
     layers = act_quantizers(model)
     was = [q.act_quant for q in layers]
+    handles: list[Any] = []
+    if moments == "bn":
+        moves = bn_moves(model, data)
+        for name, q in model.named_modules():
+            if name in moves:
+                ch = 1 if q.kind == "conv2d" else -1
+                handles.append(q.register_forward_hook(
+                    lambda _m, _i, y, mv=moves[name], ch=ch: _moved(y, mv, ch % y.dim())))
     for q in layers:
         q.act_quant = False
         q.observer = RangeObserver(cfg.act_method, cfg.percentile)
@@ -118,6 +166,8 @@ def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig)
             lo, hi = q.observer.range(q.a_bits)  # type: ignore[union-attr]
             q.set_act_range(lo, hi)
     finally:
+        for h in handles:
+            h.remove()
         for q, w in zip(layers, was):
             q.observer = None
             if not q.act_quant:
@@ -230,7 +280,7 @@ def stage_weight_scales(st: QuantRun) -> None:
 
 def stage_calibrate(st: QuantRun) -> None:
     """Input ranges of every QuantLayer from the calibration samples."""
-    calibrate_activations_(_q(st), st.calib_subset(), st.config)
+    calibrate_activations_(_q(st), st.calib_subset(), st.config, st.config.ranges_from)
 
 
 def stage_bias_correct(st: QuantRun) -> None:
