@@ -179,14 +179,8 @@ def test_quantize_draws_its_calibration_samples_from_any_source(digits_teacher):
         assert torch.equal(q(real.x[:32]), ref(real.x[:32]))
 
 
-def test_bias_correction_with_bn_moments_moves_the_passed_output_to_the_bn_statistics():
-    """moments="bn": the first layer is corrected as with the samples; the output it passes on has the folded BN's mean
-    β per channel (and std |γ| for the float output), and the second layer's shift is computed on that (direct computation). So the second
-    layer's correction is the same for samples a·x + c (scale and offset come from the model), unlike moments="samples"."""
-    import torch.nn.functional as F
-
-    import datafree as df
-    from datafree.compressors.quant import QuantConfig, correct_bias_, quantize
+def _conv_bn_relu_conv_bn() -> nn.Module:
+    """conv-BN-ReLU-conv-BN on 2x6x6 inputs with random BN statistics and affine parameters (seeded)."""
     from datafree.models import InputSpec
 
     torch.manual_seed(0)
@@ -196,6 +190,19 @@ def test_bias_correction_with_bn_moments_moves_the_passed_output_to_the_bn_stati
             bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
             bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.3, 0.6)
     record_of(m).input_spec = InputSpec((2, 6, 6), (0.0, 0.0), (1.0, 1.0), 3)
+    return m
+
+
+def test_bias_correction_with_bn_moments_moves_the_passed_output_to_the_bn_statistics():
+    """moments="bn": the first layer is corrected as with the samples; the output it passes on has the folded BN's mean
+    β per channel (and std |γ| for the float output), and the second layer's shift is computed on that (direct computation). So the second
+    layer's correction is the same for samples a·x + c (scale and offset come from the model), unlike moments="samples"."""
+    import torch.nn.functional as F
+
+    import datafree as df
+    from datafree.compressors.quant import QuantConfig, correct_bias_, quantize
+
+    m = _conv_bn_relu_conv_bn()
     x = torch.rand(40, 2, 6, 6) + 0.5
     cfg = QuantConfig(w_bits=3, a_bits=32, quantize_first_last=True, num_calib=40)
     q = quantize(m, df.TensorData(x, torch.zeros(40, dtype=torch.long)), cfg)
@@ -312,15 +319,8 @@ def test_activation_ranges_on_bn_moments_observe_the_moved_activations():
 
     import datafree as df
     from datafree.compressors.quant import QuantConfig, quantize
-    from datafree.models import InputSpec
 
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3)).eval()
-    with torch.no_grad():
-        for bn in (m[1], m[4]):
-            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.3, 0.6)
-    record_of(m).input_spec = InputSpec((2, 6, 6), (0.0, 0.0), (1.0, 1.0), 3)
+    m = _conv_bn_relu_conv_bn()
     x = torch.rand(40, 2, 6, 6)
 
     def second_range(data: torch.Tensor, moments: str) -> float:

@@ -156,7 +156,7 @@ class Synthesizer:
         n_low = int(round(cfg.low_res * cfg.iterations)) if min(h, w) >= 32 else 0
         if n_low == 0:
             return self._adam(self.init_batch(len(y), gen, cfg.init_std), y, gen, step, cfg.iterations, cfg.jitter)
-        k = getattr(cfg, "low_res_scale", 0.5)
+        k = cfg.low_res_scale
         lh, lw = max(1, int(round(h * k))), max(1, int(round(w * k)))
         x = (torch.randn((len(y), c, lh, lw), generator=gen) * cfg.init_std).to(self.device)
         x = self._adam(x, y, gen, step, n_low, max(0, int(cfg.jitter * k)), keep_best=False)

@@ -205,13 +205,17 @@ class QuantLayer(nn.Module):
                 del shell.__dict__["weight"], shell.__dict__["bias"]
         return F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
 
+    def channel_dim(self, y: torch.Tensor) -> int:
+        """The output-channel dimension of `y`, an output of this layer."""
+        return 1 if self.kind == "conv2d" else y.dim() - 1
+
     @torch.no_grad()
     def _correct_bias(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Empirical bias correction: add to the bias the mean per-channel output shift that the quantized weights cause
         on this input (recorded in bias_corr); returns the corrected output. With `correcting == "bn"` and a folded BN,
         the output passed on is moved to the BN's own moments (mean β, std |γ| per channel, as the float layer's output
         on the data the model was trained on), so later layers see inputs whose moments come from the model itself."""
-        ch = 1 if self.kind == "conv2d" else y.dim() - 1
+        ch = self.channel_dim(y)
         dims = [d for d in range(y.dim()) if d != ch]
         shape = [-1 if d == ch else 1 for d in range(y.dim())]
         moved = self.correcting == "bn" and self.folded_bn

@@ -119,11 +119,10 @@ def bn_moves(model: nn.Module, data: TensorData) -> dict[str, tuple[torch.Tensor
     n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
     moves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def hook(name: str, q: Any) -> Callable:
+    def hook(name: str, q: QuantLayer) -> Callable:
         def move(_m: nn.Module, _i: Any, y: torch.Tensor) -> torch.Tensor:
-            ch = 1 if q.kind == "conv2d" else y.dim() - 1
-            moves[name] = bn_move(y, q.bn_gamma, q.bn_beta, ch)
-            return _moved(y, moves[name], ch)
+            moves[name] = bn_move(y, q.bn_gamma, q.bn_beta, q.channel_dim(y))
+            return _moved(q, y, moves[name])
         return move
 
     handles = [q.register_forward_hook(hook(name, q)) for name, q in twin.named_modules()
@@ -136,7 +135,9 @@ def bn_moves(model: nn.Module, data: TensorData) -> dict[str, tuple[torch.Tensor
     return moves
 
 
-def _moved(y: torch.Tensor, move: tuple[torch.Tensor, torch.Tensor], ch: int) -> torch.Tensor:
+def _moved(q: QuantLayer, y: torch.Tensor, move: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """`y`, an output of `q`, under the per-channel affine `move` (scale, shift)."""
+    ch = q.channel_dim(y)
     shape = [-1 if d == ch else 1 for d in range(y.dim())]
     return y * move[0].view(shape) + move[1].view(shape)
 
@@ -152,11 +153,8 @@ def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig,
     handles: list[Any] = []
     if moments == "bn":
         moves = bn_moves(model, data)
-        for name, q in model.named_modules():
-            if name in moves:
-                ch = 1 if q.kind == "conv2d" else -1
-                handles.append(q.register_forward_hook(
-                    lambda _m, _i, y, mv=moves[name], ch=ch: _moved(y, mv, ch % y.dim())))
+        handles = [q.register_forward_hook(lambda m, _i, y, mv=moves[name]: _moved(m, y, mv))
+                   for name, q in model.named_modules() if name in moves]
     for q in layers:
         q.act_quant = False
         q.observer = RangeObserver(cfg.act_method, cfg.percentile)
