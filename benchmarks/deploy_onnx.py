@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                     memo[bits] = load_artifact(keep)
                 else:
                     kd = KDConfig(steps=a.kd_steps, batch_size=64, lr=1e-4, seed=a.seed) if bits == 4 else None
-                    memo[bits] = quantize(model, syn, QuantConfig(w_bits=bits, a_bits=bits, num_calib=a.num), kd=kd)
+                    memo[bits] = quantize(model, syn, QuantConfig(w_bits=bits, a_bits=bits, num_calib=a.num, ranges_from="samples"), kd=kd)
                     if bits == 4:
                         save_artifact(memo[bits], keep)
             sim = memo[bits]

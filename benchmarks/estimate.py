@@ -58,7 +58,7 @@ def _quant_config(config: str, num: int, recon_iters: int) -> QuantConfig:
     w, a = bits[1:].split("A")
     # +bc: bias correction on the samples' own moments (the rows from before --bias-from); +bcbn: on the BN statistics
     kw = {"bias_correct": "bc" in extra or "bcbn" in extra, "bias_from": "bn" if "bcbn" in extra else "samples",
-          "num_calib": num}
+          "num_calib": num, "ranges_from": "samples"}  # ranges as the stored rows (before --ranges-from auto)
     if "brecq" in extra:
         kw.update(reconstruct="brecq", recon_iters=recon_iters)
     return QuantConfig.from_flat(w_bits=int(w), a_bits=int(a), **kw)

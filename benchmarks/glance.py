@@ -77,6 +77,6 @@ def imagenet_glance() -> str:
                    f"{r['top1']:.1f} ({r['top1'] - fp['top1']:+.1f}) | {r['stage']} | "
                    f"{r.get('synth_seconds', 0):.0f} + {r.get('quant_seconds', 0):.0f} |")
     out.append(f"\nImageNet, the 1300 real validation images of `imagenet:val1300`; uniform rows keep first and last layer at 8 bits; stage "
-               f"`mixed` = per-layer weight bits (ZeroQ sensitivity on the samples) in the uniform row's weight bytes; `*-bn` = bias correction on the model's BN statistics (`--bias-from bn`, the default); "
+               f"`mixed` = per-layer weight bits (ZeroQ sensitivity on the samples) in the uniform row's weight bytes; `*-bn` = bias correction on the model's BN statistics (`--bias-from bn`, the default); `kd-bn-ranges` = that with ranges on the BN statistics, then KD fine-tuning of step sizes and biases; "
                f"`{f.name}`, `python -m benchmarks.imagenet` (rows: BENCHMARKS.md \"Real scale\").")
     return "\n".join(out)

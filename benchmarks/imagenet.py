@@ -18,6 +18,7 @@ import torch
 import datafree as df
 from datafree.compressors.quant import QuantConfig
 from datafree.core.utils import predict
+from datafree.kd.loop import KDConfig
 
 from .common import RowStore, cached_set, command_line, data_root, git_commit, machine
 
@@ -44,15 +45,19 @@ def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, fl
 
 # stage: QuantConfig fields; every stage after calibrate starts with bias correction (without it W4 collapses to ~8 %):
 # on the samples' own moments (the first rows), or with `-bn`, on the model's BN statistics (`--bias-from bn`)
-_SAMPLES = {"bias_correct": True, "bias_from": "samples"}
-_BN = {"bias_correct": True, "bias_from": "bn"}
-STAGES = {"calibrate": {}, "bias-correct": _SAMPLES,
+# activation ranges on the samples as they are, unless a stage says otherwise (the rows from before --ranges-from auto)
+_SAMPLES = {"bias_correct": True, "bias_from": "samples", "ranges_from": "samples"}
+_BN = {"bias_correct": True, "bias_from": "bn", "ranges_from": "samples"}
+STAGES = {"calibrate": {"ranges_from": "samples"}, "bias-correct": _SAMPLES,
           "adaround": {**_SAMPLES, "reconstruct": "adaround"},
-          "brecq": {**_SAMPLES, "reconstruct": "brecq"}, "brecq-alone": {"reconstruct": "brecq"},
+          "brecq": {**_SAMPLES, "reconstruct": "brecq"}, "brecq-alone": {"reconstruct": "brecq", "ranges_from": "samples"},
           "mixed": _SAMPLES,  # + per-layer weight bits at the uniform row's size (target_size)
           "bias-correct-bn": _BN, "brecq-bn": {**_BN, "reconstruct": "brecq"}, "mixed-bn": _BN,
           # + activation ranges observed on the BN-moved activations (--ranges-from bn)
-          "bias-correct-bn-ranges": {**_BN, "ranges_from": "bn"}}
+          "bias-correct-bn-ranges": {**_BN, "ranges_from": "bn"},
+          # + KD fine-tuning on the same samples: step sizes and biases, integer weights frozen (--kd-steps, --kd-lr)
+          "kd-bn-ranges": {**_BN, "ranges_from": "bn", "finetune_weights": "frozen"}}
+KD_STAGES = ("kd-bn-ranges",)
 
 
 def _uniform_bytes(model, w_bits: int) -> int:
@@ -74,11 +79,14 @@ def main(argv: list[str] | None = None) -> None:
                         "bias correction + learned rounding (--recon-iters); brecq-alone = without bias correction; mixed = per-layer weight bits (ZeroQ "
                         "sensitivity on the source) at the uniform row's weight bytes, + bias correction; these on the samples' own "
                         "moments; *-bn = the same with bias correction on the model's BN statistics (--bias-from bn); "
-                        "bias-correct-bn-ranges = that, with activation ranges on the BN statistics too (--ranges-from bn)")
+                        "bias-correct-bn-ranges = that, with activation ranges on the BN statistics too (--ranges-from bn); "
+                        "kd-bn-ranges = that, then KD fine-tuning of step sizes and biases on the same samples")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")
     p.add_argument("--recon-iters", type=int, help="reconstruction iterations per layer / block (default 200)")
+    p.add_argument("--kd-steps", type=int, help="KD fine-tuning steps of the kd-* stages, batch 16 (default 100)")
+    p.add_argument("--kd-lr", type=float, help="KD fine-tuning learning rate, Adam with a cosine schedule (default 1e-5)")
     p.add_argument("--eval-num", type=int, default=1300, help="val1300 images to evaluate on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -109,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                     cfg = QuantConfig.from_flat(w_bits=w, a_bits=act, num_calib=a.num, batch_size=16,
                                                 recon_iters=iters, **STAGES[stage],
                                                 **({"target_size": _uniform_bytes(model, w)} if stage.startswith("mixed") else {}))
+                    kd_steps, kd_lr = a.kd_steps or 100, a.kd_lr or 1e-5
+                    kd = KDConfig(steps=kd_steps, batch_size=16, lr=kd_lr, seed=a.seed) if stage in KD_STAGES else None
                     t0 = time.time()
-                    q = df.quantize(model, calib, cfg)
+                    q = df.quantize(model, calib, cfg, kd=kd)
                     quant_s = time.time() - t0
                     pred = predict(q, val)
                     return {"top1": round(100 * (pred == val.y).float().mean().item(), 2),
@@ -118,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                             "synth_seconds": round(synth_s, 1), "quant_seconds": round(quant_s, 1),
                             "seconds": round(synth_s + quant_s, 1), "samples": len(calib),
                             **({"recon_iters": iters} if STAGES[stage].get("reconstruct") else {}),
+                            **({"kd_steps": kd_steps, "kd_lr": kd_lr} if kd is not None else {}),
                             **({"avg_bits": round(df.record_of(q).reports["quantize"]["mixed"]["avg_bits"], 3),
                                 "weight_bytes": _uniform_bytes(model, w)} if stage.startswith("mixed") else {})}
 

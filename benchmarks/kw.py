@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 its = make_config(src).iterations if src in GEN_SOURCES else a.iterations
                 data, _ = cached_set(model, name, src, a.num, its, a.seed, a.cache)
-            qcfg = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed, layout=a.layout)
+            qcfg = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed, layout=a.layout,
+                               ranges_from="samples")  # as the stored rows (before --ranges-from auto)
             key = {"model": name, "w_bits": wb, "a_bits": ab, "source": src}
             state = {}
 

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         for src in a.sources:
             for bits in a.bits:
                 wb, ab = BITS[bits]
-                base = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed)
+                base = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed,
+                                   ranges_from="samples")  # as the stored rows (before --ranges-from auto)
                 key = {"model": name, "w_bits": wb, "a_bits": ab, "source": src}
                 for stage, cfg, kd in (
                         ("calibrate", base, None),
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             def mixed() -> dict:
                 t0 = time.time()
                 q = quantize(model, source_data(src), QuantConfig.from_flat(a_bits=3, target_size=size, quantize_first_last=True,
-                                                      num_calib=a.num, seed=a.seed))
+                                                      num_calib=a.num, seed=a.seed, ranges_from="samples"))
                 plan = record_of(q).quant_plan
                 return dict(score(q), seconds=round(time.time() - t0, 2), target_bytes=size,
                             avg_bits=round(record_of(q).reports["quantize"]["mixed"]["avg_bits"], 3),

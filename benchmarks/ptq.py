@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                 def cell():
                     t0 = time.time()
                     qm = quantize(model, data, QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=all_layers, layout=a.layout,
-                                                           num_calib=a.num, seed=a.seed))
+                                                           num_calib=a.num, seed=a.seed, ranges_from="samples"))
                     tq = time.time() - t0
                     r = {"calib_seconds": round(tq, 2)}
                     for s, d in tests.items():

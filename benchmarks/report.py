@@ -1279,7 +1279,10 @@ def section_imagenet() -> str:
            "iterations in the row); `mixed` = per-layer weight bits in the uniform row's weight bytes + bias correction; "
            "`*-bn` = the same with bias correction on the model's BN statistics (`--bias-from bn`, the default: every "
            "BN-folded layer's output moved to its BN's mean and std during the correction pass); `bias-correct-bn-ranges` = "
-           "that, with the activation ranges observed on the moved activations too (`--ranges-from bn`). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
+           "that, with the activation ranges observed on the moved activations too (`--ranges-from bn`, the default below "
+           "8-bit activations; the stages before it pin `--ranges-from samples`); `kd-bn-ranges` = that, then KD "
+           "fine-tuning of step sizes and biases with the integer weights frozen on the same 64 samples "
+           "(`--finetune-steps 100 --finetune-weights frozen --kd-lr 1e-5 --kd-batch-size 16`). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
            "once per source and shared by its rows (its seconds are repeated in each).\n",
            "| bits | source | stage | top-1 | drop | agreement | synthesis s | quantization s |",
            "|---|---|---|---:|---:|---:|---:|---:|",

@@ -184,11 +184,16 @@ def test_config_versions_round_trip_and_old_dicts_load():
     # version 3 nests reconstruction, mixed precision and fine-tuning: flat version-2 dicts (files written before) load
     q = df.QuantConfig.from_flat(reconstruct="brecq", recon_iters=40, avg_bits=3.0, finetune_weights="frozen")
     d3 = q.to_dict()
-    assert d3["config_version"] == 4 and d3["recon"] == {**d3["recon"], "method": "brecq", "iters": 40, "round_norm": "sum"}
+    assert d3["config_version"] == 5 and d3["recon"] == {**d3["recon"], "method": "brecq", "iters": 40, "round_norm": "sum"}
     assert df.QuantConfig.from_dict(d3) == q and q.mixed.avg_bits == 3.0 and q.finetune.weights == "frozen"
     # version 4 added bias_from (default bn): a version-3 dict corrected biases on the samples' own moments
     v3 = {k: v for k, v in d3.items() if k != "bias_from"}
     assert df.QuantConfig.from_dict({**v3, "config_version": 3}) == q.replace(bias_from="samples") != q
+    # version 5 added ranges_from auto: a version-4 dict observed activation ranges on the samples as they were
+    v4 = {k: v for k, v in d3.items() if k != "ranges_from"}
+    assert df.QuantConfig.from_dict({**v4, "config_version": 4}) == q.replace(ranges_from="samples") != q
+    assert (q.range_moments(), q.replace(a_bits=4).range_moments(), q.replace(a_bits=4, ranges_from="samples")
+            .range_moments()) == ("samples", "bn", "samples")
     v2 = {k: v for k, v in d3.items() if k not in ("recon", "mixed", "finetune")}
     v2.update(reconstruct="brecq", recon_iters=40, recon_lr=0.01, recon_act=True, recon_act_lr=0.02, recon_drop=0.0,
               round_weight=0.01, round_norm="sum", block_size=4, avg_bits=3.0, target_size=0,

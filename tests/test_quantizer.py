@@ -323,12 +323,12 @@ def test_activation_ranges_on_bn_moments_observe_the_moved_activations():
     m = _conv_bn_relu_conv_bn()
     x = torch.rand(40, 2, 6, 6)
 
-    def second_range(data: torch.Tensor, moments: str) -> float:
-        cfg = QuantConfig(w_bits=32, a_bits=8, quantize_first_last=True, num_calib=40, act_method="minmax",
+    def second_range(data: torch.Tensor, moments: str, bits: int = 8) -> float:
+        cfg = QuantConfig(w_bits=32, a_bits=bits, quantize_first_last=True, num_calib=40, act_method="minmax",
                           ranges_from=moments, layout="inputs")
         q = quantize(m, df.TensorData(data, torch.zeros(40, dtype=torch.long)), cfg)
         second = quant_layers(q)[1]
-        return float(second.a_scale) * (2 ** 8 - 1)
+        return float(second.a_scale) * (2 ** bits - 1)
 
     first = quant_layers(quantize(m, df.TensorData(x, torch.zeros(40, dtype=torch.long)),
                                   QuantConfig(w_bits=32, a_bits=32, quantize_first_last=True, num_calib=40)))[0]
@@ -341,6 +341,9 @@ def test_activation_ranges_on_bn_moments_observe_the_moved_activations():
     # with bn moments the samples' own scale and offset do not reach the second layer's range
     assert second_range(3 * x - 0.7, "bn") == pytest.approx(second_range(x, "bn"), rel=1e-3)
     assert second_range(3 * x - 0.7, "samples") != pytest.approx(second_range(x, "samples"), rel=0.05)
+    # the default (auto): the BN moments below 8-bit activations, the samples' own at 8 bits
+    assert second_range(x, "auto", 4) == second_range(x, "bn", 4) != pytest.approx(second_range(x, "samples", 4), rel=0.05)
+    assert second_range(x, "auto") == second_range(x, "samples") and QuantConfig().ranges_from == "auto"
     with pytest.raises(ValueError, match="moments"):
         from datafree.compressors.quant.ptq import calibrate_activations_
 

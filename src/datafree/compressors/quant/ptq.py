@@ -36,8 +36,9 @@ class QuantConfig(Config):
     """Simulated PTQ settings: the grid and calibration, with reconstruction, mixed precision and fine-tuning nested."""
 
     # 2: round_norm (files before it reconstructed with the per-weight mean scale); 3: recon/mixed/finetune nested;
-    # 4: bias_from (files before it corrected biases on the samples as they were)
-    version: ClassVar[int] = 4
+    # 4: bias_from (files before it corrected biases on the samples as they were); 5: ranges_from auto (files before it
+    # observed ranges on the samples as they were)
+    version: ClassVar[int] = 5
 
     w_bits: int = opt(8, "weight bits (2-8, 32 = float)", cli=True)
     a_bits: int = opt(8, "activation bits (2-8, 32 = float)", cli=True)
@@ -57,10 +58,11 @@ class QuantConfig(Config):
                                "BatchNorm statistics (mean beta, std |gamma|; the samples give only the shape: best for "
                                "synthetic samples), samples = the calibration samples as they are (best for real data)",
                          cli=True, choices=("bn", "samples"))
-    ranges_from: str = opt("samples", "moments of each BN-folded layer's output while activation ranges are observed: "
-                                      "samples = the calibration samples as they are; bn = moved to the BN's own mean "
-                                      "beta and std |gamma| (as --bias-from bn; for synthetic samples)", cli=True,
-                           choices=("samples", "bn"))
+    ranges_from: str = opt("auto", "moments of each BN-folded layer's output while activation ranges are observed: "
+                                   "samples = the calibration samples as they are; bn = moved to the BN's own mean beta "
+                                   "and std |gamma| (as --bias-from bn; for synthetic samples at 4-bit activations); "
+                                   "auto = bn below 8-bit activations, else samples", cli=True,
+                           choices=("auto", "samples", "bn"))
     bn_reestimate: bool = opt(False, "re-estimate BN statistics of the quantized model on the data", cli=True)
     fold_bn: bool = opt(True, "fold each BN into the conv/linear before it")
     num_calib: int = opt(512, "calibration samples used", cli=True, lo=1)
@@ -76,12 +78,20 @@ class QuantConfig(Config):
     @classmethod
     def migrate(cls, d: dict[str, Any], from_version: int) -> dict[str, Any]:
         """Version 1 files reconstructed with the per-weight mean loss scale; versions 1-2 were flat; before 4 bias
-        correction used the samples' own moments."""
+        correction used the samples' own moments; before 5 so did the activation ranges."""
         if from_version < 2:
             d = {"round_norm": "mean", **d}
         if from_version < 4:
             d = {"bias_from": "samples", **d}
+        if from_version < 5:
+            d = {"ranges_from": "samples", **d}
         return cls.group_flat(d) if from_version < 3 else d
+
+    def range_moments(self) -> str:
+        """The moments activation ranges are observed with: `ranges_from`, with auto resolved by the activation bits."""
+        if self.ranges_from == "auto":
+            return "bn" if self.a_bits < 8 else "samples"
+        return self.ranges_from
 
     def validate(self) -> None:
         for k in ("w_bits", "a_bits", "first_last_bits"):
@@ -278,7 +288,7 @@ def stage_weight_scales(st: QuantRun) -> None:
 
 def stage_calibrate(st: QuantRun) -> None:
     """Input ranges of every QuantLayer from the calibration samples."""
-    calibrate_activations_(_q(st), st.calib_subset(), st.config, st.config.ranges_from)
+    calibrate_activations_(_q(st), st.calib_subset(), st.config, st.config.range_moments())
 
 
 def stage_bias_correct(st: QuantRun) -> None:
