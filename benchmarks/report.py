@@ -1349,6 +1349,12 @@ def section_imagenet() -> str:
     return "\n".join(out) + "\n"
 
 
+def _jpeg_teacher(rows: list[dict]) -> str:
+    """Teacher top-1 on the JPEG and the exact test set, for the held-out rows measured on both."""
+    r = next((r for r in rows if "teacher_top1_jpeg" in r), None)
+    return "–" if r is None else f"{r['teacher_top1_jpeg']:.1f} % ({r['teacher_top1']:.1f} % on the exact 1000)"
+
+
 def section_estimate() -> str:
     """The accuracy-drop estimate against the measured drop, on rows the mapping never saw; the autopilot."""
     d = json.loads((RESULTS / "estimate.json").read_text())
@@ -1381,17 +1387,25 @@ def section_estimate() -> str:
             "(standard error 100·sqrt(d/n), d the share of the n test images on which teacher and compressed model "
             "disagree); `benchmarks/estimate.py: noise_ceiling`. Where it is below a target, no estimator can "
             "reach that target on these rows: the measured drops of near-lossless rows differ by less than the "
-            "test set can resolve.\n",
+            "test set can resolve. The row *measured on the 10k JPEG test set* judges the same held-out CIFAR rows "
+            "(compressed models rebuilt exactly as for them) against their drops on `cifar10:test-jpeg`, lossy copies "
+            "of all 10k test images: ten times the images, so the drops are resolved (perfect estimator near 1), but "
+            "also a harder, shifted distribution — the teacher scores " + _jpeg_teacher(rows) + " there and the "
+            "compressed models lose more (column *JPEG 10k* below). A separate set of measurements, never mixed "
+            "with the exact ones.\n",
             "![estimated vs measured](benchmarks/results/estimate.png)\n",
             "Held-out rows (never in the fit):\n",
-            "| model | compression | source | measured drop | estimated | interval | estimate s | compressor s |",
-            "|---|---|---|---:|---:|---|---:|---:|"]
+            "| model | compression | source | measured drop | measured drop, JPEG 10k | estimated | interval | estimate s "
+            "| compressor s |",
+            "|---|---|---|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         if r["split"] != "held-out":
             continue
         e = r["estimate"]
-        out.append(f"| {r['model']} | {r['kind']} {r['config']} | {r['source']} | {r['drop']:.2f} | {e['drop']:.2f} | "
-                   f"{e['lo']:.2f}-{e['hi']:.2f} | {r['estimate_seconds']:.0f} | {r['compress_seconds']:.0f} |")
+        jp = f"{r['drop_jpeg']:.2f}" if "drop_jpeg" in r else "–"
+        out.append(f"| {r['model']} | {r['kind']} {r['config']} | {r['source']} | {r['drop']:.2f} | {jp} | "
+                   f"{e['drop']:.2f} | {e['lo']:.2f}-{e['hi']:.2f} | {r['estimate_seconds']:.0f} | "
+                   f"{r['compress_seconds']:.0f} |")
     ap = RESULTS / "autopilot.json"
     a = json.loads(ap.read_text()) if ap.is_file() else {"rows": []}
     cost = [r for r in a["rows"] if r["kind"] == "cost"]
