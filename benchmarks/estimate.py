@@ -108,8 +108,8 @@ def measure_rows(store: RowStore, name: str, teacher, keys: list[dict], calib: d
 
 
 def measure_jpeg(store: RowStore, name: str, teacher, keys: list[dict], calib: dict, test, args) -> None:
-    """The held-out rows' drops measured again on the 10k JPEG test set (10x the images: a tenth of the variance); the
-    compressed model is rebuilt exactly as for the row (same samples, seed and config)."""
+    """The held-out rows' drops measured again on the 10k JPEG test set (10x the images, so near-lossless drops are
+    resolved; lossy copies, so also a harder distribution); each compressed model is rebuilt exactly as for its row."""
     tpred = None
     for key in keys:
         r = store.get(dict(model=name, **key))
