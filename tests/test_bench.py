@@ -116,3 +116,8 @@ def test_estimate_benchmarks_parse_fit_and_judge():
     assert estimate.noise_ceiling(far, draws=200)["spearman"] > 0.999
     assert estimate.noise_ceiling(near, draws=200)["spearman"] < 0.9
     assert len(estimate.cifar_configs()) == 3 * 8 + 1 + len(estimate.PRUNE)
+    # the JPEG-10k judgement swaps in that measurement (drop, agreement, n) and leaves out rows without one
+    both = [{**rows[0], "drop_jpeg": 3.3, "agreement_jpeg": 90.0, "n_test_jpeg": 10000}, rows[1]]
+    jp = estimate.as_measured_on_jpeg(both)
+    assert len(jp) == 1 and (jp[0]["drop"], jp[0]["agreement"], jp[0]["n_test"]) == (3.3, 90.0, 10000)
+    assert estimate.paired_se(jp[0]) == pytest.approx(100 * math.sqrt(0.1 / 10000)) and both[0]["n_test"] == 1000
