@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in store.rows:
         r["estimate"] = mapping(r["features"][feature])
     held = [r for r in store.rows if r["split"] == "held-out"]
+    held_jpeg = as_measured_on_jpeg(held)
     store.meta.update(
         mapping=dict(feature=mapping.feature, coef=list(mapping.coef), x_range=list(mapping.x_range),
                      resid=list(mapping.resid), fitted_on=mapping.fitted_on),
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         judged={"held-out (all)": judge(held),
                 "held-out CIFAR-10": judge([r for r in held if r["model"] != "efficientnet_lite0"]),
                 "held-out CIFAR-10, measured on the 10k JPEG test set":
-                judge(as_measured_on_jpeg(held)) if as_measured_on_jpeg(held) else None,
+                judge(held_jpeg) if held_jpeg else None,
                 "held-out EfficientNet-Lite0": judge([r for r in held if r["model"] == "efficientnet_lite0"])
                 if any(r["model"] == "efficientnet_lite0" for r in held) else None,
                 "fit (in-sample)": judge(fit_rows)},

@@ -119,6 +119,20 @@ def _run(model: nn.Module, data: TensorData, batch_size: int) -> None:
         model(xb.to(dev))
 
 
+MAX_CORRECT_VALUES = 64 * 3 * 224 * 224  # input values of one bias-correction pass (64 ImageNet images)
+
+
+def _one_pass_size(data: TensorData) -> int:
+    """How many samples of `data` one single-batch pass takes (bias correction, BN moves): at most MAX_CORRECT_VALUES
+    input values."""
+    return max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
+
+
+def _check_moments(moments: str) -> None:
+    if moments not in ("bn", "samples"):
+        raise ValueError(f"moments must be 'bn' or 'samples', got {moments!r}")
+
+
 @torch.no_grad()
 def bn_moves(model: nn.Module, data: TensorData) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per BN-folded QuantLayer (name -> per-channel scale, shift): the affine map that moves its float output on
@@ -126,7 +140,7 @@ def bn_moves(model: nn.Module, data: TensorData) -> dict[str, tuple[torch.Tensor
     from .graph import float_twin
 
     twin = float_twin(model).eval()
-    n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
+    n = _one_pass_size(data)
     moves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(name: str, q: QuantLayer) -> Callable:
@@ -156,8 +170,7 @@ def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig,
     """Observe every activation quantizer's input on `data` (all unquantized while observing) and set ranges; with
     `moments="bn"` every BN-folded layer's output is moved to its BN's mean β and std |γ| while observing (`bn_moves`),
     so the ranges follow the model's statistics and the samples give only the shape."""
-    if moments not in ("bn", "samples"):
-        raise ValueError(f"moments must be 'bn' or 'samples', got {moments!r}")
+    _check_moments(moments)
     layers = act_quantizers(model)
     was = [q.act_quant for q in layers]
     handles: list[Any] = []
@@ -182,7 +195,6 @@ def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig,
                 q.act_quant = w
 
 
-MAX_CORRECT_VALUES = 64 * 3 * 224 * 224  # input values of one bias-correction pass (64 ImageNet images)
 
 
 @torch.no_grad()
@@ -192,9 +204,8 @@ def correct_bias_(model: nn.Module, data: TensorData, moments: str = "bn") -> in
     outputs on its (quantized) input, and passes on the corrected output — with `moments="bn"` moved to the folded BN's
     mean and std, so the means it corrects with follow from the model's statistics rather than from the samples. In
     place (a previous correction is replaced); returns the number of samples used."""
-    if moments not in ("bn", "samples"):
-        raise ValueError(f"moments must be 'bn' or 'samples', got {moments!r}")
-    n = max(1, min(len(data), MAX_CORRECT_VALUES // max(1, data.x[0].numel())))
+    _check_moments(moments)
+    n = _one_pass_size(data)
     layers = quant_layers(model)
     low = [q for q in layers if q.w_bits < FLOAT_BITS and bool(q.weight.detach().abs().sum() > 0)]
     if low and all(torch.allclose(q.weight, q.quant_weight(), rtol=0, atol=1e-6 * float(q.w_scale.max())) for q in low):
