@@ -56,8 +56,11 @@ STAGES = {"calibrate": {"ranges_from": "samples"}, "bias-correct": _SAMPLES,
           # + activation ranges observed on the BN-moved activations (--ranges-from bn)
           "bias-correct-bn-ranges": {**_BN, "ranges_from": "bn"},
           # + KD fine-tuning on the same samples: step sizes and biases, integer weights frozen (--kd-steps, --kd-lr)
-          "kd-bn-ranges": {**_BN, "ranges_from": "bn", "finetune_weights": "frozen"}}
-KD_STAGES = ("kd-bn-ranges",)
+          "kd-bn-ranges": {**_BN, "ranges_from": "bn", "finetune_weights": "frozen"},
+          # bias-correct-bn-ranges with GPTQ rounding chosen in the bias-correction pass (--reconstruct gptq)
+          "gptq-bn-ranges": {**_BN, "ranges_from": "bn", "reconstruct": "gptq"},
+          "kd-gptq-bn-ranges": {**_BN, "ranges_from": "bn", "reconstruct": "gptq", "finetune_weights": "frozen"}}
+KD_STAGES = ("kd-bn-ranges", "kd-gptq-bn-ranges")
 
 
 def _uniform_bytes(model, w_bits: int) -> int:
@@ -80,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
                         "sensitivity on the source) at the uniform row's weight bytes, + bias correction; these on the samples' own "
                         "moments; *-bn = the same with bias correction on the model's BN statistics (--bias-from bn); "
                         "bias-correct-bn-ranges = that, with activation ranges on the BN statistics too (--ranges-from bn); "
-                        "kd-bn-ranges = that, then KD fine-tuning of step sizes and biases on the same samples")
+                        "kd-bn-ranges = that, then KD fine-tuning of step sizes and biases on the same samples; "
+                        "gptq-bn-ranges = bias-correct-bn-ranges with GPTQ rounding (--reconstruct gptq), "
+                        "kd-gptq-bn-ranges = that, then the KD fine-tuning")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                             "agreement": round(100 * (pred == fp_pred).float().mean().item(), 2),
                             "synth_seconds": round(synth_s, 1), "quant_seconds": round(quant_s, 1),
                             "seconds": round(synth_s + quant_s, 1), "samples": len(calib),
-                            **({"recon_iters": iters} if STAGES[stage].get("reconstruct") else {}),
+                            **({"recon_iters": iters} if STAGES[stage].get("reconstruct") in ("adaround", "brecq") else {}),
                             **({"kd_steps": kd_steps, "kd_lr": kd_lr} if kd is not None else {}),
                             **({"avg_bits": round(df.record_of(q).reports["quantize"]["mixed"]["avg_bits"], 3),
                                 "weight_bytes": _uniform_bytes(model, w)} if stage.startswith("mixed") else {})}

@@ -59,6 +59,10 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         rec = info["reconstruct"] = res.report["reconstruct"]
         human += (f"\n{cfg.recon.method}: {len(rec)} blocks, output MSE {sum(r['mse_before'] for r in rec):.4g} -> "
                   f"{sum(r['mse_after'] for r in rec):.4g} (summed over blocks)")
+    if "gptq" in res.report:
+        g = info["gptq"] = res.report["gptq"]
+        human += (f"\ngptq: {g['layers']} layers rounded on {g['samples']} samples, layer output error "
+                  f"{g['output_error_nearest']:.4g} (nearest) -> {g['output_error_gptq']:.4g} (summed over layers)")
     if a.eval:
         from ..evaluation.metrics import evaluate
 

@@ -23,7 +23,7 @@ from .layers import FLOAT_BITS, QuantLayer, bn_move, quant_layers
 from .mixed import MixedConfig
 from .prepare import trace_layers, wrap_layers_
 from .qat import FinetuneConfig
-from .quantizer import RangeObserver
+from .quantizer import RangeObserver, signed_range
 from .reconstruct import ReconConfig
 
 
@@ -97,6 +97,9 @@ class QuantConfig(Config):
         for k in ("w_bits", "a_bits", "first_last_bits"):
             v = getattr(self, k)
             check(_bits_ok(v), f"{k} must be between 2 and 8 (or 32 for float), got {v}", k)
+        check(not (self.recon.method == "gptq" and self.bn_reestimate),
+              "--reconstruct gptq rounds the weights in the bias-correction pass, before --bn-reestimate rescales "
+              "them: use one of the two", "reconstruct")
 
 
 def make_plan(model: nn.Module, cfg: QuantConfig) -> list[dict]:
@@ -197,6 +200,34 @@ def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig,
 
 
 
+def _check_not_rounded(layers: list[QuantLayer], what: str) -> None:
+    low = [q for q in layers if q.w_bits < FLOAT_BITS and bool(q.weight.detach().abs().sum() > 0)]
+    if low and all(torch.allclose(q.weight, q.quant_weight(), rtol=0, atol=1e-6 * float(q.w_scale.max())) for q in low):
+        raise DatafreeError(f"{what} compares float and quantized weights, but every quantized layer's weights "
+                            "are already rounded (a reconstructed model): run it before reconstruction "
+                            "(`quantize --bias-correct --reconstruct ...` does)")
+
+
+def _layer_pass_(model: nn.Module, data: TensorData, correcting: Optional[str],
+                 before: Optional[Callable[[QuantLayer, torch.Tensor], None]] = None) -> int:
+    """One forward pass over (a bounded subset of) `data` as a single batch, layers in execution order: `before(q, x)`
+    sees each QuantLayer's input first, then the layer runs (bias-correcting with `correcting`); returns the samples."""
+    n = _one_pass_size(data)
+    layers = quant_layers(model)
+    handles = [] if before is None else \
+        [q.register_forward_pre_hook(lambda m, args: before(m, args[0])) for q in layers]  # type: ignore[misc]
+    for q in layers:
+        q.correcting = correcting
+    try:
+        model(data.x[:n].to(model_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+        for q in layers:
+            del q.correcting  # back to the class default
+    return n
+
+
 @torch.no_grad()
 def correct_bias_(model: nn.Module, data: TensorData, moments: str = "bn") -> int:
     """Bias correction in one pass over (a bounded subset of) `data` as a single batch: each quantized layer, in
@@ -205,22 +236,48 @@ def correct_bias_(model: nn.Module, data: TensorData, moments: str = "bn") -> in
     mean and std, so the means it corrects with follow from the model's statistics rather than from the samples. In
     place (a previous correction is replaced); returns the number of samples used."""
     _check_moments(moments)
-    n = _one_pass_size(data)
     layers = quant_layers(model)
-    low = [q for q in layers if q.w_bits < FLOAT_BITS and bool(q.weight.detach().abs().sum() > 0)]
-    if low and all(torch.allclose(q.weight, q.quant_weight(), rtol=0, atol=1e-6 * float(q.w_scale.max())) for q in low):
-        raise DatafreeError("bias correction compares float and quantized weights, but every quantized layer's weights "
-                            "are already rounded (a reconstructed model): correct before reconstruction "
-                            "(`quantize --bias-correct --reconstruct ...` does)")
+    _check_not_rounded(layers, "bias correction")
     for q in layers:  # from the float biases: calling it again replaces the shift rather than adding to it
         q.undo_bias_correction()
-        q.correcting = moments
-    try:
-        model(data.x[:n].to(model_device(model)))
-    finally:
+    return _layer_pass_(model, data, moments)
+
+
+@torch.no_grad()
+def gptq_(model: nn.Module, data: TensorData, damp: float = 0.01, bias_moments: Optional[str] = "bn") -> dict:
+    """GPTQ rounding (`gptq.py`) of every sub-float layer in one pass over (a bounded subset of) `data`, layers in
+    execution order, each from the second moments of its quantized input; with `bias_moments` ("bn" / "samples") bias
+    correction in the same pass (see `correct_bias_`). In place, the rounding baked into the weights; returns samples,
+    layers and the summed output error Σ tr(ΔW H ΔWᵀ) of nearest rounding and of GPTQ's."""
+    from .gptq import FixedRounding, grouped, gptq_ints, input_moments
+
+    if bias_moments is not None:
+        _check_moments(bias_moments)
+    layers = quant_layers(model)
+    _check_not_rounded(layers, "GPTQ")
+    err = {"nearest": 0.0, "gptq": 0.0}
+
+    def solve(q: QuantLayer, x: torch.Tensor) -> None:
+        if q.w_bits >= FLOAT_BITS:
+            return
+        g = int(q.conv_args.get("groups", 1))
+        h = input_moments(q.kind, q.conv_args, q.weight.shape, q.quantize_input(x))
+        w, s = grouped(q.weight.detach(), g), q.w_scale.view(g, -1)
+        ints = gptq_ints(w, s, h, q.w_bits, damp)
+        qmin, qmax = signed_range(q.w_bits)
+        for k, i in (("nearest", torch.clamp(torch.round(w / s.unsqueeze(-1)), qmin, qmax)), ("gptq", ints)):
+            dw = (w - i.to(w.dtype) * s.unsqueeze(-1)).double()
+            err[k] += float(torch.einsum("gri,gij,grj->", dw, h, dw)) / max(1, x.shape[0])
+        q.set_rounding(FixedRounding(ints.reshape(q.weight.shape).to(q.weight.dtype)))
+
+    if bias_moments is not None:
         for q in layers:
-            del q.correcting  # back to the class default
-    return n
+            q.undo_bias_correction()
+    n = _layer_pass_(model, data, bias_moments, solve)
+    for q in layers:
+        q.bake_rounding()
+    return {"samples": n, "layers": sum(q.w_bits < FLOAT_BITS for q in layers), "damp": damp,
+            "bias_moments": bias_moments, "output_error_nearest": err["nearest"], "output_error_gptq": err["gptq"]}
 
 
 def reestimate_bn_(model: nn.Module, data: TensorData, batch_size: int = 128) -> None:
@@ -303,8 +360,14 @@ def stage_calibrate(st: QuantRun) -> None:
 
 
 def stage_bias_correct(st: QuantRun) -> None:
-    """With `bias_correct`: each quantized layer's bias absorbs the mean output shift of its quantized weights."""
-    if st.config.bias_correct:
+    """With `bias_correct`: each quantized layer's bias absorbs the mean output shift of its quantized weights; with
+    `reconstruct gptq` the GPTQ rounding is chosen in the same pass, layer by layer before its correction."""
+    cfg = st.config
+    if cfg.recon.method == "gptq":
+        st.info["gptq"] = gptq_(_q(st), st.calib_subset(), cfg.recon.damp, cfg.bias_from if cfg.bias_correct else None)
+        if cfg.bias_correct:
+            st.info["bias_correct"] = {"samples": st.info["gptq"]["samples"], "moments": cfg.bias_from}
+    elif cfg.bias_correct:
         st.info["bias_correct"] = {"samples": correct_bias_(_q(st), st.calib_subset(), st.config.bias_from),
                                    "moments": st.config.bias_from}
 
@@ -324,7 +387,7 @@ def stage_bn_reestimate(st: QuantRun) -> None:
 def stage_reconstruct(st: QuantRun) -> None:
     """With `reconstruct`: learned rounding (AdaRound per layer, BRECQ per block) on the calibration samples."""
     cfg = st.config
-    if cfg.recon.method == "none":
+    if cfg.recon.method in ("none", "gptq"):  # gptq: chosen in the bias-correction pass
         return
     from .reconstruct import reconstruct_
 

@@ -35,8 +35,11 @@ class ReconConfig(Config):
 
     method: str = opt("none", "reconstruction PTQ after calibration: adaround = learned up/down rounding per layer "
                               "(Nagel et al. 2020), brecq = the same learned per block against the block output "
-                              "(Li et al. 2021; sketch: plain MSE on the block output, no Fisher weighting)", cli=True,
-                      choices=("none", "adaround", "brecq"), label="reconstruct")
+                              "(Li et al. 2021; sketch: plain MSE on the block output, no Fisher weighting), gptq = "
+                              "rounding column by column with the error spread through the inverse second moments of "
+                              "each layer's input (Frantar et al. 2023; one pass, no iterations, in the bias-correction "
+                              "pass)", cli=True,
+                      choices=("none", "adaround", "brecq", "gptq"), label="reconstruct")
     iters: int = opt(500, "reconstruction iterations per layer (adaround) or block (brecq)", cli=True, lo=1,
                      label="recon_iters")
     lr: float = opt(1e-2, "Adam learning rate of the rounding variables during reconstruction", cli=True, lo=0,
@@ -56,6 +59,8 @@ class ReconConfig(Config):
                                  "the regularizer summed over weights); mean = output MSE + --round-weight x the mean "
                                  "regularizer per weight (before 2026-12: 100-1000x weaker rounding pressure, 10-20 pt "
                                  "lower at W2A4)", cli=True, choices=("sum", "mean"))
+    damp: float = opt(0.01, "gptq: damping added to each layer's input second moments, x their mean diagonal",
+                      cli=True, lo=0.0, label="gptq_damp")
     block_size: int = opt(4, "brecq: at most this many quantized layers per block (the submodule that groups them)",
                           cli=True, lo=1)
 
