@@ -1282,7 +1282,12 @@ def section_imagenet() -> str:
            "that, with the activation ranges observed on the moved activations too (`--ranges-from bn`, the default below "
            "8-bit activations; the stages before it pin `--ranges-from samples`); `kd-bn-ranges` = that, then KD "
            "fine-tuning of step sizes and biases with the integer weights frozen on the same 64 samples "
-           "(`--finetune-steps 100 --finetune-weights frozen --kd-lr 1e-5 --kd-batch-size 16`). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
+           "(`--finetune-steps 100 --finetune-weights frozen --kd-lr 1e-5 --kd-batch-size 16`); `gptq-bn-ranges` = "
+           "`bias-correct-bn-ranges` with GPTQ rounding chosen in the bias-correction pass (`--reconstruct gptq`: each "
+           "layer's weights rounded column by column, the error spread through the inverse second moments of its "
+           "quantized input; no iterations), `kd-gptq-bn-ranges` = that, then the KD fine-tuning above; `gptq-bn` = "
+           "GPTQ with the activation ranges as `--ranges-from auto` picks them (on the samples at 8-bit activations, "
+           "on the BN statistics below). *seconds* = synthesis + quantization on 2 cores; a synthetic set is synthesized "
            "once per source and shared by its rows (its seconds are repeated in each).\n",
            "| bits | source | stage | top-1 | drop | agreement | synthesis s | quantization s |",
            "|---|---|---|---:|---:|---:|---:|---:|",

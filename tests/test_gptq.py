@@ -108,3 +108,19 @@ def test_gptq_refuses_bn_reestimation_and_a_rounded_model(digits_teacher):
 
     with pytest.raises(DatafreeError, match="already rounded"):
         gptq_(q, data)
+
+
+def test_cli_quantize_with_gptq_reports_it(digits_teacher, tmp_path, capsys):
+    import json
+
+    from datafree.cli import main
+
+    args = ["quantize", "small_cnn", "--weights", digits_teacher[1], "--calib", "digits:train", "--num-calib", "64",
+            "--w-bits", "4", "--bias-correct", "--reconstruct", "gptq", "--gptq-damp", "0.05",
+            "--out", str(tmp_path / "q.pt"), "--json", "--no-progress"]
+    assert main(args) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["gptq"]["damp"] == 0.05 and info["gptq"]["samples"] == 64
+    assert info["gptq"]["output_error_gptq"] < info["gptq"]["output_error_nearest"]
+    q = df.load_artifact(tmp_path / "q.pt")
+    assert record_of(q).quant_config.recon.method == "gptq"
