@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import datafree as df
 from datafree.compressors.quant import QuantConfig, quant_layers
-from datafree.compressors.quant.gptq import grouped, gptq_ints, input_moments
+from datafree.compressors.quant.gptq import gptq_ints, grouped, input_moments
 from datafree.core.errors import DatafreeError
 from datafree.models.record import record_of
 from tests.conftest import measured

@@ -249,7 +249,7 @@ def gptq_(model: nn.Module, data: TensorData, damp: float = 0.01, bias_moments: 
     execution order, each from the second moments of its quantized input; with `bias_moments` ("bn" / "samples") bias
     correction in the same pass (see `correct_bias_`). In place, the rounding baked into the weights; returns samples,
     layers and the summed output error Σ tr(ΔW H ΔWᵀ) of nearest rounding and of GPTQ's."""
-    from .gptq import FixedRounding, grouped, gptq_ints, input_moments
+    from .gptq import FixedRounding, gptq_ints, grouped, input_moments
 
     if bias_moments is not None:
         _check_moments(bias_moments)
