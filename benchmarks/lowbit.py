@@ -5,7 +5,7 @@ Run: python -m benchmarks.lowbit [--models resnet20 resnet56] [--bits w4a4 w3a3 
                                  [--sources cifar10:train-exact bn-stats mixmix] [--recon-iters 500] [--kd-steps 500]
                                  [--recon-lr 1e-2] [--recon-act-lr 2e-2] [--round-norm sum] [--kd-weights train]
 Writes benchmarks/results/lowbit.json: rows model, w_bits, a_bits, source, stage, top1_exact, top1_jpeg, seconds
-(stage: calibrate | adaround | brecq | kd-finetune | mixed; FP32 rows have w_bits 32). `mixmix` samples come from the
+(stage: calibrate | adaround | brecq | kd-finetune | mixed, and gptq with --gptq; FP32 rows have w_bits 32). `mixmix` samples come from the
 pool of the four shared ResNets (20, 32, 44, 56) at once; every source has the same sample count. Finished rows are
 kept, so an interrupted run resumes.
 """
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kd-weights", default="train", choices=["train", "frozen"],
                    help="kd-finetune: integer weights trained through the STE (the rows in lowbit.json) or frozen at "
                         "BRECQ's rounding (step sizes and biases train)")
+    p.add_argument("--gptq", action="store_true",
+                   help="also the gptq stage: bias correction on the BN statistics + GPTQ rounding in the same pass "
+                        "(--bias-correct --reconstruct gptq, the CLI's default ranges); not part of the full protocol")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/lowbit.json")
     p.add_argument("--cache", default="benchmarks/cache")
@@ -73,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
                        "kd-finetune": f"calibration + BRECQ + {a.kd_steps} KD fine-tuning steps ("
                                       + ("LSQ steps and biases; integer weights frozen at BRECQ's rounding)"
                                          if a.kd_weights == "frozen" else "LSQ steps, weights, biases)"),
-                       "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3"},
+                       "mixed": "per-layer weight bits from KL sensitivity at the weight bytes of uniform W3A3, A3",
+                       "gptq": "bias correction on the BN statistics + GPTQ rounding in the same pass (one pass, no "
+                               "iterations; activation ranges as --ranges-from auto)"},
             "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, rounding loss scale {a.round_norm}, "
                      + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
                         else "activation step sizes kept from calibration")}
@@ -135,6 +140,16 @@ def main(argv: list[str] | None = None) -> None:
 
                     store.run(dict(key, stage=stage), run)
                     report(key, stage)
+                if a.gptq:
+                    def gptq_row(wb=wb, ab=ab) -> dict:
+                        t0 = time.time()
+                        cfg = QuantConfig.from_flat(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num,
+                                                    seed=a.seed, bias_correct=True, reconstruct="gptq")
+                        q = quantize(model, source_data(src), cfg)
+                        return dict(score(q), seconds=round(time.time() - t0, 2))
+
+                    store.run(dict(key, stage="gptq"), gptq_row)
+                    report(key, "gptq")
             # mixed precision at the weight bytes of uniform W3A3 (activations at 3 bits, every layer quantized)
             size = uniform_weight_bytes(model, 3)
 

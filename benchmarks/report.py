@@ -785,8 +785,8 @@ def _lowbit_grid(d: dict) -> list[str]:
     out = [_meta_line(d["meta"]), _incomplete(d["meta"]), "Every layer quantized. Stages: " + "; ".join(f"`{k}` {v}" for k, v in
                                                                             d["meta"].get("stages", {}).items())
            + (f". Reconstruction (adaround, brecq): {d['meta']['recon']}" if d["meta"].get("recon") else "") + ".\n",
-           "| model | bits | source | calibrate | + AdaRound | + BRECQ | + KD fine-tune | mixed (W3A3 size) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| model | bits | source | calibrate | + AdaRound | + BRECQ | + KD fine-tune | mixed (W3A3 size) | GPTQ |",
+           "|---|---|---|---|---|---|---|---|---|"]
     fp = {r["model"]: r for r in rows if r["stage"] == "fp32"}
     keys = []
     for r in rows:
@@ -801,7 +801,7 @@ def _lowbit_grid(d: dict) -> list[str]:
             return f"{x['top1_exact']:.2f} / {x['top1_jpeg']:.2f}" if x else "-"
 
         out.append(f"| {k[0]} | W{k[1]}A{k[2]} | {k[3]} | {f('calibrate')} | {f('adaround')} | {f('brecq')} | "
-                   f"{f('kd-finetune')} | {f('mixed')} |")
+                   f"{f('kd-finetune')} | {f('mixed')} | {f('gptq')} |")
     mixed = [r for r in rows if r["stage"] == "mixed"]
     out.append("\nFP32: " + "; ".join(f"{m} {r['top1_exact']:.2f} / {r['top1_jpeg']:.2f}" for m, r in fp.items())
                + ". Cells: top-1 test-exact / test-jpeg.")
