@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             "recon": f"{a.recon_iters} iterations, rounding lr {a.recon_lr}, rounding loss scale {a.round_norm}, "
                      + (f"activation step sizes learned at relative lr {a.recon_act_lr}" if a.recon_act_lr
                         else "activation step sizes kept from calibration")}
-    store = RowStore(a.out, meta, selection=("models", "bits", "sources"))
+    store = RowStore(a.out, meta, selection=("models", "bits", "sources", "gptq"))
     pool = None
     recon = dict(recon_iters=a.recon_iters, recon_lr=a.recon_lr, recon_act=a.recon_act_lr > 0, round_norm=a.round_norm,
                  **({"recon_act_lr": a.recon_act_lr} if a.recon_act_lr > 0 else {}))

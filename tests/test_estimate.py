@@ -170,3 +170,29 @@ def test_estimate_of_a_model_without_batchnorm_says_it_is_not_validated():
 
     e = estimate_drop(teacher, student)
     assert not e["validated"] and "not validated" in estimate_line(e) and e["features"]["disagreement"] == 0
+
+
+@pytest.mark.parametrize("gptq_passes,recon", [(True, True), (False, True), (False, False)])
+def test_autopilot_tries_gptq_before_brecq(digits_teacher, monkeypatch, gptq_passes, recon):
+    from datafree.evaluation import autopilot as ap
+
+    def fake_estimate(teacher, qm, held, seed):  # W5 and wider pass; at W4 only a reconstructed model (if allowed)
+        cfg = record_of(qm).quant_config
+        good = cfg.w_bits >= 5 or (cfg.recon.method == "gptq" and gptq_passes) or cfg.recon.method == "brecq"
+        return {"drop": 0.5 if good else 3.0, "lo": 0.0, "hi": 4.0}
+
+    monkeypatch.setattr(ap, "estimate_drop", fake_estimate)
+    m, _ = digits_teacher
+    data = df.load_dataset("digits:train", record_of(m).input_spec).subset(32)
+    cfg = df.QuantConfig.from_flat(num_calib=32, recon_iters=2)
+    best, trials = ap.autopilot(m, data, 1.0, cfg, held=data, recon=recon)
+    labels = [t.label for t in trials]
+    gptq = [x for x in labels if x.endswith("+gptq")]
+    assert len(gptq) == 1 and gptq[0].startswith("W4A")  # on the largest failing uniform trial below W5A8
+    assert any(x.endswith("+brecq") for x in labels) == (recon and not gptq_passes)
+    mixed = [i for i, x in enumerate(labels) if x.startswith("mixed")]
+    assert mixed and labels.index(gptq[0]) > max(mixed)  # after mixed precision
+    passing = [t for t in trials if t.estimate["drop"] <= 1.0]
+    assert best.size_bytes == min(t.size_bytes for t in passing)
+    if gptq_passes:
+        assert best.size_bytes <= trials[labels.index(gptq[0])].size_bytes

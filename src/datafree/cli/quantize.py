@@ -101,7 +101,7 @@ def _autopilot(a: argparse.Namespace, cfg: Any) -> int:
     quiet = a.json or a.no_progress
     log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     log(f"autopilot: smallest model estimated within {a.max_drop:g} pt on {held.name}"
-        + ("" if recon else " (224 px class inputs: reconstruction is not tried, it takes many minutes on a CPU)"))
+        + ("" if recon else " (224 px class inputs: GPTQ rounding is tried, BRECQ reconstruction is not, it takes many minutes on a CPU)"))
     best, trials = autopilot(model, calib, a.max_drop, cfg, held, recon=recon, log=log, seed=a.seed)
     seconds = round(time.time() - t0, 2)
     info: dict[str, Any] = {"out": a.out, "calib": a.calib, "max_drop": a.max_drop, "chosen": best.label,
@@ -158,7 +158,8 @@ def add(sub: Any, ctx: Context) -> None:
     _quant_options(s)
     s.add_argument("--max-drop", type=float, metavar="D",
                    help="autopilot: search bit widths (uniform W4A4 ... W8A8, then per-layer mixed precision between "
-                        "the two uniform widths around the budget, then BRECQ on the failing width for small inputs) "
+                        "the two uniform widths around the budget, then GPTQ rounding of the failing width and, where that "
+                        "fails, BRECQ for small inputs) "
                         "and save the smallest model whose estimated top-1 drop is <= D points, with a table of what "
                         "was tried; --w-bits/--a-bits are chosen, --target-size/--avg-bits are refused")
     estimate_args(s)
