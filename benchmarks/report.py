@@ -1300,8 +1300,9 @@ def section_imagenet() -> str:
                    f"{fp['top1'] - r['top1']:+.2f} | {r['agreement']:.2f} | {r.get('synth_seconds', 0):.0f} | "
                    f"{r.get('quant_seconds', 0):.0f} |")
     out.append(_imagenet_reading(rows, fp))
-    cl = RESULTS / "imagenet_cli.json"
-    if cl.is_file():
+    for cl in (RESULTS / "imagenet_cli.json", RESULTS / "imagenet_cli_w4a8.json"):
+        if not cl.is_file():
+            continue
         d3 = json.loads(cl.read_text())
         fp3 = _row(d3["rows"], source="none")
         parts = [f"`{r['command']}` {r['quantize_seconds']:.0f} s, top-1 {r['top1']:.2f} (drop {r['drop']:+.2f})"
