@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     root = data_root()
     t_start = time.time()
     meta = {"benchmark": "lowbit", "config": vars(a), "seed": a.seed, "commit": git_commit(), "machine": machine(),
-            "command": command_line("benchmarks.lowbit", a),
+            "command": command_line("benchmarks.lowbit", a, skip=("out", "cache", "models", "bits", "sources", "gptq")),
+            "rows": "each row ran with this command and `--models M --bits B --sources S` naming it (the gptq rows with "
+                    "`--gptq`; the protocol is the rest)",
             "stages": {"calibrate": "PTQ calibration (fused layout)", "adaround": "calibration + AdaRound (per layer)",
                        "brecq": "calibration + BRECQ (per block; sketch: plain MSE on the block output)",
                        "kd-finetune": f"calibration + BRECQ + {a.kd_steps} KD fine-tuning steps ("

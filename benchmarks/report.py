@@ -782,7 +782,9 @@ def section_lowbit_meannorm() -> str:
 def _lowbit_grid(d: dict) -> list[str]:
     """Meta line, stages, the table, FP32 and the targets of one low-bit result file."""
     rows = d["rows"]
-    out = [_meta_line(d["meta"]), _incomplete(d["meta"]), "Every layer quantized. Stages: " + "; ".join(f"`{k}` {v}" for k, v in
+    out = [_meta_line(d["meta"]), _incomplete(d["meta"]),
+           (d["meta"]["rows"][:1].upper() + d["meta"]["rows"][1:] + ".\n") if d["meta"].get("rows") else "",
+           "Every layer quantized. Stages: " + "; ".join(f"`{k}` {v}" for k, v in
                                                                             d["meta"].get("stages", {}).items())
            + (f". Reconstruction (adaround, brecq): {d['meta']['recon']}" if d["meta"].get("recon") else "") + ".\n",
            "| model | bits | source | calibrate | + AdaRound | + BRECQ | + KD fine-tune | mixed (W3A3 size) | GPTQ |",
