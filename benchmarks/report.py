@@ -1257,6 +1257,32 @@ def _imagenet_reading(rows: list[dict], fp: dict) -> str:
     return ("\n" + "; ".join(parts) + ".") if parts else ""
 
 
+def _imagenet_seeds(rows: list[dict], fp: dict) -> str:
+    """Rows rerun with other seeds (`imagenet_lite0_seed*.json`: another synthetic set and real subset) beside seed 0."""
+    import statistics
+
+    files = sorted(RESULTS.glob("imagenet_lite0_seed*.json"))
+    if not files:
+        return ""
+    other = [(json.loads(f.read_text()), f.name) for f in files]
+    keys = {(r["w_bits"], r["a_bits"], r["source"], r["stage"]) for d, _ in other for r in d["rows"] if r["stage"] != "fp32"}
+    parts = []
+    for wb, ab, src, st in sorted(keys, reverse=True):
+        vals = [r["top1"] for r in rows if (r["w_bits"], r["a_bits"], r["source"], r["stage"]) == (wb, ab, src, st)]
+        vals += [r["top1"] for d, _ in other for r in d["rows"]
+                 if (r["w_bits"], r["a_bits"], r["source"], r["stage"]) == (wb, ab, src, st)]
+        if len(vals) < 2:
+            continue
+        mean, sd = statistics.mean(vals), statistics.stdev(vals)
+        parts.append(f"W{wb}A{ab} {src} / {st}: {', '.join(f'{v:.2f}' for v in vals)} — mean {mean:.2f} ± {sd:.2f} "
+                     f"(drop {fp['top1'] - mean:.2f})")
+    cmd = " ".join(w for i, w in enumerate(other[0][0]["meta"]["command"].split())
+                   if w != "--seed" and other[0][0]["meta"]["command"].split()[i - 1] != "--seed")
+    return (f"\n**Over seeds** (seed 0 above; seeds 1.. in {', '.join(f'`{n}`' for _, n in other)}: each seed draws "
+            f"its own synthetic set and its own real subset; `{cmd}` with `--seed S --out` naming the file and the "
+            "row's `--bits --sources --stages`): " + "; ".join(parts) + ".") if parts else ""
+
+
 def section_imagenet() -> str:
     """EfficientNet-Lite0 on real ImageNet validation images, beside the published anchors as drops."""
     d = json.loads((RESULTS / "imagenet_lite0.json").read_text())
@@ -1302,6 +1328,7 @@ def section_imagenet() -> str:
                    f"{fp['top1'] - r['top1']:+.2f} | {r['agreement']:.2f} | {r.get('synth_seconds', 0):.0f} | "
                    f"{r.get('quant_seconds', 0):.0f} |")
     out.append(_imagenet_reading(rows, fp))
+    out.append(_imagenet_seeds(rows, fp))
     for cl in (RESULTS / "imagenet_cli.json", RESULTS / "imagenet_cli_w4a8.json"):
         if not cl.is_file():
             continue
