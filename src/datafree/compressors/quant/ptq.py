@@ -98,7 +98,7 @@ class QuantConfig(Config):
             v = getattr(self, k)
             check(_bits_ok(v), f"{k} must be between 2 and 8 (or 32 for float), got {v}", k)
         check(not (self.recon.method == "gptq" and self.bn_reestimate),
-              "--reconstruct gptq rounds the weights in the bias-correction pass, before --bn-reestimate rescales "
+              "gptq rounds the weights in the bias-correction pass, before --bn-reestimate rescales "
               "them: use one of the two", "reconstruct")
 
 
