@@ -122,12 +122,16 @@ def main(argv: list[str] | None = None) -> None:
                 base = QuantConfig(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num, seed=a.seed,
                                    ranges_from="samples")  # as the stored rows (before --ranges-from auto)
                 key = {"model": name, "w_bits": wb, "a_bits": ab, "source": src}
-                for stage, cfg, kd in (
-                        ("calibrate", base, None),
-                        ("adaround", base.replace(reconstruct="adaround", **recon), None),
-                        # also the `brecq` row: this run scores its model after reconstruction (one BRECQ, not two)
-                        ("kd-finetune", base.replace(reconstruct="brecq", finetune_weights=a.kd_weights, **recon),
-                         KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))):
+                stages_here = [
+                    ("calibrate", base, None),
+                    ("adaround", base.replace(reconstruct="adaround", **recon), None),
+                    # also the `brecq` row: this run scores its model after reconstruction (one BRECQ, not two)
+                    ("kd-finetune", base.replace(reconstruct="brecq", finetune_weights=a.kd_weights, **recon),
+                     KDConfig.preset("qat", steps=a.kd_steps, seed=a.seed))]
+                if a.gptq:  # the CLI's default ranges (auto), bias correction on the BN statistics in the GPTQ pass
+                    stages_here.append(("gptq", base.replace(ranges_from="auto", bias_correct=True,
+                                                             reconstruct="gptq"), None))
+                for stage, cfg, kd in stages_here:
                     def run(cfg=cfg, kd=kd, key=key) -> dict:
                         t0 = time.time()
                         stages = None
@@ -142,16 +146,6 @@ def main(argv: list[str] | None = None) -> None:
 
                     store.run(dict(key, stage=stage), run)
                     report(key, stage)
-                if a.gptq:
-                    def gptq_row(wb=wb, ab=ab) -> dict:
-                        t0 = time.time()
-                        cfg = QuantConfig.from_flat(w_bits=wb, a_bits=ab, quantize_first_last=True, num_calib=a.num,
-                                                    seed=a.seed, bias_correct=True, reconstruct="gptq")
-                        q = quantize(model, source_data(src), cfg)
-                        return dict(score(q), seconds=round(time.time() - t0, 2))
-
-                    store.run(dict(key, stage="gptq"), gptq_row)
-                    report(key, "gptq")
             # mixed precision at the weight bytes of uniform W3A3 (activations at 3 bits, every layer quantized)
             size = uniform_weight_bytes(model, 3)
 

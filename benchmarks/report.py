@@ -5,6 +5,7 @@ Run: python -m benchmarks.report
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -1276,8 +1277,7 @@ def _imagenet_seeds(rows: list[dict], fp: dict) -> str:
         mean, sd = statistics.mean(vals), statistics.stdev(vals)
         parts.append(f"W{wb}A{ab} {src} / {st}: {', '.join(f'{v:.2f}' for v in vals)} — mean {mean:.2f} ± {sd:.2f} "
                      f"(drop {fp['top1'] - mean:.2f})")
-    cmd = " ".join(w for i, w in enumerate(other[0][0]["meta"]["command"].split())
-                   if w != "--seed" and other[0][0]["meta"]["command"].split()[i - 1] != "--seed")
+    cmd = re.sub(r" --seed \S+", "", other[0][0]["meta"]["command"])
     return (f"\n**Over seeds** (seed 0 above; seeds 1.. in {', '.join(f'`{n}`' for _, n in other)}: each seed draws "
             f"its own synthetic set and its own real subset; `{cmd}` with `--seed S --out` naming the file and the "
             "row's `--bits --sources --stages`): " + "; ".join(parts) + ".") if parts else ""

@@ -69,7 +69,7 @@ def gptq_ints(w: torch.Tensor, scale: torch.Tensor, h: torch.Tensor, bits: int, 
     g, _, d = w.shape
     h = h.double().clone()
     w = w.double().clone()
-    s = scale.double().unsqueeze(-1)
+    s = scale.double()
     diag = torch.diagonal(h, dim1=1, dim2=2)
     dead = diag <= 0
     diag[dead] = 1.0  # an input never seen: its column's error is not spread
@@ -90,10 +90,10 @@ def gptq_ints(w: torch.Tensor, scale: torch.Tensor, h: torch.Tensor, bits: int, 
     ints = torch.empty_like(w)
     for j in range(d):
         col = w[:, :, j]
-        q = torch.clamp(torch.round(col / s[:, :, 0]), qmin, qmax)
+        q = torch.clamp(torch.round(col / s), qmin, qmax)
         ints[:, :, j] = q
         if u is not None and j + 1 < d:
-            err = (col - q * s[:, :, 0]) / u[:, j, j].unsqueeze(1)
+            err = (col - q * s) / u[:, j, j].unsqueeze(1)
             w[:, :, j + 1:] -= err.unsqueeze(-1) * u[:, j, j + 1:].unsqueeze(1)
     return torch.empty_like(ints).scatter_(2, perm.unsqueeze(1).expand_as(ints), ints)
 

@@ -23,7 +23,7 @@ from .layers import FLOAT_BITS, QuantLayer, bn_move, quant_layers
 from .mixed import MixedConfig
 from .prepare import trace_layers, wrap_layers_
 from .qat import FinetuneConfig
-from .quantizer import RangeObserver, signed_range
+from .quantizer import RangeObserver
 from .reconstruct import ReconConfig
 
 
@@ -198,8 +198,6 @@ def calibrate_activations_(model: nn.Module, data: TensorData, cfg: QuantConfig,
                 q.act_quant = w
 
 
-
-
 def _check_not_rounded(layers: list[QuantLayer], what: str) -> None:
     low = [q for q in layers if q.w_bits < FLOAT_BITS and bool(q.weight.detach().abs().sum() > 0)]
     if low and all(torch.allclose(q.weight, q.quant_weight(), rtol=0, atol=1e-6 * float(q.w_scale.max())) for q in low):
@@ -211,9 +209,13 @@ def _check_not_rounded(layers: list[QuantLayer], what: str) -> None:
 def _layer_pass_(model: nn.Module, data: TensorData, correcting: Optional[str],
                  before: Optional[Callable[[QuantLayer, torch.Tensor], None]] = None) -> int:
     """One forward pass over (a bounded subset of) `data` as a single batch, layers in execution order: `before(q, x)`
-    sees each QuantLayer's input first, then the layer runs (bias-correcting with `correcting`); returns the samples."""
+    sees each QuantLayer's input first, then the layer runs (bias-correcting with `correcting`, from the float biases:
+    a previous correction is replaced rather than added to); returns the samples."""
     n = _one_pass_size(data)
     layers = quant_layers(model)
+    if correcting is not None:
+        for q in layers:
+            q.undo_bias_correction()
     handles = [] if before is None else \
         [q.register_forward_pre_hook(lambda m, args: before(m, args[0])) for q in layers]  # type: ignore[misc]
     for q in layers:
@@ -236,10 +238,7 @@ def correct_bias_(model: nn.Module, data: TensorData, moments: str = "bn") -> in
     mean and std, so the means it corrects with follow from the model's statistics rather than from the samples. In
     place (a previous correction is replaced); returns the number of samples used."""
     _check_moments(moments)
-    layers = quant_layers(model)
-    _check_not_rounded(layers, "bias correction")
-    for q in layers:  # from the float biases: calling it again replaces the shift rather than adding to it
-        q.undo_bias_correction()
+    _check_not_rounded(quant_layers(model), "bias correction")
     return _layer_pass_(model, data, moments)
 
 
@@ -264,15 +263,11 @@ def gptq_(model: nn.Module, data: TensorData, damp: float = 0.01, bias_moments: 
         h = input_moments(q.kind, q.conv_args, q.weight.shape, q.quantize_input(x))
         w, s = grouped(q.weight.detach(), g), q.w_scale.view(g, -1)
         ints = gptq_ints(w, s, h, q.w_bits, damp)
-        qmin, qmax = signed_range(q.w_bits)
-        for k, i in (("nearest", torch.clamp(torch.round(w / s.unsqueeze(-1)), qmin, qmax)), ("gptq", ints)):
+        for k, i in (("nearest", grouped(q.weight_ints(), g)), ("gptq", ints)):  # weight_ints: still round-to-nearest
             dw = (w - i.to(w.dtype) * s.unsqueeze(-1)).double()
             err[k] += float(torch.einsum("gri,gij,grj->", dw, h, dw)) / max(1, x.shape[0])
         q.set_rounding(FixedRounding(ints.reshape(q.weight.shape).to(q.weight.dtype)))
 
-    if bias_moments is not None:
-        for q in layers:
-            q.undo_bias_correction()
     n = _layer_pass_(model, data, bias_moments, solve)
     for q in layers:
         q.bake_rounding()
@@ -368,8 +363,8 @@ def stage_bias_correct(st: QuantRun) -> None:
         if cfg.bias_correct:
             st.info["bias_correct"] = {"samples": st.info["gptq"]["samples"], "moments": cfg.bias_from}
     elif cfg.bias_correct:
-        st.info["bias_correct"] = {"samples": correct_bias_(_q(st), st.calib_subset(), st.config.bias_from),
-                                   "moments": st.config.bias_from}
+        st.info["bias_correct"] = {"samples": correct_bias_(_q(st), st.calib_subset(), cfg.bias_from),
+                                   "moments": cfg.bias_from}
 
 
 def stage_bn_reestimate(st: QuantRun) -> None:
