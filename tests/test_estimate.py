@@ -173,7 +173,7 @@ def test_estimate_of_a_model_without_batchnorm_says_it_is_not_validated():
 
 
 @pytest.mark.parametrize("gptq_passes,recon", [(True, True), (False, True), (False, False)])
-def test_autopilot_tries_gptq_before_brecq(digits_teacher, monkeypatch, gptq_passes, recon):
+def test_autopilot_tries_gptq_before_mixed_precision_and_brecq(digits_teacher, monkeypatch, gptq_passes, recon):
     from datafree.evaluation import autopilot as ap
 
     def fake_estimate(teacher, qm, held, seed):  # W5 and wider pass; at W4 only a reconstructed model (if allowed)
@@ -188,10 +188,12 @@ def test_autopilot_tries_gptq_before_brecq(digits_teacher, monkeypatch, gptq_pas
     best, trials = ap.autopilot(m, data, 1.0, cfg, held=data, recon=recon)
     labels = [t.label for t in trials]
     gptq = [x for x in labels if x.endswith("+gptq")]
-    assert len(gptq) == 1 and gptq[0].startswith("W4A")  # on the largest failing uniform trial below W5A8
-    assert any(x.endswith("+brecq") for x in labels) == (recon and not gptq_passes)
     mixed = [i for i, x in enumerate(labels) if x.startswith("mixed")]
-    assert mixed and labels.index(gptq[0]) > max(mixed)  # after mixed precision
+    if gptq_passes:  # down the failing widths while GPTQ passes (W4A8, then W4A4); mixed plans would all be larger
+        assert gptq == ["W4A8+bias-correct+gptq", "W4A4+bias-correct+gptq"] and not mixed
+    else:  # on the largest failing uniform trial below W5A8, before mixed precision
+        assert gptq == ["W4A8+bias-correct+gptq"] and mixed and labels.index(gptq[0]) < min(mixed)
+    assert any(x.endswith("+brecq") for x in labels) == (recon and not gptq_passes)
     passing = [t for t in trials if t.estimate["drop"] <= 1.0]
     assert best.size_bytes == min(t.size_bytes for t in passing)
     if gptq_passes:
