@@ -1455,10 +1455,14 @@ def section_estimate() -> str:
                 "(paired noise: one binomial standard error of the paired difference).\n",
                 "| model | D | chosen | size KiB | estimated | measured drop | paired noise | tried | seconds | "
                 "smallest uniform table row within D |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+        from .autopilot import reference
+
         for r in (r for r in a["rows"] if r["kind"] == "autopilot"):
+            now = reference(r["model"], r["max_drop"])  # from the tables as they are now, which grow after the run
+            ref = now if now == r.get("reference", now) else f"{now} (at the run: {r['reference']})"
             out.append(f"| {r['model']} | {r['max_drop']:g} | {r['chosen']} | {r['size_bytes'] / 1024:.1f} | "
                        f"{r['estimated_drop']:.2f} | {r['measured_drop']:.2f} | {r['paired_se']:.2f} | {r['trials']} | "
-                       f"{r['seconds']:.0f} | {r.get('reference', '–')} |")
+                       f"{r['seconds']:.0f} | {ref} |")
     return "\n".join(out) + "\n"
 
 
