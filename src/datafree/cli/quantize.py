@@ -32,7 +32,9 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.max_drop is not None:
         return _autopilot(a, cfg)
     model = load_model(a)
-    calib = source(a, a.calib, model, cfg.num_calib)
+    # below 8-bit weights the samples matter more: on-the-fly synthesis of large images at full resolution (W4A8 GPTQ
+    # on EfficientNet-Lite0: drop 1.75 against 2.31 with the low-resolution budget, three seeds; BENCHMARKS.md)
+    calib = source(a, a.calib, model, cfg.num_calib, low_res=0.0 if cfg.w_bits < 8 else None)
     bn_data = source(a, a.bn_data, model, cfg.num_calib) if a.bn_data else None
     kd = None
     if a.finetune_epochs or a.finetune_steps:
