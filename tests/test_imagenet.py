@@ -109,28 +109,8 @@ def test_on_the_fly_synthesis_of_large_images_uses_a_cpu_budget_and_says_so(caps
     assert (c.num, c.iterations, c.low_res) == (64, 100, 0.75)
     assert "64 samples x 100 iterations" in capsys.readouterr().err
     assert on_the_fly_config("bn-stats", big, 16, 0).num == 16  # a smaller request is kept
-    capsys.readouterr()
-    assert on_the_fly_config("bn-stats", big, None, 0, low_res=0.0).low_res == 0.0  # full resolution asked for
-    assert "half resolution" not in capsys.readouterr().err
     assert on_the_fly_config("gaussian", big, None, 0).num == 512  # no iterations: nothing to budget
     capsys.readouterr()
     small = on_the_fly_config("bn-stats", InputSpec((3, 32, 32), (0.0,) * 3, (1.0,) * 3, 10), None, 0)
     assert (small.num, small.iterations, small.low_res) == (512, df.make_config("bn-stats").iterations, 0.0)
     assert capsys.readouterr().err == ""
-
-
-@pytest.mark.parametrize("w_bits,low_res", [("4", 0.0), ("8", None)])
-def test_quantize_synthesizes_at_full_resolution_below_8_bit_weights(monkeypatch, tmp_path, w_bits, low_res):
-    import datafree.kd.sources as sources
-    from datafree.core.errors import DatafreeError
-
-    seen = {}
-
-    def stub(source, model, num=None, seed=0, data_root=None, progress=True, low_res=None):
-        seen["low_res"] = low_res
-        raise DatafreeError("stub: no synthesis in this test")
-
-    monkeypatch.setattr(sources, "load_source", stub)
-    assert main(["quantize", "small_cnn", "--calib", "bn-stats", "--w-bits", w_bits, "--out", str(tmp_path / "q.pt"),
-                 "--no-progress"]) != 0
-    assert seen == {"low_res": low_res}

@@ -190,12 +190,11 @@ def evaluate_into(a: argparse.Namespace, model: Any, teacher: Any, info: dict, w
     return f"\n{a.eval}: {what} top-1 {r['top1']:.2f}% (original {r['teacher_top1']:.2f}%)"
 
 
-def source(a: argparse.Namespace, spec: str, model: Any, num: Optional[int], low_res: Optional[float] = None) -> Any:
+def source(a: argparse.Namespace, spec: str, model: Any, num: Optional[int]) -> Any:
     """A SOURCE argument (synthetic set, method run on the fly, dataset spec) as data."""
     from ..kd.sources import load_source
 
-    return load_source(spec, model, num=num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress,
-                       low_res=low_res)
+    return load_source(spec, model, num=num, seed=a.seed, data_root=a.data_root, progress=not a.no_progress)
 
 
 def check_out(a: argparse.Namespace, kind: str = "file", attr: str = "out",

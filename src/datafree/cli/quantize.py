@@ -32,9 +32,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.max_drop is not None:
         return _autopilot(a, cfg)
     model = load_model(a)
-    # below 8-bit weights the samples matter more: on-the-fly synthesis of large images at full resolution (W4A8 GPTQ
-    # on EfficientNet-Lite0: drop 1.75 against 2.31 with the low-resolution budget, three seeds; BENCHMARKS.md)
-    calib = source(a, a.calib, model, cfg.num_calib, low_res=0.0 if cfg.w_bits < 8 else None)
+    calib = source(a, a.calib, model, cfg.num_calib)
     bn_data = source(a, a.bn_data, model, cfg.num_calib) if a.bn_data else None
     kd = None
     if a.finetune_epochs or a.finetune_steps:
@@ -159,9 +157,9 @@ def add(sub: Any, ctx: Context) -> None:
                         f"({ctx.specs}) (default: bn-stats)")
     _quant_options(s)
     s.add_argument("--max-drop", type=float, metavar="D",
-                   help="autopilot: search bit widths (uniform W4A4 ... W8A8, then per-layer mixed precision between "
-                        "the two uniform widths around the budget, then GPTQ rounding of the failing width and, where that "
-                        "fails, BRECQ for small inputs) "
+                   help="autopilot: search bit widths (uniform W4A4 ... W8A8, then GPTQ rounding of the failing "
+                        "widths, widest first while it passes, and only where it fails per-layer mixed precision "
+                        "between the two uniform widths around the budget and BRECQ for small inputs) "
                         "and save the smallest model whose estimated top-1 drop is <= D points, with a table of what "
                         "was tried; --w-bits/--a-bits are chosen, --target-size/--avg-bits are refused")
     estimate_args(s)

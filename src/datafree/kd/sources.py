@@ -27,36 +27,32 @@ LARGE_IMAGE = 112 * 112  # pixels from which on-the-fly synthesis uses the large
 LARGE_BUDGET = {"num": 64, "iterations": 100, "low_res": 0.75}  # EfficientNet-Lite0 W8A8: BENCHMARKS.md "Real scale"
 
 
-def on_the_fly_config(method: str, spec: Any, num: Optional[int], seed: int, low_res: Optional[float] = None) -> Any:
+def on_the_fly_config(method: str, spec: Any, num: Optional[int], seed: int) -> Any:
     """The synthesis settings of a method named as a data source: its defaults for `num` samples (512 when not
     given); for images of 112x112 px and more a budget that fits minutes on a CPU (at most 64 samples, 100 iterations,
-    three quarters of them at half resolution unless `low_res` says another fraction; said on stderr), which
-    `datafree synthesize` lifts."""
+    three quarters of them at half resolution; said on stderr), which `datafree synthesize` lifts."""
     cfg = make_config(method, num=num or 512, seed=seed)
     h, w = spec.shape[1:]
     names = {f.name for f in dataclasses.fields(cfg)}
     if h * w < LARGE_IMAGE or "iterations" not in names:  # small images, or a method without iterations (gaussian)
         return cfg
     over: dict[str, Any] = {k: v for k, v in LARGE_BUDGET.items() if k in names}
-    if low_res is not None and "low_res" in over:
-        over["low_res"] = low_res
     over["num"] = min(cfg.num, LARGE_BUDGET["num"])
     over["iterations"] = min(cfg.iterations, LARGE_BUDGET["iterations"])
     print(f"note: {h}x{w} px inputs: {method} on the fly synthesizes {over['num']} samples x {over['iterations']} "
-          "iterations" + (f" (the first {over['low_res']:.0%} at half resolution)" if over.get("low_res") else "")
+          "iterations" + (f" (the first {over['low_res']:.0%} at half resolution)" if "low_res" in over else "")
           + "; for more, run `datafree synthesize` and pass its directory", file=sys.stderr)
     return cfg.replace(**over)
 
 
 def load_source(source: str, model: nn.Module, num: Optional[int] = None, seed: int = 0,
-                data_root: Optional[str] = None, progress: bool = True, low_res: Optional[float] = None) -> TensorData:
-    """Data for `model` from a SyntheticSet dir, an on-the-fly synthesis method (`low_res`: the large-image budget's
-    low-resolution fraction instead of its default), or a real dataset spec."""
+                data_root: Optional[str] = None, progress: bool = True) -> TensorData:
+    """Data for `model` from a SyntheticSet dir, an on-the-fly synthesis method, or a real dataset spec."""
     spec = input_spec_of(model)
     if is_dataset_spec(source):
         return load_dataset(source, spec, data_root).subset(num, seed)
     if source in SYNTHESIZERS:
-        return synthesize(model, source, on_the_fly_config(source, spec, num, seed, low_res), progress=progress)
+        return synthesize(model, source, on_the_fly_config(source, spec, num, seed), progress=progress)
     p = Path(source)
     if p.is_dir():
         s = SyntheticSet(p)
