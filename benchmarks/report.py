@@ -1266,12 +1266,14 @@ def _imagenet_seeds(rows: list[dict], fp: dict) -> str:
     if not files:
         return ""
     other = [(json.loads(f.read_text()), f.name) for f in files]
-    keys = {(r["w_bits"], r["a_bits"], r["source"], r["stage"]) for d, _ in other for r in d["rows"] if r["stage"] != "fp32"}
+
+    def key(r: dict) -> tuple:
+        return r["w_bits"], r["a_bits"], r["source"], r["stage"]
+
+    keys = {key(r) for d, _ in other for r in d["rows"] if r["stage"] != "fp32"}
     parts = []
     for wb, ab, src, st in sorted(keys, reverse=True):
-        vals = [r["top1"] for r in rows if (r["w_bits"], r["a_bits"], r["source"], r["stage"]) == (wb, ab, src, st)]
-        vals += [r["top1"] for d, _ in other for r in d["rows"]
-                 if (r["w_bits"], r["a_bits"], r["source"], r["stage"]) == (wb, ab, src, st)]
+        vals = [r["top1"] for r in rows + [r for d, _ in other for r in d["rows"]] if key(r) == (wb, ab, src, st)]
         if len(vals) < 2:
             continue
         mean, sd = statistics.mean(vals), statistics.stdev(vals)
