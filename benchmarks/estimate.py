@@ -9,8 +9,9 @@ Each row compresses a pretrained model one way (quantize at W8A8 ... W3A8 calibr
 samples, + bias correction, + BRECQ; prune by weight magnitude or by channels, no fine-tuning), measures its top-1 drop
 on the real test set (CIFAR-10: the exact 1000 test images; ImageNet: val1300) and the estimate's features on held-out
 synthetic samples (the library's `held_out_set`: bn-stats, its own seed, never used for calibration). The mapping is
-fitted on the --fit-models rows only (the feature chosen by leave-one-model-out error among them), then judged on the
---held-models rows and the EfficientNet-Lite0 rows, which it never saw.
+fitted on the --fit-models rows only (the feature chosen by leave-one-model-out error among them, from those that do
+not depend on the number of classes: CANDIDATES), then judged on the --held-models rows and the EfficientNet-Lite0
+rows, which it never saw (CONFIRM: Lite0 rows measured after that feature rule was set).
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ from datafree.evaluation.estimate import DropMapping, drop_features, held_out_se
 from .common import RowStore, cached_set, command_line, data_root, git_commit, machine, pretrained
 
 FEATURES = ("rel", "kl", "disagreement")
+# The mapping is chosen among features that do not depend on the number of classes: it is fitted on 10-class CIFAR-10
+# and must carry to 1000-class ImageNet. `rel` divides the logit error by the teacher's logit variance over all
+# classes, which 990 irrelevant ImageNet logits dominate; `kl` weighs each logit's error by the teacher's own
+# probability, and `disagreement` counts top-1 changes. (Until stop 43 `rel` was among the candidates and won the fit
+# rows' leave-one-model-out error; it read EfficientNet-Lite0 3.8 pt too high on average: that miss prompted this rule,
+# so the Lite0 rows of before are no longer a blind test of it; the rows in CONFIRM were measured after it.)
+CANDIDATES = ("kl", "disagreement")
 QUANT = [(8, 8), (6, 6), (5, 5), (4, 8), (4, 4), (3, 8)]
 PRUNE = [("weights", 0.2), ("weights", 0.4), ("weights", 0.5), ("weights", 0.6), ("weights", 0.7),
          ("channels", 0.05), ("channels", 0.1), ("channels", 0.2)]
@@ -51,6 +59,9 @@ def cifar_configs() -> list[dict]:
 IMAGENET = [{"kind": "quantize", "source": s, "config": c} for s in ("real", "bn-stats-lowres")
             for c in ("W8A8", "W6A6+bc", "W4A8+bc", "W4A4+bc", "W6A6+bcbn", "W4A8+bcbn", "W4A4+bcbn")] + [
     {"kind": "quantize", "source": "bn-stats-lowres", "config": "W4A8"}]
+# measured after the feature rule above was set (the rows that judge it blind): GPTQ and 5-bit configurations
+CONFIRM = [{"kind": "quantize", "source": s, "config": c} for s in ("real", "bn-stats-lowres")
+           for c in ("W5A8+bcbn", "W5A8+bcbn+gptq", "W4A8+bcbn+gptq", "W4A4+bcbn+rbn+gptq")]
 
 
 def _quant_config(config: str, num: int, recon_iters: int) -> QuantConfig:
@@ -59,8 +70,12 @@ def _quant_config(config: str, num: int, recon_iters: int) -> QuantConfig:
     # +bc: bias correction on the samples' own moments (the rows from before --bias-from); +bcbn: on the BN statistics
     kw = {"bias_correct": "bc" in extra or "bcbn" in extra, "bias_from": "bn" if "bcbn" in extra else "samples",
           "num_calib": num, "ranges_from": "samples"}  # ranges as the stored rows (before --ranges-from auto)
+    if "rbn" in extra:  # activation ranges on the BN-moved activations (--ranges-from bn)
+        kw["ranges_from"] = "bn"
     if "brecq" in extra:
         kw.update(reconstruct="brecq", recon_iters=recon_iters)
+    if "gptq" in extra:
+        kw["reconstruct"] = "gptq"
     return QuantConfig.from_flat(w_bits=int(w), a_bits=int(a), **kw)
 
 
@@ -75,7 +90,8 @@ def compress(teacher, key: dict, calib: dict, args) -> torch.nn.Module:
     return df.quantize(teacher, calib[key["source"]], _quant_config(key["config"], args.num, args.recon_iters)).eval()
 
 
-def measure_rows(store: RowStore, name: str, teacher, keys: list[dict], calib: dict, test, split: str, args) -> None:
+def measure_rows(store: RowStore, name: str, teacher, keys: list[dict], calib: dict, test, split: str, args,
+                 confirm: tuple[dict, ...] = ()) -> None:
     """Compress, measure on real test data, compute the features on the held-out set; one stored row per key."""
     tpred = predict(teacher, test)
     tacc = 100.0 * (tpred == test.y).float().mean().item()
@@ -100,7 +116,8 @@ def measure_rows(store: RowStore, name: str, teacher, keys: list[dict], calib: d
             return {"split": split, "teacher_top1": round(tacc, 2), "top1": round(acc, 2), "drop": round(tacc - acc, 2),
                     "agreement": round(100.0 * (pred == tpred).float().mean().item(), 2), "n_test": len(test),
                     "test": test.name, "features": feats, "held_out": held.name,
-                    "estimate_seconds": round(time.time() - t1 + held_seconds, 2), "compress_seconds": round(comp, 2)}
+                    "estimate_seconds": round(time.time() - t1 + held_seconds, 2), "compress_seconds": round(comp, 2),
+                    **({"confirm": True} if key in confirm else {})}
 
         r = store.run(k, row)
         print(f"{name:18s} {key['kind']:8s} {key['source']:15s} {key['config']:14s} drop {r['drop']:6.2f} "
@@ -271,12 +288,12 @@ def main(argv: list[str] | None = None) -> None:
         calib = {"real": df.load_dataset("imagenet:sample1000", spec, data_root()).subset(64, a.seed),
                  "bn-stats-lowres": cached_set(teacher, "efficientnet_lite0", "bn-stats", 64, 100, a.seed, a.cache,
                                                batch_size=32, low_res=0.75)[0]}
-        measure_rows(store, "efficientnet_lite0", teacher, IMAGENET, calib, test, "held-out",
-                     argparse.Namespace(**{**vars(a), "num": 64}))
+        measure_rows(store, "efficientnet_lite0", teacher, IMAGENET + CONFIRM, calib, test, "held-out",
+                     argparse.Namespace(**{**vars(a), "num": 64}), confirm=tuple(CONFIRM))
 
     fit_rows = [r for r in store.rows if r["split"] == "fit"]
     cv = {(f, deg): cross_validate(fit_rows, f, deg) for f in FEATURES for deg in (1, 2)}
-    feature, deg = min(cv, key=lambda k: cv[k][0])
+    feature, deg = min((k for k in cv if k[0] in CANDIDATES), key=lambda k: cv[k][0])
     res = cv[feature, deg][1]
     fit_models = sorted({r["model"] for r in fit_rows})
     mapping = mapping_of(fit_rows, feature, (float(np.quantile(res, 0.05)), float(np.quantile(res, 0.95))),
@@ -295,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
                 judge(held_jpeg) if held_jpeg else None,
                 "held-out EfficientNet-Lite0": judge([r for r in held if r["model"] == "efficientnet_lite0"])
                 if any(r["model"] == "efficientnet_lite0" for r in held) else None,
+                "held-out EfficientNet-Lite0, measured after the feature rule (confirmation)":
+                judge([r for r in held if r.get("confirm")]) if any(r.get("confirm") for r in held) else None,
                 "fit (in-sample)": judge(fit_rows)},
         wall_seconds_this_run=round(time.time() - t_start, 1), complete=True)
     store._write()
