@@ -229,7 +229,7 @@ def plot(rows: list[dict], path: Path) -> None:
         e = r["estimate"]
         color = "tab:red" if r["model"] == "efficientnet_lite0" else colors[r["split"]]
         ax.errorbar(max(r["drop"], 0.0) + 0.1, e["drop"] + 0.1, yerr=[[e["drop"] - e["lo"]], [e["hi"] - e["drop"]]],
-                    fmt="o", ms=4, color=color, alpha=0.7, elinewidth=0.8)
+                    fmt="D" if r.get("confirm") else "o", ms=4, color=color, alpha=0.7, elinewidth=0.8)
     lim = [0.1, 100]
     ax.plot(lim, lim, "k--", lw=0.8)
     ax.set_xscale("log")
@@ -239,6 +239,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for lab, col in (("fit rows (CIFAR-10)", "tab:gray"), ("held-out CIFAR-10 model", "tab:blue"),
                      ("held-out EfficientNet-Lite0 (ImageNet)", "tab:red")):
         ax.plot([], [], "o", color=col, label=lab)
+    if any(r.get("confirm") for r in rows):
+        ax.plot([], [], "D", color="tab:red", label="EfficientNet-Lite0, measured after the feature rule")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Estimated vs measured accuracy drop (no real data used)")
     fig.tight_layout()
