@@ -59,9 +59,11 @@ def cifar_configs() -> list[dict]:
 IMAGENET = [{"kind": "quantize", "source": s, "config": c} for s in ("real", "bn-stats-lowres")
             for c in ("W8A8", "W6A6+bc", "W4A8+bc", "W4A4+bc", "W6A6+bcbn", "W4A8+bcbn", "W4A4+bcbn")] + [
     {"kind": "quantize", "source": "bn-stats-lowres", "config": "W4A8"}]
-# measured after the feature rule above was set (the rows that judge it blind): GPTQ and 5-bit configurations
+# measured after the feature rule above was set (the rows that judge it blind): GPTQ and 5-bit configurations, pruning
 CONFIRM = [{"kind": "quantize", "source": s, "config": c} for s in ("real", "bn-stats-lowres")
-           for c in ("W5A8+bcbn", "W5A8+bcbn+gptq", "W4A8+bcbn+gptq", "W4A4+bcbn+rbn+gptq")]
+           for c in ("W5A8+bcbn", "W5A8+bcbn+gptq", "W4A8+bcbn+gptq", "W4A4+bcbn+rbn+gptq")] + [
+    # pruning by weight magnitude, no fine-tuning (channel pruning finds no conv->conv chain in this model)
+    {"kind": "prune", "source": "none", "config": f"weights{s:g}"} for s in (0.1, 0.2, 0.3, 0.4)]
 
 
 def _quant_config(config: str, num: int, recon_iters: int) -> QuantConfig:
