@@ -82,13 +82,12 @@ def autopilot(model: nn.Module, calib: TensorData, max_drop: float, config: Any,
         # GPTQ rounding first, on the failing uniform widths from the largest down while it passes: one pass, seconds
         # even at 224 px, and a passing failing width is smaller than any mixed plan above it
         smaller.sort(key=lambda t: (*t.bits, not t.every_layer), reverse=True)  # widest first
-        gptq_passed = False
-        for low in smaller:
-            if not ok(uniform(*low.bits, every=low.every_layer, reconstruct="gptq")):
-                break
-            gptq_passed = True
-        if not gptq_passed:
-            failing = smaller[0]
+        failing = smaller[0]
+        if ok(uniform(*failing.bits, every=failing.every_layer, reconstruct="gptq")):
+            for low in smaller[1:]:
+                if not ok(uniform(*low.bits, every=low.every_layer, reconstruct="gptq")):
+                    break
+        else:
             (fw, fa), (pw, pa) = failing.bits, passing.bits
             if fw < pw:  # sizes between two weight widths
                 for frac in MIXED_FRACTIONS:
