@@ -62,6 +62,8 @@ STAGES = {"calibrate": {"ranges_from": "samples"}, "bias-correct": _SAMPLES,
           "kd-bn-ranges": {**_BN, "ranges_from": "bn", "finetune_weights": "frozen"},
           # bias-correct-bn-ranges with GPTQ rounding chosen in the bias-correction pass (--reconstruct gptq)
           "gptq-bn-ranges": {**_BN, "ranges_from": "bn", "reconstruct": "gptq"},
+          # bias-correct-bn-ranges, then BRECQ (learned rounding and activation steps per block, --recon-iters)
+          "brecq-bn-ranges": {**_BN, "ranges_from": "bn", "reconstruct": "brecq"},
           "kd-gptq-bn-ranges": {**_BN, "ranges_from": "bn", "reconstruct": "gptq", "finetune_weights": "frozen"},
           # GPTQ with the CLI's default ranges (--ranges-from auto: samples at 8-bit activations, bn below)
           "gptq-bn": {**_BN, "ranges_from": "auto", "reconstruct": "gptq"}}
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                         "bias-correct-bn-ranges = that, with activation ranges on the BN statistics too (--ranges-from bn); "
                         "kd-bn-ranges = that, then KD fine-tuning of step sizes and biases on the same samples; "
                         "gptq-bn-ranges = bias-correct-bn-ranges with GPTQ rounding (--reconstruct gptq), "
-                        "kd-gptq-bn-ranges = that, then the KD fine-tuning; gptq-bn = GPTQ with --ranges-from auto")
+                        "kd-gptq-bn-ranges = that, then the KD fine-tuning; gptq-bn = GPTQ with --ranges-from auto; "
+                        "brecq-bn-ranges = bias-correct-bn-ranges, then BRECQ")
     p.add_argument("--num", type=int, default=64, help="calibration samples")
     p.add_argument("--iterations", type=int, default=100, help="pixel-synthesis iterations")
     p.add_argument("--low-res", type=float, default=0.75, help="low_res of the bn-stats-lowres source")
