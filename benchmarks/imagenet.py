@@ -70,6 +70,28 @@ STAGES = {"calibrate": {"ranges_from": "samples"}, "bias-correct": _SAMPLES,
 KD_STAGES = ("kd-bn-ranges", "kd-gptq-bn-ranges")
 
 
+def samples_figure(a: argparse.Namespace, path: str = "benchmarks/results/imagenet_lite0_samples.jpg") -> None:
+    """Two sources' stored synthetic sets (their grid.png) side by side, 640 px each, as one JPEG."""
+    from PIL import Image
+
+    from .common import cached_set_dir
+
+    tiles = []
+    for src in a.figure:
+        name, over = SOURCES[src]
+        over = {k: (a.low_res if v is None else v) for k, v in over.items()}
+        iterations, batch_size = over.pop("iterations", a.iterations), over.pop("batch_size", min(32, a.num))
+        grid = cached_set_dir("efficientnet_lite0", name, a.num, iterations, a.seed, batch_size=batch_size, **over) / "grid.png"
+        if not grid.is_file():
+            raise SystemExit(f"no stored set for {src} at seed {a.seed} ({grid}); run its rows first")
+        tiles.append(Image.open(grid).convert("RGB").resize((640, 640), Image.LANCZOS))
+    out = Image.new("RGB", (2 * 640 + 16, 640), "white")
+    for i, t in enumerate(tiles):
+        out.paste(t, (i * (640 + 16), 0))
+    out.save(path, quality=80, optimize=True)
+    print(f"wrote {path}")
+
+
 def _uniform_bytes(model, w_bits: int) -> int:
     """Weight bytes of the uniform plan: every conv/linear at w_bits, first and last at 8 bits."""
     import torch.nn as nn
@@ -105,7 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default="benchmarks/results/imagenet_lite0.json")
+    p.add_argument("--figure", nargs=2, metavar="SOURCE",
+                   help="only write benchmarks/results/imagenet_lite0_samples.jpg: the stored grids of these two "
+                        "sources' synthetic sets (this --seed) side by side, e.g. --figure bn-stats-lowres fast")
     a = p.parse_args(argv)
+    if a.figure:
+        return samples_figure(a)
     df.tune_allocator()
     torch.manual_seed(a.seed)
     meta = {"benchmark": "imagenet_lite0", "config": {k: v for k, v in vars(a).items() if k not in ("no_progress",)},
