@@ -29,7 +29,8 @@ SOURCES = {"real": ("imagenet:sample1000", {}), "gaussian": ("gaussian", {}), "b
            "bn-stats-quarter": ("bn-stats", {"low_res": 0.9, "low_res_scale": 0.25}),
            # the best generator method of the distillation benchmark (FastDFKD): 4 rounds of 20 steps on batches of 16,
            # about bn-stats-lowres's synthesis time on this CPU (a step of generator + teacher at 224 px: ~2 s)
-           "fast": ("fast", {"iterations": 20, "batch_size": 16})}
+           "fast": ("fast", {"iterations": 20, "batch_size": 16}),
+           "fast-x2": ("fast", {"iterations": 40, "batch_size": 16})}  # twice the steps per round
 
 
 def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, float]:
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
                    help="bn-stats-lowres: --low-res; bn-stats-fast: --low-res with --channels-last and --bf16; "
                         "bn-stats-quarter: 90 %% of the iterations at 56 px (--low-res 0.9 --low-res-scale 0.25); "
-                        "fast: the FastDFKD generator, 4 rounds of 20 steps on batches of 16 (--iterations not used)")
+                        "fast: the FastDFKD generator, 4 rounds of 20 steps on batches of 16 (--iterations not used); "
+                        "fast-x2: 40 steps per round")
     p.add_argument("--stages", nargs="+", default=["calibrate"], choices=list(STAGES),
                    help="calibrate = ranges only; bias-correct = + empirical bias correction; adaround / brecq = "
                         "bias correction + learned rounding (--recon-iters); brecq-alone = without bias correction; mixed = per-layer weight bits (ZeroQ "
