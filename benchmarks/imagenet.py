@@ -33,17 +33,23 @@ SOURCES = {"real": ("imagenet:sample1000", {}), "gaussian": ("gaussian", {}), "b
            "fast-x2": ("fast", {"iterations": 40, "batch_size": 16})}  # twice the steps per round
 
 
+def _set_args(source: str, a: argparse.Namespace) -> tuple[str, int, dict]:
+    """A synthetic source's method, iterations and the rest of its settings (batch size included), as stored."""
+    name, over = SOURCES[source]
+    over = {k: (a.low_res if v is None else v) for k, v in over.items()}
+    iterations = over.pop("iterations", a.iterations)
+    return name, iterations, {"batch_size": over.pop("batch_size", min(32, a.num)), **over}
+
+
 def _calib(model, source: str, a: argparse.Namespace) -> tuple[df.TensorData, float]:
     spec = df.record_of(model).input_spec
-    name, over = SOURCES[source]
+    name, iterations, over = _set_args(source, a)
     if name.startswith("imagenet:"):
         return df.load_dataset(name, spec, data_root()).subset(a.num, a.seed), 0.0
-    over = {k: (a.low_res if v is None else v) for k, v in over.items()}
-    iterations, batch_size = over.pop("iterations", a.iterations), over.pop("batch_size", min(32, a.num))
     if name == "gaussian":
         t0 = time.time()
         return df.synthesize(model, name, df.make_config(name, num=a.num, seed=a.seed)), time.time() - t0
-    data, man = cached_set(model, "efficientnet_lite0", name, a.num, iterations, a.seed, batch_size=batch_size, **over)
+    data, man = cached_set(model, "efficientnet_lite0", name, a.num, iterations, a.seed, **over)
     return data, float(man.get("seconds") or 0.0)
 
 
@@ -79,10 +85,8 @@ def samples_figure(a: argparse.Namespace, path: str = "benchmarks/results/imagen
 
     tiles = []
     for src in a.figure:
-        name, over = SOURCES[src]
-        over = {k: (a.low_res if v is None else v) for k, v in over.items()}
-        iterations, batch_size = over.pop("iterations", a.iterations), over.pop("batch_size", min(32, a.num))
-        grid = cached_set_dir("efficientnet_lite0", name, a.num, iterations, a.seed, batch_size=batch_size, **over) / "grid.png"
+        name, iterations, over = _set_args(src, a)
+        grid = cached_set_dir("efficientnet_lite0", name, a.num, iterations, a.seed, **over) / "grid.png"
         if not grid.is_file():
             raise SystemExit(f"no stored set for {src} at seed {a.seed} ({grid}); run its rows first")
         tiles.append(Image.open(grid).convert("RGB").resize((640, 640), Image.LANCZOS))
