@@ -53,7 +53,8 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     agree = view["target_agreement"]
     msg = "" if agree is None else f"; the teacher classifies {agree:.1f} % as their target class"
     if agree is not None and agree < 50:
-        msg += " — low: " + ("lower --bn-weight or " if "deepinversion" in a.method else "") + "raise --iterations"
+        msg += (" — low: " + ("lower --bn-weight or " if "deepinversion" in a.method else "") + "raise --iterations "
+                "where the class matters (distillation); quantization calibration may not need it (docs/choosing.md)")
     emit(a, info, f"wrote {len(data)} {a.method} samples to {a.out} (grid: {a.out}/grid.png, "
                   f"{man.get('seconds')} s of synthesis{msg})")
     return 0
