@@ -99,7 +99,8 @@ def held_set(teacher, args) -> df.TensorData:
     offset, so no calibration set shares them."""
     if args.held_method in (None, "bn-stats"):
         return held_out_set(teacher, args.seed)
-    large = df.record_of(teacher).input_spec.shape[1] * df.record_of(teacher).input_spec.shape[2] >= LARGE_IMAGE
+    shape = df.record_of(teacher).input_spec.shape
+    large = shape[1] * shape[2] >= LARGE_IMAGE
     num, batch = (8, 8) if large else (64, 16)
     cfg = df.make_config("fast", num=num, iterations=20, batch_size=batch, seed=args.seed + SEED_OFFSET)
     data = df.synthesize(teacher, "fast", cfg)
