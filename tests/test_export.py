@@ -24,16 +24,19 @@ def test_onnxruntime_matches_simulation(digits_teacher, digits_test, tmp_path, b
     int8 = [i for i in g.initializer if i.data_type == onnx.TensorProto.INT8]
     assert len(int8) == 4  # one int8 weight tensor per quantized layer
     sess = ort_session(path)
-    x = digits_test.x[:64]
+    x = digits_test.x
     logits_ort = sess.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         logits_sim = q(x).numpy()
-    # different conv arithmetic can flip a rounding decision at a bin edge: tiny on average, bounded at worst
+    # different conv arithmetic (another CPU, another kernel) can flip a rounding decision at a bin edge:
+    # tiny on average, bounded at worst, and most rows are bit-for-bit the same grid values
     scale = max(1.0, np.abs(logits_sim).max())
-    assert np.abs(logits_ort - logits_sim).mean() < 1e-3 * scale
-    assert np.abs(logits_ort - logits_sim).max() < 2e-2 * scale
-    if bits < 8:  # Max/Min + Q/DQ reproduces narrow grids exactly, whatever onnxruntime's graph optimizations do
-        assert np.abs(logits_ort - logits_sim).max() < 1e-4 * scale
+    diff = np.abs(logits_ort - logits_sim)
+    assert diff.mean() < 1e-3 * scale
+    assert diff.max() < 2e-2 * scale
+    # measured on this machine over 6 teachers: 98.6-100 % of 360 rows exact at 8 bits, 100 % at 4 bits; one CI
+    # machine flipped a 4-bit row. A wrong grid (scale, zero point, clipping) leaves almost no row exact.
+    assert (diff.max(axis=1) < 1e-4 * scale).mean() >= 0.9
     agree = (ort_predict(sess, digits_test) == df.predict(q, digits_test)).float().mean().item()
     assert agree >= 0.995
 
