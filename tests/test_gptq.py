@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import datafree as df
 from datafree.compressors.quant import QuantConfig, quant_layers
-from datafree.compressors.quant.gptq import gptq_ints, grouped, input_moments
+from datafree.compressors.quant.gptq import _pair, gptq_ints, grouped, input_moments
 from datafree.core.errors import DatafreeError
 from datafree.models.record import record_of
 from tests.conftest import measured
@@ -124,3 +124,29 @@ def test_cli_quantize_with_gptq_reports_it(digits_teacher, tmp_path, capsys):
     assert info["gptq"]["output_error_gptq"] < info["gptq"]["output_error_nearest"]
     q = df.load_artifact(tmp_path / "q.pt")
     assert record_of(q).quant_config.recon.method == "gptq"
+
+
+@pytest.mark.parametrize("k,stride", [(3, 2), (5, 1), (1, 1)])
+def test_input_moments_of_a_same_padding_subclass_include_its_own_padding(k, stride):
+    """A conv that pads inside forward (the EfficientNet package's) has padding 0 in its arguments: GPTQ's H must be
+    taken over the padded patches its conv2d call sees, not over the unpadded input."""
+    from datafree.compressors.quant.layers import QuantLayer
+    from tests.test_subclass_layers import SameConv
+
+    torch.manual_seed(0)
+    conv = SameConv(4, 6, k, stride=stride, image_size=8)
+    q = QuantLayer(conv, None, 4, 8)
+    x = torch.randn(2, 4, 8, 8)
+    xin, args = q.op_input(x)
+    padded = conv.static_padding(x)  # stride 2, k 3 on 8 px: TensorFlow's asymmetric (0, 1)
+    assert torch.equal(xin, padded) and _pair(args["padding"]) == (0, 0)
+    h = input_moments("conv2d", args, conv.weight.shape, xin)
+    p = _patches(padded.double(), k, stride, 0, 1)
+    assert torch.allclose(h, torch.einsum("gpi,gpj->gij", p, p), atol=1e-9)
+    # the layer's output is the padded patches times the weight rows: these are the patches that matter
+    y = F.conv2d(xin.double(), conv.weight.double(), None, stride=stride)
+    assert torch.allclose(y, conv.double()(x.double()), atol=1e-9)
+    if padded.shape != x.shape:  # the unpadded input (the moments before this fix) misses the border patches
+        assert not torch.allclose(h, input_moments("conv2d", q.conv_args, conv.weight.shape, x), atol=1e-3)
+    plain = QuantLayer(nn.Conv2d(4, 6, k, stride=stride, padding=k // 2), None, 4, 8)
+    assert plain.op_input(x)[0] is x and plain.op_input(x)[1] is plain.conv_args

@@ -31,6 +31,12 @@ class FixedRounding(WeightRounding):
         return self.ints.to(w_over_s.dtype)
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    """An int or a 1- / 2-sequence (tuple or list, as modules store them) as a 2-tuple."""
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+    return (int(v[0]), int(v[-1]))
+
+
 @torch.no_grad()
 def input_moments(kind: str, conv_args: dict[str, Any], weight_shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
     """Σ x xᵀ over the samples and positions of `x` (a layer's input), one matrix per group: [groups, D, D] with D
@@ -41,14 +47,14 @@ def input_moments(kind: str, conv_args: dict[str, Any], weight_shape: torch.Size
         return (flat.T @ flat)[None]
     g = int(conv_args.get("groups", 1))
     k = tuple(weight_shape[2:])
-    stride, pad, dil = conv_args.get("stride", 1), conv_args.get("padding", 0), conv_args.get("dilation", 1)
-    if g == 1 and k == (1, 1) and pad in (0, (0, 0)):
-        s = stride if isinstance(stride, tuple) else (stride, stride)
-        flat = x[:, :, ::s[0], ::s[1]].permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    stride, dil = _pair(conv_args.get("stride", 1)), _pair(conv_args.get("dilation", 1))
+    pad = conv_args.get("padding", 0)
+    pad = pad if isinstance(pad, str) else _pair(pad)
+    if g == 1 and k == (1, 1) and pad == (0, 0):
+        flat = x[:, :, ::stride[0], ::stride[1]].permute(0, 2, 3, 1).reshape(-1, x.shape[1])
         return (flat.T @ flat)[None]
     if isinstance(pad, str):  # "same" / "valid": as symmetric zero padding (the border is a small share of patches)
-        dl = dil if isinstance(dil, tuple) else (dil, dil)
-        pad = (0, 0) if pad == "valid" else tuple((kk - 1) * dd // 2 for kk, dd in zip(k, dl))
+        pad = (0, 0) if pad == "valid" else tuple((kk - 1) * dd // 2 for kk, dd in zip(k, dil))
     d_in = x.shape[1] // g * k[0] * k[1]
     h = torch.zeros(g, d_in, d_in, dtype=x.dtype, device=x.device)
     per = max(1, MAX_UNFOLD // max(1, x[0].numel() * k[0] * k[1]))

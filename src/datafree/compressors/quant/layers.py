@@ -58,6 +58,30 @@ def own_forward(layer: nn.Module) -> Optional[nn.Module]:
     return shell
 
 
+class _Captured(Exception):
+    """Raised by `_FirstCall` to stop a forward once the call it waits for is seen."""
+
+
+class _FirstCall(torch.overrides.TorchFunctionMode):
+    """Records the input and conv arguments of the first conv2d / linear call inside the block, then stops it."""
+
+    _CONV_ARGS = ("stride", "padding", "dilation", "groups")
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.input, self.conv_args = name, None, {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") == self.name:
+            self.input = args[0] if args else kwargs["input"]
+            if self.name == "conv2d":
+                given = dict(zip(self._CONV_ARGS, args[3:]), **{k: v for k, v in kwargs.items() if k in self._CONV_ARGS})
+                self.conv_args = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, **given}
+            raise _Captured
+        return func(*args, **kwargs)
+
+
 class QuantLayer(nn.Module):
     """Conv/linear with per-channel symmetric weight and per-tensor asymmetric input fake-quant."""
 
@@ -204,6 +228,21 @@ class QuantLayer(nn.Module):
             finally:
                 del shell.__dict__["weight"], shell.__dict__["bias"]
         return F.conv2d(x, w, b, **self.conv_args) if self.kind == "conv2d" else F.linear(x, w, b)
+
+    def op_input(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The input the layer's conv2d / linear call sees (after a subclass's own padding) and that call's conv
+        arguments: what GPTQ's input moments must be taken over."""
+        if self._inner is None:
+            return x, self.conv_args
+        cap = _FirstCall("conv2d" if self.kind == "conv2d" else "linear")
+        try:
+            with cap:
+                self.op(x, self.weight, self.bias)
+        except _Captured:
+            pass
+        if cap.input is None:  # the subclass never called the plain operation: the input as given
+            return x, self.conv_args
+        return cap.input, cap.conv_args
 
     def channel_dim(self, y: torch.Tensor) -> int:
         """The output-channel dimension of `y`, an output of this layer."""

@@ -260,7 +260,8 @@ def gptq_(model: nn.Module, data: TensorData, damp: float = 0.01, bias_moments: 
         if q.w_bits >= FLOAT_BITS:
             return
         g = int(q.conv_args.get("groups", 1))
-        h = input_moments(q.kind, q.conv_args, q.weight.shape, q.quantize_input(x))
+        xin, conv_args = q.op_input(q.quantize_input(x))  # a subclass's own padding included
+        h = input_moments(q.kind, conv_args, q.weight.shape, xin)
         w, s = grouped(q.weight.detach(), g), q.w_scale.view(g, -1)
         ints = gptq_ints(w, s, h, q.w_bits, damp)
         for k, i in (("nearest", grouped(q.weight_ints(), g)), ("gptq", ints)):  # weight_ints: still round-to-nearest
