@@ -1285,6 +1285,47 @@ def _imagenet_seeds(rows: list[dict], fp: dict) -> str:
             "row's `--bits --sources --stages`): " + "; ".join(parts) + ".") if parts else ""
 
 
+def _imagenet_gptq_pad(rows: list[dict], fp: dict) -> str:
+    """The GPTQ rows rerun after GPTQ's input moments took a conv subclass's own padding (`imagenet_lite0_gptqpad_seed*`)
+    beside the same rows before, paired by seed."""
+    import statistics
+
+    files = sorted(RESULTS.glob("imagenet_lite0_gptqpad_seed*.json"))
+    if not files:
+        return ""
+    before = {0: rows}
+    for f in RESULTS.glob("imagenet_lite0_seed*.json"):
+        before[int(f.stem.rsplit("seed", 1)[1])] = json.loads(f.read_text())["rows"]
+    after = {int(f.stem.rsplit("seed", 1)[1]): json.loads(f.read_text()) for f in files}
+    parts = []
+    keys = sorted({(r["w_bits"], r["a_bits"], r["source"], r["stage"]) for d in after.values() for r in d["rows"]
+                   if r["stage"] != "fp32"}, reverse=True)
+    for wb, ab, src, st in keys:
+        pairs = []
+        for seed, d in sorted(after.items()):
+            new = next((r for r in d["rows"] if (r["w_bits"], r["a_bits"], r["source"], r["stage"]) == (wb, ab, src, st)),
+                       None)
+            old = next((r for r in before.get(seed, []) if (r["w_bits"], r["a_bits"], r["source"], r["stage"])
+                        == (wb, ab, src, st)), None)
+            if new is not None and old is not None:
+                pairs.append((old["top1"], new["top1"]))
+        if len(pairs) < 2:
+            continue
+        o, n = [a for a, _ in pairs], [b for _, b in pairs]
+        diff = [b - a for a, b in pairs]
+        parts.append(f"W{wb}A{ab} {src} / {st}: {', '.join(f'{v:.2f}' for v in n)} — mean {statistics.mean(n):.2f} ± "
+                     f"{statistics.stdev(n):.2f} (drop {fp['top1'] - statistics.mean(n):.2f}; before "
+                     f"{statistics.mean(o):.2f}, paired {statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f})")
+    first = after[min(after)]["meta"]
+    cmd = re.sub(r" --seed \S+", "", first["command"])
+    return (f"\n**GPTQ over the padded patches** (commit {first['commit'][:7]}: the package's convolutions pad inside "
+            "`forward`, so their own `padding` is 0 and GPTQ's input second moments had left out every border patch — "
+            "at 7 px a 5×5 depthwise layer saw 9 of its 49 positions; now H is taken over the input the conv2d call "
+            f"sees. The same rows rerun, seeds {', '.join(str(k) for k in sorted(after))} in "
+            f"{', '.join(f'`{f.name}`' for f in files)}, `{cmd}` with `--seed S` and the row's `--bits --sources "
+            "--stages`; *before* = the rows above and under *Over seeds*, paired by seed): " + "; ".join(parts) + ".")
+
+
 def section_imagenet() -> str:
     """EfficientNet-Lite0 on real ImageNet validation images, beside the published anchors as drops."""
     d = json.loads((RESULTS / "imagenet_lite0.json").read_text())
@@ -1336,6 +1377,7 @@ def section_imagenet() -> str:
                    f"{r.get('quant_seconds', 0):.0f} |")
     out.append(_imagenet_reading(rows, fp))
     out.append(_imagenet_seeds(rows, fp))
+    out.append(_imagenet_gptq_pad(rows, fp))
     for cl in (RESULTS / "imagenet_cli.json", RESULTS / "imagenet_cli_w4a8.json"):
         if not cl.is_file():
             continue
@@ -1470,10 +1512,14 @@ def section_estimate() -> str:
                 "smallest uniform table row within D |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
         from .autopilot import reference
 
-        for r in (r for r in a["rows"] if r["kind"] == "autopilot"):
+        extra = RESULTS / "autopilot_gptqpad.json"  # rows rerun after GPTQ took a conv subclass's own padding
+        later = json.loads(extra.read_text()) if extra.is_file() else {"rows": []}
+        tagged = [(r, "") for r in a["rows"]] + [(r, f" (`{extra.name}`, commit {later['meta']['commit'][:7]}: GPTQ over "
+                                                  "the padded patches)") for r in later["rows"]]
+        for r, tag in ((r, t) for r, t in tagged if r["kind"] == "autopilot"):
             now = reference(r["model"], r["max_drop"])  # from the tables as they are now, which grow after the run
             ref = now if now == r.get("reference", now) else f"{now} (at the run: {r['reference']})"
-            out.append(f"| {r['model']} | {r['max_drop']:g} | {r['chosen']} | {r['size_bytes'] / 1024:.1f} | "
+            out.append(f"| {r['model']}{tag} | {r['max_drop']:g} | {r['chosen']} | {r['size_bytes'] / 1024:.1f} | "
                        f"{r['estimated_drop']:.2f} | {r['measured_drop']:.2f} | {r['paired_se']:.2f} | {r['trials']} | "
                        f"{r['seconds']:.0f} | {ref} |")
     return "\n".join(out) + "\n"
