@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     config = {k: v for k, v in vars(a).items() if k not in ("out", "cache")}
     store = RowStore(a.out, {"benchmark": "autopilot", "config": config, "seed": a.seed, "commit": git_commit(),
-                             "machine": machine(), "command": command_line("benchmarks.autopilot", a)},
+                             "machine": machine(), "command": command_line("benchmarks.autopilot", a, parser=p)},
                      selection=("models", "cost"))
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,7 @@
 """Shared helpers for benchmarks: result metadata (commit, machine), resumable row files."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -90,15 +91,22 @@ class RowStore:
         self._write()
 
 
-def command_line(module: str, args: Any, skip: tuple[str, ...] = ("out", "cache")) -> str:
-    """The command that reproduces a benchmark run: `python -m module --opt value ...` from parsed args."""
+def command_line(module: str, args: Any, skip: tuple[str, ...] = ("out", "cache"),
+                 parser: argparse.ArgumentParser | None = None) -> str:
+    """The command that reproduces a benchmark run: `python -m module --opt value ...` from parsed args; with the
+    `parser`, a `--no-x` switch turned off and an empty `nargs="*"` list are written too (bare `--x`)."""
+    actions = {a.dest: a for a in parser._actions} if parser is not None else {}
     parts = []
     for k, v in vars(args).items():
-        if k in skip or v is None or (isinstance(v, (list, tuple)) and not v):  # None / empty = not given
+        act = actions.get(k)
+        if k in skip or v is None:
             continue
         flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            parts.append(flag if v else "")
+        if isinstance(v, (list, tuple)) and not v:  # empty: given bare where the option takes none, else not given
+            parts.append(flag if act is not None and act.nargs == "*" and act.default else "")
+        elif isinstance(v, bool):
+            parts.append(flag if v else ("--no-" + k.replace("_", "-")
+                                         if isinstance(act, argparse.BooleanOptionalAction) else ""))
         else:
             parts.append(f"{flag} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
     return f"python -m {module} " + " ".join(x for x in parts if x)

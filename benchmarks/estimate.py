@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(a.seed)
     config = {k: v for k, v in vars(a).items() if k not in ("out", "cache")}
     store = RowStore(a.out, {"benchmark": "estimate", "config": config, "seed": a.seed, "commit": git_commit(),
-                             "machine": machine(), "command": command_line("benchmarks.estimate", a)},
+                             "machine": machine(), "command": command_line("benchmarks.estimate", a, parser=p)},
                      selection=("imagenet", "held_models", "fit_models", "jpeg_held"))
     t_start = time.time()
     for name in a.fit_models + a.held_models:

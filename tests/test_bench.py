@@ -10,6 +10,22 @@ def test_command_line_reproduces_the_given_options_only():
     assert command_line("benchmarks.x", a) == "python -m benchmarks.x --methods a b --budget 900.0 --bf16"
 
 
+def test_command_line_with_its_parser_parses_back_to_the_same_options():
+    """A switch turned off (`--no-x`) and an emptied list (bare `--x`) differ from the defaults: they must be written."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--held-models", nargs="*", default=["resnet56"])
+    p.add_argument("--jpeg-held", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="x.json")
+    for argv in (["--held-models", "--no-jpeg-held", "--seed", "3"], ["--held-models", "a", "b", "--fast"], []):
+        a = p.parse_args(argv)
+        cmd = command_line("benchmarks.x", a, parser=p)
+        assert p.parse_args(cmd.split()[3:]) == a, cmd
+    assert command_line("benchmarks.x", p.parse_args(["--held-models", "--no-jpeg-held"]), parser=p) == \
+        "python -m benchmarks.x --held-models --no-jpeg-held --seed 0"
+
+
 def test_cached_set_dir_names_non_default_overrides():
     assert cached_set_dir("r56", "deepinversion", 256, 400, 1, "c").as_posix() == "c/r56_deepinversion_n256_it400_s1"
     d = cached_set_dir("r56", "deepinversion", 64, 200, 0, "c", bn_weight=10.0, bf16=True, lr=None)
