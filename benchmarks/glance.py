@@ -78,5 +78,7 @@ def imagenet_glance() -> str:
                    f"{r.get('synth_seconds', 0):.0f} + {r.get('quant_seconds', 0):.0f} |")
     out.append(f"\nImageNet, the 1300 real validation images of `imagenet:val1300`; uniform rows keep first and last layer at 8 bits; stage "
                f"`mixed` = per-layer weight bits (ZeroQ sensitivity on the samples) in the uniform row's weight bytes; `*-bn` = bias correction on the model's BN statistics (`--bias-from bn`, the default); `kd-bn-ranges` = that with ranges on the BN statistics, then KD fine-tuning of step sizes and biases; "
-               f"`{f.name}`, `python -m benchmarks.imagenet` (rows: BENCHMARKS.md \"Real scale\").")
+               f"`{f.name}`, `python -m benchmarks.imagenet` (rows: BENCHMARKS.md \"Real scale\"). Seed 0 only; the "
+               "`gptq-*` rows predate GPTQ's taking the package's own padding into its input moments (commit 14109d0): "
+               "three seeds before and after, each change within its noise, under \"GPTQ over the padded patches\" there.")
     return "\n".join(out)

@@ -1323,7 +1323,8 @@ def _imagenet_gptq_pad(rows: list[dict], fp: dict) -> str:
             "at 7 px a 5×5 depthwise layer saw 9 of its 49 positions; now H is taken over the input the conv2d call "
             f"sees. The same rows rerun, seeds {', '.join(str(k) for k in sorted(after))} in "
             f"{', '.join(f'`{f.name}`' for f in files)}, `{cmd}` with `--seed S` and the row's `--bits --sources "
-            "--stages`; *before* = the rows above and under *Over seeds*, paired by seed): " + "; ".join(parts) + ".")
+            "--stages`; *before* = the rows above and under *Over seeds*, paired by seed; the seed-0 `bn-stats` set was "
+            "synthesized again, the one behind its row above was not kept): " + "; ".join(parts) + ".")
 
 
 def section_imagenet() -> str:
