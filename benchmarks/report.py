@@ -1258,6 +1258,11 @@ def _imagenet_reading(rows: list[dict], fp: dict) -> str:
     return ("\n" + "; ".join(parts) + ".") if parts else ""
 
 
+def _lite0_key(r: dict) -> tuple:
+    """An ImageNet row's configuration: bits, source and stage."""
+    return r["w_bits"], r["a_bits"], r["source"], r["stage"]
+
+
 def _imagenet_seeds(rows: list[dict], fp: dict) -> str:
     """Rows rerun with other seeds (`imagenet_lite0_seed*.json`: another synthetic set and real subset) beside seed 0."""
     import statistics
@@ -1266,14 +1271,10 @@ def _imagenet_seeds(rows: list[dict], fp: dict) -> str:
     if not files:
         return ""
     other = [(json.loads(f.read_text()), f.name) for f in files]
-
-    def key(r: dict) -> tuple:
-        return r["w_bits"], r["a_bits"], r["source"], r["stage"]
-
-    keys = {key(r) for d, _ in other for r in d["rows"] if r["stage"] != "fp32"}
+    keys = {_lite0_key(r) for d, _ in other for r in d["rows"] if r["stage"] != "fp32"}
     parts = []
     for wb, ab, src, st in sorted(keys, reverse=True):
-        vals = [r["top1"] for r in rows + [r for d, _ in other for r in d["rows"]] if key(r) == (wb, ab, src, st)]
+        vals = [r["top1"] for r in rows + [r for d, _ in other for r in d["rows"]] if _lite0_key(r) == (wb, ab, src, st)]
         if len(vals) < 2:
             continue
         mean, sd = statistics.mean(vals), statistics.stdev(vals)
@@ -1293,22 +1294,19 @@ def _imagenet_gptq_pad(rows: list[dict], fp: dict) -> str:
     files = sorted(RESULTS.glob("imagenet_lite0_gptqpad_seed*.json"))
     if not files:
         return ""
-    before = {0: rows}
-    for f in RESULTS.glob("imagenet_lite0_seed*.json"):
-        before[int(f.stem.rsplit("seed", 1)[1])] = json.loads(f.read_text())["rows"]
-    after = {int(f.stem.rsplit("seed", 1)[1]): json.loads(f.read_text()) for f in files}
+    def seed(f: Path) -> int:
+        return int(f.stem.rsplit("seed", 1)[1])
+
+    before_rows = {0: rows, **{seed(f): json.loads(f.read_text())["rows"]
+                               for f in RESULTS.glob("imagenet_lite0_seed*.json")}}
+    before = {s: {_lite0_key(r): r for r in rs} for s, rs in before_rows.items()}  # seed -> configuration -> row
+    metas = {seed(f): json.loads(f.read_text()) for f in files}
+    after = {s: {_lite0_key(r): r for r in d["rows"]} for s, d in metas.items()}
     parts = []
-    keys = sorted({(r["w_bits"], r["a_bits"], r["source"], r["stage"]) for d in after.values() for r in d["rows"]
-                   if r["stage"] != "fp32"}, reverse=True)
-    for wb, ab, src, st in keys:
-        pairs = []
-        for seed, d in sorted(after.items()):
-            new = next((r for r in d["rows"] if (r["w_bits"], r["a_bits"], r["source"], r["stage"]) == (wb, ab, src, st)),
-                       None)
-            old = next((r for r in before.get(seed, []) if (r["w_bits"], r["a_bits"], r["source"], r["stage"])
-                        == (wb, ab, src, st)), None)
-            if new is not None and old is not None:
-                pairs.append((old["top1"], new["top1"]))
+    for k in sorted({k for by in after.values() for k in by if k[3] != "fp32"}, reverse=True):
+        wb, ab, src, st = k
+        pairs = [(before[s][k]["top1"], by[k]["top1"]) for s, by in sorted(after.items())
+                 if k in by and k in before.get(s, {})]
         if len(pairs) < 2:
             continue
         o, n = [a for a, _ in pairs], [b for _, b in pairs]
@@ -1316,12 +1314,12 @@ def _imagenet_gptq_pad(rows: list[dict], fp: dict) -> str:
         parts.append(f"W{wb}A{ab} {src} / {st}: {', '.join(f'{v:.2f}' for v in n)} — mean {statistics.mean(n):.2f} ± "
                      f"{statistics.stdev(n):.2f} (drop {fp['top1'] - statistics.mean(n):.2f}; before "
                      f"{statistics.mean(o):.2f}, paired {statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f})")
-    first = after[min(after)]["meta"]
+    first = metas[min(metas)]["meta"]
     cmd = re.sub(r" --seed \S+", "", first["command"])
     return (f"\n**GPTQ over the padded patches** (commit {first['commit'][:7]}: the package's convolutions pad inside "
             "`forward`, so their own `padding` is 0 and GPTQ's input second moments had left out every border patch — "
             "at 7 px a 5×5 depthwise layer saw 9 of its 49 positions; now H is taken over the input the conv2d call "
-            f"sees. The same rows rerun, seeds {', '.join(str(k) for k in sorted(after))} in "
+            f"sees. The same rows rerun, seeds {', '.join(str(k) for k in sorted(metas))} in "
             f"{', '.join(f'`{f.name}`' for f in files)}, `{cmd}` with `--seed S` and the row's `--bits --sources "
             "--stages`; *before* = the rows above and under *Over seeds*, paired by seed; the seed-0 `bn-stats` set was "
             "synthesized again, the one behind its row above was not kept): " + "; ".join(parts) + ".")

@@ -63,7 +63,7 @@ class _Captured(Exception):
 
 
 class _FirstCall(torch.overrides.TorchFunctionMode):
-    """Records the input and conv arguments of the first conv2d / linear call inside the block, then stops it."""
+    """Records the input and conv arguments of the first conv2d / linear call inside the `with` block, then stops it."""
 
     _CONV_ARGS = ("stride", "padding", "dilation", "groups")
 
